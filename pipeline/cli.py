@@ -1,0 +1,114 @@
+"""The ``leadstream`` command. Thin: each command loads the settings and calls one function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(help="Leadstream: turn anonymous B2B website traffic into qualified, explainable leads.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+topics_app = typer.Typer(help="Create and describe the Kafka topics.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks, each reported as a ratio against a baseline measured in the same run.",
+                        no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(bench_app, name="bench")
+
+ConfigOption = Annotated[Optional[Path], typer.Option(
+    "--config", "-c", help="YAML settings file (default: $LEADSTREAM_CONFIG or ./leadstream.yaml)")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except SettingsError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    level = {"warn": logging.WARNING}.get(settings.log_level, getattr(logging, settings.log_level.upper()))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def config(config: ConfigOption = None) -> None:
+    """Print the effective settings (secrets masked) and exit; fails with the key path of any error."""
+    settings = _settings(config)
+    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+
+
+@app.command()
+def up(config: ConfigOption = None,
+       demo: Annotated[bool, typer.Option(help="Load the synthetic demo data and drive simulated visitors")] = False,
+       real_kafka: Annotated[bool, typer.Option(
+           "--real-kafka", help="Run a real Apache Kafka broker (needs Java and Maven) so local data survives restarts")] = False,
+       ) -> None:
+    """Run everything on this machine: broker, Redis, topics, collector and workers. Ctrl-C stops it all."""
+    from .local.up import run_up
+    run_up(_settings(config), demo=demo, real_kafka=real_kafka)
+
+
+@app.command()
+def collector(config: ConfigOption = None) -> None:
+    """Run the HTTP ingest endpoint (pixel.js, /p.gif, /collect, Snowplow /i and tp2)."""
+    from .collector.server import serve
+    settings = _settings(config)
+    if not settings.kafka.bootstrap_servers:
+        _fail("kafka.bootstrap_servers is not set (LEADSTREAM_KAFKA__BOOTSTRAP_SERVERS); "
+              "use `leadstream up` to run with an embedded broker")
+    serve(settings)
+
+
+@app.command()
+def snippet(site_id: str, config: ConfigOption = None) -> None:
+    """Print the <script> tag to paste into the pages of SITE_ID."""
+    from .collector.app import snippet as make_snippet
+    settings = _settings(config)
+    if settings.site(site_id) is None:
+        _fail(f"unknown site {site_id!r}: add it under `sites:` in the settings file")
+    typer.echo(make_snippet(settings, site_id))
+
+
+@topics_app.command("create")
+def topics_create(config: ConfigOption = None) -> None:
+    """Create every missing topic with the catalogue's partitions, retention and compaction."""
+    from .topology import create_topics
+    settings = _settings(config)
+    if not settings.kafka.bootstrap_servers:
+        _fail("kafka.bootstrap_servers is not set")
+    try:
+        created = create_topics(settings)
+    except RuntimeError as exc:
+        _fail(str(exc), 1)
+    typer.echo("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
+
+
+@topics_app.command("describe")
+def topics_describe(config: ConfigOption = None) -> None:
+    """List each topic with its key, value schema, partitions, retention and compaction."""
+    from .topology import topic_specs
+    settings = _settings(config)
+    for spec in topic_specs(settings):
+        typer.echo(f"{spec.name:20} value={spec.value_schema:16} partitions={spec.partitions:<3} "
+                   f"retention_ms={spec.retention_ms} compacted={spec.compacted}\n    key: {spec.key}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The pipeline in one place: topics, keys, schemas and stages in the order data flows.
+
+    browser ─HTTP─▶ collector ─▶ pixel-events ─▶ visitor stage ─▶ visits ─▶ account stage ─▶ qualified-leads ─▶ sinks
+                        │         CollectorBatch   (site, visitor)   VisitUpdate  (site, account)  QualifiedLead
+                        └─────────▶ bad-events (BadRow, from every stage)
+
+1. ``collector`` (pipeline.collector): HTTP in; one ``CollectorBatch`` record per
+   target partition of ``pixel-events`` per linger. The partition of a hit is
+   :func:`partition_for` of its ``site_id|visitor_id`` key: Kafka's murmur2,
+   the same hash the stages' tables use, so every key in a record belongs to
+   the record's partition.
+2. ``visitor`` stage (pipeline.stages): reads ``pixel-events``, keyed by site
+   and visitor; writes ``visits`` partitioned by site and account.
+3. ``account`` stage: reads ``visits``; writes ``lead-scores`` (compacted) and
+   ``qualified-leads``.
+4. ``sinks`` (pipeline.sinks): read ``qualified-leads``; failures go to
+   ``sink-dead-letter``.
+
+Every stage writes what it cannot handle to ``bad-events`` as a ``BadRow``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Iterable
+
+from aiokafka.partitioner import murmur2
+
+from .codec import SchemaCatalogue
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+KEY_SEPARATOR = "|"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    logical: str        # name in the catalogue and TopicSettings
+    name: str           # the topic's actual name (configurable)
+    value_schema: str
+    key: str
+    partitions: int
+    retention_ms: int | None
+    compacted: bool
+
+    def config(self) -> dict[str, str]:
+        cfg: dict[str, str] = {"max.message.bytes": "2097152"}
+        if self.retention_ms is not None:
+            cfg["retention.ms"] = str(self.retention_ms)
+        if self.compacted:
+            cfg["cleanup.policy"] = "compact"
+        return cfg
+
+
+def topic_specs(settings: Settings, catalogue: SchemaCatalogue | None = None) -> list[TopicSpec]:
+    """Every topic of the catalogue in flow order, names and partitions from settings."""
+    catalogue = catalogue or SchemaCatalogue()
+    specs = []
+    for logical, entry in catalogue.topics.items():
+        specs.append(TopicSpec(
+            logical=logical,
+            name=settings.topics.name(logical),
+            value_schema=str(entry["value"]),
+            key=str(entry["key"]),
+            partitions=int(settings.topics.partitions.get(logical, entry["partitions"])),
+            retention_ms=entry.get("retention_ms"),
+            compacted=bool(entry.get("compacted", False)),
+        ))
+    return specs
+
+
+def visitor_key(site_id: str, visitor_id: str | None) -> str:
+    """The key that orders one visitor's events: ``site_id|visitor_id``."""
+    return f"{site_id}{KEY_SEPARATOR}{visitor_id or ''}"
+
+
+@lru_cache(maxsize=262_144)
+def partition_for(key: str, partitions: int) -> int:
+    """Kafka's default partition for ``key`` (murmur2 of its UTF-8 bytes), cached per key."""
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def create_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, timeout_s: float = 30.0,
+                  admin_options: dict[str, Any] | None = None) -> list[str]:
+    """Create the missing topics; returns the names created. Idempotent.
+
+    Existing topics are left alone, but a partition count that differs from
+    the settings is an error: the collector's partitioning and the stages'
+    tables rely on it.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    specs = list(specs or topic_specs(settings))
+    options = admin_options or settings.kafka.client_options()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(**options, request_timeout_ms=int(timeout_s * 1000))
+            break
+        except Exception as exc:  # broker still starting
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cannot reach Kafka at {options.get('bootstrap_servers')}: {exc}") from exc
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [s for s in specs if s.name not in existing]
+        created = []
+        for spec in wanted:
+            try:
+                admin.create_topics([NewTopic(spec.name, spec.partitions, settings.kafka.replication_factor,
+                                              topic_configs=spec.config())])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass
+        described = {t["topic"]: len(t["partitions"]) for t in admin.describe_topics([s.name for s in specs])}
+        for spec in specs:
+            have = described.get(spec.name)
+            if have is not None and have != spec.partitions:
+                raise RuntimeError(f"topic {spec.name} has {have} partitions, settings say {spec.partitions}: "
+                                   f"set topics.partitions.{spec.logical} to {have} or recreate the topic")
+        if created:
+            log.info("created topics: %s", ", ".join(created))
+        return created
+    finally:
+        admin.close()
