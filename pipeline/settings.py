@@ -195,6 +195,19 @@ class CollectorSettings(_Frozen):
         return value
 
 
+class StageSettings(_Frozen):
+    """The stream workers (Faust app running the visitor and account stages)."""
+    app_id: str = Field("leadstream", description="Faust app id: consumer group and changelog topic prefix")
+    store: Literal["memory", "rocksdb"] = Field(
+        "memory", description="Table store; rocksdb keeps state on disk (needs the rocksdict wheel)")
+    commit_interval_s: float = Field(2.8, gt=0)
+    session_timeout_s: float = Field(30.0, gt=0, description="How long before a dead worker's partitions move")
+    heartbeat_interval_s: float = Field(3.0, gt=0)
+    gap_repair: bool = Field(True, description="Detect and re-read records Faust skipped (see DESIGN 'Crash safety')")
+    standby_replicas: int = Field(0, ge=0)
+    web_port: int | None = Field(None, description="Faust's own web server port; unset disables it")
+
+
 class Settings(BaseSettings):
     """Validated, immutable configuration of every Leadstream process."""
 
@@ -206,6 +219,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     geoip: GeoIPSettings = GeoIPSettings()
     collector: CollectorSettings = CollectorSettings()
+    stages: StageSettings = StageSettings()
     sites: list[SiteSettings] = Field(default_factory=list)
     data_dir: Path = Field(Path(".leadstream"), description="Local state: Faust tables, embedded brokers")
     log_level: Literal["debug", "info", "warn", "error"] = "info"

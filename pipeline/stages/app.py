@@ -1,0 +1,107 @@
+"""The Faust app and the plumbing every stage shares: thin agents around a RecordRunner.
+
+A stage is declared with :func:`add_stage`: its source topic, its table and a
+handler (pure function of a record and the current states, see
+``runtime.Handler``). The agent only moves messages: it reads raw records and
+hands each to the stage's :class:`~pipeline.stages.runtime.RecordRunner`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from ..settings import Settings
+from .runtime import GapReader, Handler, RecordRunner, faust_sender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    name: str
+    source_topic: str
+    partitions: int
+    table: Any
+    runner: RecordRunner
+    agent: Any = None
+
+
+def build_app(settings: Settings, partitions: int) -> faust.App:
+    """A Faust app configured from settings. ``partitions``: the source topics' count (tables match it)."""
+    if not settings.kafka.bootstrap_servers:
+        raise ValueError("kafka.bootstrap_servers is not set")
+    brokers = ";".join(f"kafka://{h.strip()}" for h in settings.kafka.bootstrap_servers.split(",") if h.strip())
+    datadir = Path(settings.data_dir).resolve() / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
+    stage = settings.stages
+    options: dict[str, Any] = dict(
+        broker=brokers,
+        store="rocksdb://" if stage.store == "rocksdb" else "memory://",
+        datadir=str(datadir),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=stage.commit_interval_s,
+        broker_session_timeout=stage.session_timeout_s,
+        broker_heartbeat_interval=stage.heartbeat_interval_s,
+        broker_client_id=settings.kafka.client_id,
+        table_standby_replicas=stage.standby_replicas,
+        stream_wait_empty=True,
+        web_enabled=stage.web_port is not None,
+        web_port=stage.web_port or 6066,
+        web_host="127.0.0.1",
+        table_cleanup_interval=timedelta(minutes=5).total_seconds(),
+    )
+    if settings.kafka.sasl_mechanism:
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=settings.kafka.sasl_username or "",
+            password=settings.kafka.sasl_password.get_secret_value() if settings.kafka.sasl_password else "",
+            mechanism=settings.kafka.sasl_mechanism,
+            ssl_context=settings.kafka.client_options().get("ssl_context"),
+        )
+    return faust.App(stage.app_id, **options)
+
+
+def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, partitions: int,
+              handler: Handler) -> Stage:
+    """Register an agent on ``source_topic`` that applies each record through a RecordRunner.
+
+    The stage's table (``<name>-state``) has the source topic's partition
+    count: its changelog is written to the partition of the record being
+    processed, which holds only when every key of a record maps there.
+    """
+    topic = app.topic(source_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw", partitions=partitions)
+    table = app.Table(f"{name}-state", default=None, partitions=partitions)
+    gap_reader = None
+    if settings.stages.gap_repair:
+        gap_reader = GapReader(source_topic, settings.stages.app_id, _client_options(settings))
+    runner = RecordRunner(table, handler, faust_sender(app), gap_reader, name=name)
+    stage = Stage(name, source_topic, partitions, table, runner)
+
+    async def agent(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            await runner.handle(message.partition, message.offset, message.value)
+
+    agent.__name__ = f"{name}_agent"
+    stage.agent = app.agent(topic, name=f"{name}-agent")(agent)
+
+    if gap_reader is not None:
+        @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
+        async def _stop_reader(_app: Any, **_kw: Any) -> None:
+            await gap_reader.stop()
+    return stage
+
+
+def _client_options(settings: Settings) -> dict[str, Any]:
+    opts = settings.kafka.client_options()
+    opts.pop("client_id", None)
+    return {**opts, "client_id": f"{settings.kafka.client_id}-gap-reader"}

@@ -1,0 +1,222 @@
+"""What makes a Faust agent safe to crash, restart and rebalance: the record runner.
+
+Faust is at-least-once, and faust-streaming 0.15.3 was measured dropping the
+record at the committed offset after a graceful restart (REFERENCE.md). A
+:class:`RecordRunner` wraps one stage's handler and guarantees, per input
+partition:
+
+* **No gap.** The table keeps, per partition, the offset of the last record
+  applied (``~progress/<partition>``). A record that arrives past the next
+  expected offset means Faust skipped records: the runner reads the missing
+  ones itself (:class:`GapReader`, a plain consumer outside the group) and
+  applies them first, in order.
+* **Idempotent state.** Every stored value carries the offset that last
+  changed it; a record at or below it changes nothing for that key, so the
+  replay after a crash (table restored ahead of the committed offsets) is
+  harmless.
+* **Outputs before state.** A record's outputs are sent and acknowledged by
+  the broker before the state that marks it applied is written to the table
+  (whose changelog goes out through Faust's buffered producer). A crash in
+  between replays the record: outputs are sent again with the same ids, which
+  consumers de-duplicate.
+
+The handler is a plain function of (records, current states) returning
+outputs and new states: no Kafka in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Protocol, Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+PROGRESS_PREFIX = "~progress/"
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to send: explicit partition, raw bytes."""
+    topic: str
+    partition: int | None
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class HandlerResult:
+    outputs: list[Output] = field(default_factory=list)
+    states: dict[str, Any] = field(default_factory=dict)   # key -> new state (JSON-able), written once
+
+
+class Handler(Protocol):
+    def __call__(self, partition: int, offset: int, value: bytes,
+                 states: "StateView") -> Awaitable[HandlerResult]: ...
+
+
+class StateView:
+    """The handler's read access to the table, with the per-key offset guard applied.
+
+    ``get`` returns the stored state of a key, ``applied(key, offset)`` whether
+    the record at ``offset`` has already been applied to it.
+    """
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: MutableMapping[str, Any]) -> None:
+        self._table = table
+
+    def get(self, key: str) -> Any:
+        stored = self._table.get(key)
+        return None if stored is None else stored["s"]
+
+    def applied(self, key: str, offset: int) -> bool:
+        stored = self._table.get(key)
+        return stored is not None and stored["o"] >= offset
+
+
+class OutputSender(Protocol):
+    async def __call__(self, outputs: Sequence[Output]) -> None: ...
+
+
+class GapReader:
+    """Reads a range of offsets of one partition outside the consumer group (no commits)."""
+
+    def __init__(self, topic: str, group_id: str, client_options: Mapping[str, Any]) -> None:
+        self.topic = topic
+        self.group_id = group_id
+        self._options = dict(client_options)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(group_id=self.group_id, enable_auto_commit=False,
+                                        auto_offset_reset="earliest", **self._options)
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def start_offset(self, partition: int) -> int:
+        """Where the group should resume on ``partition``: its committed offset, else the log start."""
+        async with self._lock:
+            consumer = await self._ensure()
+            tp = TopicPartition(self.topic, partition)
+            committed = await consumer.committed(tp)
+            if committed is not None and committed >= 0:
+                return int(committed)
+            starts = await consumer.beginning_offsets([tp])
+            return int(starts[tp])
+
+    async def read(self, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        """Records at offsets ``start`` <= offset < ``end`` (those the log still holds)."""
+        async with self._lock:
+            consumer = await self._ensure()
+            tp = TopicPartition(self.topic, partition)
+            consumer.assign([tp])
+            first = (await consumer.beginning_offsets([tp]))[tp]
+            position = max(start, int(first))
+            consumer.seek(tp, position)
+            out: list[tuple[int, bytes]] = []
+            while position < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
+                records = batch.get(tp, [])
+                if not records:
+                    if await consumer.position(tp) >= end:
+                        break
+                    continue
+                for rec in records:
+                    if rec.offset >= end:
+                        position = end
+                        break
+                    out.append((rec.offset, rec.value if rec.value is not None else b""))
+                    position = rec.offset + 1
+            consumer.unsubscribe()
+            return out
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+
+@dataclass
+class RunnerStats:
+    records: int = 0
+    replayed_skipped: int = 0     # records at or below the partition's progress (after a crash)
+    gaps_repaired: int = 0        # records Faust skipped that the runner read itself
+    gap_events: int = 0           # times a gap was detected
+
+
+class RecordRunner:
+    """Applies each input record exactly once to the table, outputs first (see module doc)."""
+
+    def __init__(self, table: MutableMapping[str, Any], handler: Handler, send: OutputSender,
+                 gap_reader: GapReader | None, name: str = "stage") -> None:
+        self.table = table
+        self.handler = handler
+        self.send = send
+        self.gap_reader = gap_reader
+        self.name = name
+        self.stats = RunnerStats()
+        self.on_gap: Callable[[int, int, int], None] | None = None
+
+    @staticmethod
+    def progress_key(partition: int) -> str:
+        return f"{PROGRESS_PREFIX}{partition}"
+
+    def progress(self, partition: int) -> int | None:
+        value = self.table.get(self.progress_key(partition))
+        return None if value is None else int(value)
+
+    async def handle(self, partition: int, offset: int, value: bytes) -> None:
+        """Apply one input record (and any records Faust skipped before it)."""
+        done = self.progress(partition)
+        if done is not None and offset <= done:
+            self.stats.replayed_skipped += 1
+            return
+        if self.gap_reader is not None:
+            expected = done + 1 if done is not None else await self.gap_reader.start_offset(partition)
+            if offset > expected:
+                missing = await self.gap_reader.read(partition, expected, offset)
+                self.stats.gap_events += 1
+                self.stats.gaps_repaired += len(missing)
+                log.warning("%s: partition %d jumped from offset %d to %d; applying %d skipped records first",
+                            self.name, partition, expected, offset, len(missing))
+                if self.on_gap is not None:
+                    self.on_gap(partition, expected, offset)
+                for missing_offset, missing_value in missing:
+                    await self._apply(partition, missing_offset, missing_value)
+        await self._apply(partition, offset, value)
+
+    async def _apply(self, partition: int, offset: int, value: bytes) -> None:
+        result = await self.handler(partition, offset, value, StateView(self.table))
+        if result.outputs:
+            await self.send(result.outputs)   # acknowledged by the broker before any state write
+        for key, state in result.states.items():
+            self.table[key] = {"o": offset, "s": state}
+        self.table[self.progress_key(partition)] = offset
+        self.stats.records += 1
+
+
+def faust_sender(app: Any) -> OutputSender:
+    """Sends outputs through the Faust app's producer and waits for every acknowledgement."""
+
+    async def send(outputs: Sequence[Output]) -> None:
+        producer = app.producer
+        futures = [await producer.send(o.topic, o.key, o.value, o.partition, None, None) for o in outputs]
+        await asyncio.gather(*futures)
+
+    return send
+
+
+def group_by_partition(items: Iterable[tuple[int, Any]]) -> dict[int, list[Any]]:
+    """Items grouped by target partition, order kept within each group."""
+    groups: dict[int, list[Any]] = {}
+    for partition, item in items:
+        groups.setdefault(partition, []).append(item)
+    return groups
