@@ -103,6 +103,21 @@ def topics_describe(config: ConfigOption = None) -> None:
                    f"retention_ms={spec.retention_ms} compacted={spec.compacted}\n    key: {spec.key}")
 
 
+@bench_app.command("collector")
+def bench_collector(
+    duration: Annotated[int, typer.Option(help="Seconds of load per server")] = 15,
+    connections: Annotated[int, typer.Option(help="Concurrent keep-alive connections")] = 32,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Use this Kafka instead of starting a real broker")] = None,
+    linger_ms: Annotated[float, typer.Option(help="Collector linger (batching window)")] = 5.0,
+) -> None:
+    """Collector requests/s and p50/p99 with durable writes, against a null app on the same stack."""
+    from loadtest.bench_collector import bench
+    report = bench(duration_s=duration, connections=connections, bootstrap=bootstrap, linger_ms=linger_ms)
+    typer.echo(json.dumps(report, indent=2))
+    if not report["pass"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -117,7 +117,15 @@ def create_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, 
                 created.append(spec.name)
             except TopicAlreadyExistsError:
                 pass
-        described = {t["topic"]: len(t["partitions"]) for t in admin.describe_topics([s.name for s in specs])}
+        names = [s.name for s in specs]
+        while True:  # a new topic is usable once every partition has a leader
+            described_list = admin.describe_topics(names)
+            ready = all(t.get("partitions") and all(p.get("leader_id", -1) >= 0 for p in t["partitions"])
+                        for t in described_list)
+            if ready or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        described = {t.get("name", t.get("topic")): len(t["partitions"]) for t in described_list}
         for spec in specs:
             have = described.get(spec.name)
             if have is not None and have != spec.partitions:

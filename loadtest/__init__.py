@@ -1,0 +1,1 @@
+"""Benchmarks and traffic simulators (run through `leadstream bench ...`)."""

@@ -1,0 +1,788 @@
+"""A real Apache Kafka broker (KRaft, one node) on 127.0.0.1, started from Maven jars.
+
+The integration tests and `leadstream up` (when Java and Maven are present) run
+the same broker production runs, without Docker: `ensure_jars` fetches
+`org.apache.kafka:kafka_2.13` and its runtime dependencies from Maven Central
+once, into a per-user cache, and `KafkaBroker` formats a data directory and runs
+`kafka.Kafka` in a child JVM.
+
+A broker keeps its ports and data directory across `stop()` / `start()`, so a
+restarted broker answers on the same address with the same records.
+
+The small process helpers at the bottom (`free_port`, `terminate_process`,
+`log_tail`) are shared with the Tansu and Redis launchers next to this module.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+import pipeline
+
+__all__ = [
+    "KAFKA_VERSION",
+    "POM_XML",
+    "KafkaBroker",
+    "KafkaUnavailable",
+    "LocalBroker",
+    "MavenRunner",
+    "cache_root",
+    "ensure_jars",
+    "find_pom",
+    "free_port",
+    "log_errors",
+    "log_tail",
+    "terminate_process",
+    "track_process",
+    "wait_for_kafka_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+#: The Kafka release the suite and production images are pinned to.
+KAFKA_VERSION = "4.1.1"
+
+#: Fallback for an installed package that has no `deploy/kafka/pom.xml` next to it.
+#: Keep in sync with that file (a test compares them).
+POM_XML = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<!--
+  The Apache Kafka broker the test suite and `leadstream up` run with the
+  machine's Java, fetched from Maven Central (no Docker, no tarball):
+
+    mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=<dir>
+    java -cp "<dir>/*" kafka.Kafka server.properties
+
+  pipeline/local/kafka.py runs this and caches the jars under
+  ~/.cache/leadstream/kafka-<version>/. Keep it in sync with POM_XML there.
+-->
+<project xmlns="http://maven.apache.org/POM/4.0.0"
+         xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+         xsi:schemaLocation="http://maven.apache.org/POM/4.0.0 https://maven.apache.org/xsd/maven-4.0.0.xsd">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>io.leadstream</groupId>
+  <artifactId>leadstream-kafka-broker</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+
+  <properties>
+    <kafka.version>4.1.1</kafka.version>
+    <!-- The log4j2 release kafka-server 4.1.1 itself depends on. -->
+    <log4j2.version>2.24.3</log4j2.version>
+  </properties>
+
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>${kafka.version}</version>
+    </dependency>
+    <!-- SLF4J 1.7 binding to log4j2 (as the Kafka distribution ships it):
+         without a binding the broker logs nothing at all. -->
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>${log4j2.version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_MARKER = "complete.json"
+_LIBS = "libs"
+
+
+class KafkaUnavailable(RuntimeError):
+    """Java or Maven is missing, the jars cannot be fetched, or the broker did not start."""
+
+
+class LocalBroker(Protocol):
+    """What the tests and `leadstream up` need from a broker they start themselves."""
+
+    supports_idempotence: bool
+    durable: bool
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+#: Runs one Maven command line; raises on failure. Injected by tests.
+MavenRunner = Callable[[Sequence[str]], None]
+
+
+# --------------------------------------------------------------------------- jars
+
+
+def cache_root() -> Path:
+    """`$LEADSTREAM_CACHE`, else `$XDG_CACHE_HOME/leadstream`, else `~/.cache/leadstream`."""
+    explicit = os.environ.get("LEADSTREAM_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "leadstream"
+
+
+def find_pom() -> Path | None:
+    """`deploy/kafka/pom.xml` of the checkout this package runs from, if there is one."""
+    repo_root = Path(pipeline.__file__).resolve().parent.parent
+    pom = repo_root / "deploy" / "kafka" / "pom.xml"
+    return pom if pom.is_file() else None
+
+
+def _pom_text() -> str:
+    pom = find_pom()
+    return pom.read_text(encoding="utf-8") if pom is not None else POM_XML
+
+
+def _run_maven(cmd: Sequence[str]) -> None:
+    try:
+        done = subprocess.run(
+            list(cmd), capture_output=True, text=True, timeout=900, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise KafkaUnavailable(f"Maven did not finish in 900 s: {' '.join(cmd)}") from exc
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip().splitlines()
+        raise KafkaUnavailable(
+            f"Maven failed (exit {done.returncode}) fetching the Kafka jars: "
+            f"{' '.join(cmd)}\n" + "\n".join(output[-40:])
+        )
+
+
+def _find_executable(name: str, home_var: str | None = None) -> str | None:
+    if home_var:
+        home = os.environ.get(home_var)
+        if home:
+            candidate = Path(home) / "bin" / name
+            if os.access(candidate, os.X_OK):
+                return str(candidate)
+    return shutil.which(name)
+
+
+def _java() -> str:
+    java = _find_executable("java", "JAVA_HOME")
+    if java is None:
+        raise KafkaUnavailable(
+            "Java 17+ is needed to run the real Apache Kafka broker but `java` is not on "
+            "PATH (nor in $JAVA_HOME/bin). Install it, e.g. `apt-get install "
+            "openjdk-17-jre-headless`."
+        )
+    return java
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_jars(
+    version: str = KAFKA_VERSION,
+    cache_dir: Path | None = None,
+    *,
+    run: MavenRunner | None = None,
+) -> Path:
+    """Return a directory holding the Kafka broker jars, fetching them only when not cached.
+
+    The jars live in `<cache>/kafka-<version>/libs-<pom hash>/`, so a changed pom
+    gets a fresh directory and never pulls jars from under a running broker. A
+    `complete.json` marker is written only after Maven succeeded and the jars
+    were moved into place, so an interrupted download is fetched again. Safe to
+    call from several processes at once (a file lock serialises the fetch).
+    Raises `KafkaUnavailable` when Maven is missing or fails.
+    """
+    pom_text = _pom_text()
+    pom_sha = hashlib.sha256(pom_text.encode("utf-8")).hexdigest()
+    root = (cache_dir or cache_root()) / f"kafka-{version}"
+    libs = root / f"{_LIBS}-{pom_sha[:12]}"
+    marker = libs / _MARKER
+
+    def cached() -> bool:
+        try:
+            meta = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return (
+            isinstance(meta, dict)
+            and meta.get("version") == version
+            and meta.get("pom_sha256") == pom_sha
+            and any(libs.glob("kafka_2.13-*.jar"))
+        )
+
+    if cached():
+        return libs
+    with _file_lock(root.parent / f"kafka-{version}.lock"):
+        if cached():  # another process fetched while we waited for the lock
+            return libs
+        mvn = _find_executable("mvn", "MAVEN_HOME")
+        if run is None and mvn is None:
+            raise KafkaUnavailable(
+                "Maven is needed once to fetch the Apache Kafka broker jars from Maven "
+                "Central but `mvn` is not on PATH. Install it, e.g. `apt-get install maven`."
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="fetch-", dir=root))
+        try:
+            pom = staging / "pom.xml"
+            pom.write_text(pom_text, encoding="utf-8")
+            out = staging / _LIBS
+            cmd = [
+                mvn or "mvn",
+                "-q",
+                "-B",
+                "-Dstyle.color=never",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={out}",
+                f"-Dkafka.version={version}",
+            ]
+            log.info("fetching Apache Kafka %s jars with Maven into %s", version, libs)
+            started = time.monotonic()
+            (run or _run_maven)(cmd)
+            if not any(out.glob("kafka_2.13-*.jar")):
+                raise KafkaUnavailable(f"Maven ran but left no kafka_2.13 jar in {out}")
+            if libs.exists():  # unmarked: a fetch that died before its marker; nobody uses it
+                shutil.rmtree(libs)
+            out.rename(libs)
+            jars = sorted(p.name for p in libs.glob("*.jar"))
+            marker.write_text(
+                json.dumps(
+                    {"version": version, "pom_sha256": pom_sha, "jars": jars}, indent=1
+                ),
+                encoding="utf-8",
+            )
+            log.info(
+                "fetched %d Kafka jars in %.1f s", len(jars), time.monotonic() - started
+            )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return libs
+
+
+# --------------------------------------------------------------------------- broker
+
+
+def _kafka_uuid() -> str:
+    """A cluster id in Kafka's `Uuid.toString()` form (what `StorageTool random-uuid` prints).
+
+    Generated here to save a JVM start; like Kafka, never starts with '-'.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def _read_properties(path: Path) -> dict[str, str]:
+    props: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            props[key.strip()] = value.strip()
+    return props
+
+
+_LOG4J2 = """\
+# Written by leadstream: the broker's own log, appended across restarts.
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log_path}
+appender.file.append = true
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.file.ref = FILE
+# Per-request and per-partition chatter that buries what matters.
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = WARN
+"""
+
+
+class KafkaBroker:
+    """One Apache Kafka broker+controller (KRaft) on 127.0.0.1 in a child JVM.
+
+    Contracts:
+    - `start()` returns only when an admin client can list topics, else raises
+      `KafkaUnavailable` with the tail of the broker's log (default 60 s).
+    - The data directory is formatted only once; a later `start()` on it keeps
+      every topic and record. Ports are picked once and kept for restarts, and
+      read back from `server.properties` when an existing data dir is reused.
+    - `stop()` is graceful (SIGTERM, then SIGKILL after `stop_timeout`);
+      `kill()` is SIGKILL, for crash tests. Both are idempotent.
+    - Without a `data_dir` a temporary one is made and removed by `close()`.
+    """
+
+    supports_idempotence = True
+    durable = True
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        *,
+        port: int | None = None,
+        controller_port: int | None = None,
+        version: str = KAFKA_VERSION,
+        heap: str = "512m",
+        log_level: str = "INFO",
+        startup_timeout: float = 60.0,
+        stop_timeout: float = 30.0,
+        extra_config: Mapping[str, str] | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self._owned_dir = data_dir is None
+        self.data_dir = (
+            Path(tempfile.mkdtemp(prefix="leadstream-kafka-"))
+            if data_dir is None
+            else Path(data_dir)
+        )
+        self.port = port
+        self.controller_port = controller_port
+        self.version = version
+        self.heap = heap
+        self.log_level = log_level
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.extra_config = dict(extra_config or {})
+        self.cache_dir = cache_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        #: Seconds the last `start()` took until the broker answered.
+        self.startup_seconds: float | None = None
+
+    # -- paths -----------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        """`127.0.0.1:<port>`; valid once `start()` picked the port."""
+        if self.port is None:
+            raise RuntimeError("the broker has no port yet: call start() first")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's log4j log (appended across restarts)."""
+        return self.data_dir / "kafka.log"
+
+    @property
+    def console_path(self) -> Path:
+        """The JVM's stdout/stderr (crashes before log4j starts end up here)."""
+        return self.data_dir / "kafka.out"
+
+    @property
+    def log_dirs(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def ensure_jars(self) -> Path:
+        """The cached broker jars for `self.version` (see the module function)."""
+        return ensure_jars(self.version, self.cache_dir)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(
+        self,
+        data_dir: Path | str | None = None,
+        port: int | None = None,
+        controller_port: int | None = None,
+    ) -> None:
+        """Start the broker and wait until it serves metadata. Raises `KafkaUnavailable`."""
+        if self.running:
+            raise RuntimeError(f"Kafka broker already running on {self.bootstrap}")
+        if data_dir is not None and Path(data_dir) != self.data_dir:
+            if self._owned_dir:  # the caller's directory replaces our unused temp dir
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                self._owned_dir = False
+            self.data_dir = Path(data_dir)
+        self.port = port or self.port
+        self.controller_port = controller_port or self.controller_port
+        began = time.monotonic()
+        java = _java()
+        jars = self.ensure_jars()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._choose_ports()
+        self._write_config()
+        classpath = f"{jars}{os.sep}*"
+        if not (self.log_dirs / "meta.properties").exists():
+            self._format(java, classpath)
+        cmd = [
+            java,
+            f"-Xmx{self.heap}",
+            "-Xms64m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(self.config_path),
+        ]
+        with open(self.console_path, "ab") as console:
+            self.process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,  # a Ctrl-C meant for the caller does not hit it
+            )
+        _LIVE.add(self.process)
+        log.info(
+            "starting Kafka %s broker pid %d on %s (data %s)",
+            self.version,
+            self.process.pid,
+            self.bootstrap,
+            self.data_dir,
+        )
+        try:
+            wait_for_kafka_metadata(
+                self.bootstrap,
+                timeout=self.startup_timeout,
+                process=self.process,
+                describe=self._describe_failure,
+            )
+        except BaseException:
+            self.kill()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        log.info("Kafka broker on %s ready in %.1f s", self.bootstrap, self.startup_seconds)
+
+    def stop(self) -> None:
+        """Graceful shutdown: SIGTERM, then SIGKILL after `stop_timeout`. Keeps the data."""
+        if self.process is not None:
+            terminate_process(self.process, self.stop_timeout)
+            _LIVE.discard(self.process)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would. Keeps the data."""
+        if self.process is not None:
+            terminate_process(self.process, 0.0)
+            _LIVE.discard(self.process)
+            self.process = None
+
+    def restart(self) -> None:
+        """Stop (if running) and start again on the same ports and data directory."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop, and remove the data directory if this object created it."""
+        self.stop()
+        if self._owned_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> KafkaBroker:
+        if not self.running:
+            try:
+                self.start()
+            except BaseException:
+                self.close()  # __exit__ will not run: do not leak the temp files
+                raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------
+
+    def _choose_ports(self) -> None:
+        if (self.port is None or self.controller_port is None) and self.config_path.exists():
+            props = _read_properties(self.config_path)
+            for listener in props.get("listeners", "").split(","):
+                name, _, address = listener.partition("://")
+                _, _, port = address.rpartition(":")
+                if name == "PLAINTEXT" and self.port is None and port.isdigit():
+                    self.port = int(port)
+                if name == "CONTROLLER" and self.controller_port is None and port.isdigit():
+                    self.controller_port = int(port)
+        if self.port is None:
+            self.port = free_port()
+        if self.controller_port is None:
+            self.controller_port = free_port(avoid={self.port})
+
+    def _write_config(self) -> None:
+        config: dict[str, str] = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.log_dirs),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            # 8 instead of 50: the first consumer group waits for these to be created.
+            "offsets.topic.num.partitions": "8",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "8",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # Let tests use short consumer sessions so a killed worker's partitions move fast.
+            "group.min.session.timeout.ms": "500",
+            # A broker restarted after SIGKILL cannot re-register until its old session
+            # expires (default 9 s); heartbeats stay on loopback, so a shorter one is safe.
+            "broker.heartbeat.interval.ms": "500",
+            "broker.session.timeout.ms": "4000",
+            "message.max.bytes": str(2 * 1024 * 1024),
+            "replica.fetch.max.bytes": str(2 * 1024 * 1024),
+        }
+        config.update(self.extra_config)
+        lines = ["# Written by leadstream (pipeline/local/kafka.py) on every start."]
+        lines += [f"{key}={value}" for key, value in config.items()]
+        self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (self.data_dir / "log4j2.properties").write_text(
+            _LOG4J2.format(log_path=self.log_path, level=self.log_level), encoding="utf-8"
+        )
+
+    def _format(self, java: str, classpath: str) -> None:
+        cluster_id = _kafka_uuid()
+        cmd = [
+            java,
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp",
+            classpath,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.config_path),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise KafkaUnavailable(
+                f"formatting Kafka storage in {self.log_dirs} failed (exit "
+                f"{done.returncode}):\n{(done.stdout + done.stderr).strip()}"
+            )
+        log.info("formatted Kafka storage %s (cluster id %s)", self.log_dirs, cluster_id)
+
+    def _describe_failure(self) -> str:
+        return (
+            f"--- {self.log_path} (errors) ---\n{log_errors(self.log_path)}\n"
+            f"--- {self.log_path} (tail) ---\n{log_tail(self.log_path)}\n"
+            f"--- {self.console_path} (tail) ---\n{log_tail(self.console_path)}"
+        )
+
+
+def wait_for_kafka_metadata(
+    bootstrap: str,
+    *,
+    timeout: float,
+    process: subprocess.Popen[bytes] | None = None,
+    describe: Callable[[], str] | None = None,
+) -> None:
+    """Block until a Kafka admin client on `bootstrap` can list topics.
+
+    Raises `KafkaUnavailable` when `timeout` passes or `process` exits first,
+    with `describe()` (e.g. a log tail) appended to the message.
+    """
+    host, _, port_text = bootstrap.rpartition(":")
+    port = int(port_text)
+    deadline = time.monotonic() + timeout
+    last_error = "port never opened"
+
+    def fail(reason: str) -> KafkaUnavailable:
+        detail = describe() if describe is not None else ""
+        return KafkaUnavailable(f"broker on {bootstrap} {reason} ({last_error})\n{detail}")
+
+    while True:
+        if process is not None and process.poll() is not None:
+            raise fail(f"exited with code {process.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise fail(f"did not answer a metadata request within {timeout:.0f} s")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                pass
+        except OSError as exc:
+            last_error = f"connect: {exc}"
+            time.sleep(0.1)
+            continue
+        ok, last_error = _list_topics(bootstrap)
+        if ok and process is not None and process.poll() is not None:
+            raise fail("exited; whatever answers on its port is another process")
+        if ok:
+            return
+        time.sleep(0.2)
+
+
+def _list_topics(bootstrap: str) -> tuple[bool, str]:
+    from kafka.admin import KafkaAdminClient  # kafka-python; imported late: slow import
+
+    # kafka-python logs every failed connection attempt at ERROR while we poll.
+    quiet = logging.getLogger("kafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="leadstream-readiness-probe",
+            request_timeout_ms=3000,
+            bootstrap_timeout_ms=3000,  # something else on the port must not stall us 30 s
+        )
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+        return False, f"{type(exc).__name__}: {exc}"
+    finally:
+        quiet.setLevel(level)
+    return True, ""
+
+
+# --------------------------------------------------------------------------- process helpers
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(avoid: set[int] | None = None) -> int:
+    """A TCP port on 127.0.0.1 that is free now, chosen below the ephemeral range.
+
+    Outgoing connections take their local port from the ephemeral range, so a
+    server port picked there can be taken by some client while its server is
+    down for a restart; ports below it are only ever taken by explicit binds.
+    """
+    avoid = avoid or set()
+    low, _ = _ephemeral_range()
+    if low > 12000:
+        for _ in range(100):
+            port = random.randint(10000, low - 1)
+            if port in avoid:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    while True:  # fall back to the kernel's pick
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            picked: int = sock.getsockname()[1]
+        if picked not in avoid:
+            return picked
+
+
+def terminate_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM `process` and wait up to `timeout` s, then SIGKILL. `timeout=0`: SIGKILL now."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            if timeout > 0:
+                process.send_signal(signal.SIGTERM)
+            else:
+                process.kill()
+        try:
+            process.wait(timeout=timeout if timeout > 0 else 10.0)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d ignored SIGTERM for %.0f s: killing it", process.pid, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait(timeout=10.0)
+    _LIVE.discard(process)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a text file, or a note that it does not exist."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def log_errors(path: Path, lines: int = 12) -> str:
+    """The last ERROR/FATAL lines and exception causes of a log4j file (stack frames dropped)."""
+    picked = [
+        line
+        for line in log_tail(path, 100_000).splitlines()
+        if " ERROR " in line or " FATAL " in line or line.startswith("Caused by:")
+    ]
+    return "\n".join(picked[-lines:]) or "(none)"
+
+
+#: Child processes started by this module and its siblings, stopped at interpreter exit
+#: so an aborted test run leaves no broker behind.
+_LIVE: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
+
+
+def track_process(process: subprocess.Popen[bytes]) -> None:
+    """Have `process` stopped (SIGTERM, then SIGKILL) when the interpreter exits."""
+    _LIVE.add(process)
+
+
+def _stop_all_at_exit() -> None:
+    for process in list(_LIVE):
+        with contextlib.suppress(Exception):
+            terminate_process(process, 5.0)
+
+
+atexit.register(_stop_all_at_exit)
