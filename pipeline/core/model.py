@@ -99,6 +99,7 @@ class CompanyResolution:
     company: Company | None
     confidence: float
     evidence: tuple[Evidence, ...] = ()
+    network_class: NetworkClass = NetworkClass.unknown   # the visit's network, carried with every resolution
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,243 @@
+"""Qualification: whether an account becomes a lead now, and the lead's explanation.
+
+A lead needs, in this order of reporting (all failures are listed, not just the first):
+every filter passed; fit >= ``fit_min`` and intent >= ``intent_min``; the required
+identity level (``company`` or ``person``) at or above ``min_confidence``; then outside
+the cool-down and inside the quota.
+
+Tiers (HubSpot's grid): fit letter A (>= fit_a), B (>= fit_b), C; intent digit
+1 (>= intent_1), 2 (>= intent_2), 3. Rank A1 < A2 < A3 < B1 < ... < C3 (lower is better).
+**Cool-down:** no new lead for the same account (or, at identity level ``person``, the
+same person) within ``cooldown_days`` of the previous lead's event time, unless the
+tier is strictly better than that lead's tier. **Quota:** at most ``monthly_quota``
+leads per site per event-time calendar month (UTC); :class:`QuotaState` is per site.
+
+Lead ids are uuid5 of site, account, model version and the account's qualification
+sequence number: a replay from the same input with the same model gives the same ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from .filters import FilterResult, LeadFacts, run_filters
+from .fit import FitScore, score_fit
+from .intent import AccountState, IntentScore
+from .model import NetworkClass
+from .scoring_model import EffectiveRules, Tiering
+from .sessions import DAY_MS
+from .visit import company_from_dict
+
+__all__ = ["QuotaState", "Decision", "QualifiedLead", "tier_of", "tier_rank", "lead_id", "lead_facts",
+           "best_person", "evaluate", "qualify", "month_of"]
+
+_LEAD_NS = uuid.UUID("0e0b6c55-3f61-4a8e-a7c1-5b7f1f0d9a42")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaState:
+    """Leads issued for one site in one event-time month (``YYYY-MM``)."""
+    site_id: str
+    month: str = ""
+    count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": 1, "site": self.site_id, "month": self.month, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "QuotaState":
+        if d.get("v") != 1:
+            raise ValueError(f"unsupported QuotaState version {d.get('v')!r}")
+        return cls(d["site"], d.get("month", ""), d.get("count", 0))
+
+
+def month_of(tstamp: int) -> str:
+    """UTC calendar month of an epoch-ms event time, ``YYYY-MM``."""
+    return datetime.fromtimestamp(tstamp / 1000, tz=timezone.utc).strftime("%Y-%m")
+
+
+def tier_of(fit: float, intent: float, t: Tiering) -> str:
+    letter = "A" if fit >= t.fit_a else "B" if fit >= t.fit_b else "C"
+    digit = "1" if intent >= t.intent_1 else "2" if intent >= t.intent_2 else "3"
+    return letter + digit
+
+
+def tier_rank(tier: str) -> int:
+    """0 for A1 ... 8 for C3; lower is better."""
+    return "ABC".index(tier[0]) * 3 + int(tier[1]) - 1
+
+
+def lead_id(site_id: str, account: str, model_version: str, sequence: int) -> str:
+    return str(uuid.uuid5(_LEAD_NS, f"{site_id}|{account}|{model_version}|{sequence}"))
+
+
+def best_person(state: AccountState) -> tuple[str, Mapping[str, Any]] | None:
+    """The account's most confident person (ties: most recent, then id)."""
+    if not state.persons:
+        return None
+    pid, rec = sorted(state.persons.items(), key=lambda kv: (-float(kv[1].get("conf", 0)),
+                                                            -int(kv[1].get("ts", 0)), kv[0]))[0]
+    return pid, rec
+
+
+def lead_facts(state: AccountState, *, is_bot: bool = False, bot_reason: str | None = None) -> LeadFacts:
+    """Filter inputs from the account state: company and its evidence, the latest visit's
+    network class, country (company's, else the visit's geo), IP, pages, email hashes."""
+    co = state.company
+    company = company_from_dict(co) if co else None
+    seen = state.seen
+    return LeadFacts(
+        company=company, company_evidence_sources=tuple(str(e[0]) for e in (co or {}).get("ev", ())),
+        network_class=NetworkClass(seen.get("nc", (co or {}).get("nc", "unknown"))),
+        country=(company.country if company and company.country else seen.get("country")),
+        client_ip=seen.get("ip"), pages=tuple(state.pages),
+        email_hashes=tuple(sorted(str(p["eh"]) for p in state.persons.values() if p.get("eh"))),
+        is_bot=is_bot, bot_reason=bot_reason)
+
+
+@dataclass(frozen=True, slots=True)
+class QualifiedLead:
+    """The product's main output, with its explanation."""
+    lead_id: str
+    site_id: str
+    account: str
+    tstamp: int
+    sequence: int
+    tier: str
+    fit: float
+    intent: float
+    model_version: str
+    model_digest: str
+    explanation: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lead_id": self.lead_id, "site_id": self.site_id, "account": self.account, "tstamp": self.tstamp,
+                "sequence": self.sequence, "tier": self.tier, "fit": self.fit, "intent": self.intent,
+                "model_version": self.model_version, "model_digest": self.model_digest,
+                "explanation": dict(self.explanation)}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    qualified: bool
+    reasons: tuple[str, ...]            # why not (empty when qualified)
+    tier: str
+    fit: FitScore
+    intent: IntentScore
+    filters: tuple[FilterResult, ...]
+    state: AccountState                  # with the lead memory updated when qualified
+    quota: QuotaState | None
+    lead: QualifiedLead | None = None
+
+
+def evaluate(state: AccountState, intent: IntentScore, rules: EffectiveRules, *, is_bot: bool = False,
+             bot_reason: str | None = None, extra_suppressed_hashes: frozenset[str] = frozenset(),
+             extra_suppressed_domains: frozenset[str] = frozenset()
+             ) -> tuple[FitScore, tuple[FilterResult, ...], list[str]]:
+    """Fit, filters and threshold / identity reasons (no cool-down or quota): what a
+    ``lead-scores`` record reports for any account."""
+    facts = lead_facts(state, is_bot=is_bot, bot_reason=bot_reason)
+    person = best_person(state)
+    fit = score_fit(facts.company, rules.fit, seniority=person[1].get("sen") if person else None,
+                    department=person[1].get("dep") if person else None)
+    results = run_filters(facts, rules.filters, extra_suppressed_hashes, extra_suppressed_domains)
+    reasons = [f"filter:{r.name}:{r.reason}" for r in results if not r.passed]
+    th = rules.thresholds
+    if fit.score < th.fit_min:
+        reasons.append(f"fit_below_threshold:{fit.score}<{th.fit_min}")
+    if intent.score < th.intent_min:
+        reasons.append(f"intent_below_threshold:{intent.score}<{th.intent_min}")
+    if th.identity_level == "person":
+        conf = float(person[1].get("conf", 0)) if person else 0.0
+    else:
+        conf = float(state.company.get("conf", 0)) if state.company else 0.0
+    if conf < th.min_confidence:
+        reasons.append(f"identity_below_minimum:{th.identity_level}:{conf}<{th.min_confidence}")
+    return fit, results, reasons
+
+
+def qualify(state: AccountState, intent: IntentScore, rules: EffectiveRules, quota: QuotaState | None = None, *,
+            is_bot: bool = False, bot_reason: str | None = None,
+            extra_suppressed_hashes: frozenset[str] = frozenset(),
+            extra_suppressed_domains: frozenset[str] = frozenset()) -> Decision:
+    """Decide at event time ``intent.now`` whether ``state``'s account is a lead now.
+
+    Pure and deterministic. When qualified, the returned ``state`` carries the new lead
+    memory (sequence, time, tier, person) and ``quota`` the incremented count; the caller
+    writes both. Otherwise both come back unchanged (the quota rolled to the month).
+    """
+    now = intent.now
+    fit, results, reasons = evaluate(state, intent, rules, is_bot=is_bot, bot_reason=bot_reason,
+                                     extra_suppressed_hashes=extra_suppressed_hashes,
+                                     extra_suppressed_domains=extra_suppressed_domains)
+    q = rules.qualification
+    tier = tier_of(fit.score, intent.score, q.tiers)
+    month = month_of(now)
+    if quota is not None and quota.month != month:
+        quota = QuotaState(quota.site_id, month, 0)
+    person = best_person(state)
+
+    def decision(why: list[str]) -> Decision:
+        return Decision(False, tuple(why), tier, fit, intent, results, state, quota)
+
+    if reasons:
+        return decision(reasons)
+    lead = state.lead
+    if rules.thresholds.identity_level == "person" and person is not None:
+        last_ts = (lead.get("persons") or {}).get(person[0], {}).get("ts")
+        last_tier = (lead.get("persons") or {}).get(person[0], {}).get("tier")
+    else:
+        last_ts, last_tier = lead.get("last_ts"), lead.get("tier")
+    if last_ts is not None and now - int(last_ts) < q.cooldown_days * DAY_MS:
+        if last_tier is None or tier_rank(tier) >= tier_rank(str(last_tier)):
+            return decision([f"cooldown:{last_tier}->{tier}"])
+    if q.monthly_quota is not None and quota is not None and quota.count >= q.monthly_quota:
+        return decision([f"quota_exhausted:{month}:{q.monthly_quota}"])
+
+    seq = int(lead.get("seq", 0)) + 1
+    lid = lead_id(state.site_id, state.account, rules.model_version, seq)
+    persons_mem = {k: dict(v) for k, v in (lead.get("persons") or {}).items()}
+    if person is not None:
+        persons_mem[person[0]] = {"ts": now, "tier": tier}
+    new_state = replace(state, lead={"seq": seq, "last_ts": now, "tier": tier, "persons": persons_mem,
+                                     "last_id": lid})
+    new_quota = replace(quota, count=quota.count + 1) if quota is not None else None
+    co = state.company or {}
+    explanation: dict[str, Any] = {
+        "summary": _summary(tier, fit, intent, co, person),
+        "model": {"version": rules.model_version, "digest": rules.model_digest},
+        "thresholds": rules.thresholds.model_dump(mode="json"),
+        "fit": {"score": fit.score, "contributions": [c.to_dict() for c in fit.contributions]},
+        "intent": {"score": intent.score, "raw": intent.raw, "contributions": [c.to_dict() for c in intent.contributions],
+                   "sessions": [dict(s) for s in intent.top_sessions],
+                   "pages": {k: list(v) for k, v in intent.top_pages.items()}},
+        "identity": {
+            "level": rules.thresholds.identity_level,
+            "company": {k: v for k, v in co.items() if k not in ("ev", "src", "conf", "nc")} or None,
+            "company_confidence": co.get("conf", 0.0),
+            "company_evidence": [list(e) for e in co.get("ev", ())],
+            "network_class": co.get("nc", state.seen.get("nc", "unknown")),
+            "person": ({"person_id": person[0], "confidence": person[1].get("conf"),
+                        "seniority": person[1].get("sen"), "department": person[1].get("dep"),
+                        "evidence": [list(e) for e in person[1].get("ev", ())]} if person else None),
+        },
+        "enrichment_sources": sorted(set(co.get("src", ())) | {str(e[0]) for e in co.get("ev", ())}),
+        "filters": [r.to_dict() for r in results],
+        "previous_lead": {"tier": lead.get("tier"), "tstamp": lead.get("last_ts")} if lead.get("seq") else None,
+    }
+    ql = QualifiedLead(lead_id=lid, site_id=state.site_id, account=state.account, tstamp=now, sequence=seq, tier=tier,
+                       fit=fit.score, intent=intent.score, model_version=rules.model_version,
+                       model_digest=rules.model_digest, explanation=explanation)
+    return Decision(True, (), tier, fit, intent, results, new_state, new_quota, ql)
+
+
+def _summary(tier: str, fit: FitScore, intent: IntentScore, co: Mapping[str, Any],
+             person: tuple[str, Mapping[str, Any]] | None) -> str:
+    top = sorted((c for c in intent.contributions if c.points > 0), key=lambda c: (-c.points, c.rule))[:3]
+    name = co.get("name") or co.get("domain") or "unknown account"
+    who = f", {person[1].get('sen') or 'a known person'}" if person else ""
+    drivers = ", ".join(c.rule for c in top) or "no positive signals"
+    return f"{tier}: {name}{who}; fit {fit.score:g}, intent {intent.score:g} from {drivers}"
