@@ -79,6 +79,51 @@ def snippet(site_id: str, config: ConfigOption = None) -> None:
     typer.echo(make_snippet(settings, site_id))
 
 
+@app.command("import")
+def import_(kind: Annotated[str, typer.Argument(help="companies | ip-ranges | asn-types | people | identities")],
+            file: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON Lines (.jsonl); .gz accepted")],
+            site: Annotated[Optional[str], typer.Option(help="Import into one site's namespace (default: all sites)")] = None,
+            check: Annotated[bool, typer.Option("--check", help="Validate only; write nothing")] = False,
+            progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+            config: ConfigOption = None) -> None:
+    """Load reference data into Redis, idempotently; every bad row is reported with its line number."""
+    from .ops.importer import KINDS, ImportFileError, import_file
+    settings = _settings(config)
+    _register_identity_kinds(settings)
+    if kind not in KINDS:
+        _fail(f"unknown kind {kind!r}: choose one of {', '.join(sorted(KINDS))}")
+    if not file.is_file():
+        _fail(f"no such file: {file}")
+    if site is not None and settings.site(site) is None:
+        _fail(f"unknown site {site!r}: add it under `sites:` in the settings file")
+    store = None
+    if not check:
+        if not settings.redis.url_value:
+            _fail("redis.url is not set (LEADSTREAM_REDIS__URL); `leadstream up` prints the one it started")
+        from .enrich.redis_store import ReferenceStore
+        store = ReferenceStore.from_url(settings.redis.url_value)
+    try:
+        report = import_file(kind, file, store, site=site, progress=progress)
+    except ImportFileError as exc:
+        _fail(f"{file}: {exc}")
+    typer.echo(report.summary())
+    for line, reason in report.errors[:200]:
+        typer.echo(f"  line {line}: {reason}", err=True)
+    if len(report.errors) > 200:
+        typer.echo(f"  ... and {len(report.errors) - 200} more bad rows", err=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _register_identity_kinds(settings: Settings) -> None:
+    """People and identities need the identity store; registered when that module is present."""
+    try:
+        from .ops.identity_import import register as register_identity_kinds
+    except ImportError:
+        return
+    register_identity_kinds(settings)
+
+
 @topics_app.command("create")
 def topics_create(config: ConfigOption = None) -> None:
     """Create every missing topic with the catalogue's partitions, retention and compaction."""
