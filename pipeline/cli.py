@@ -70,6 +70,36 @@ def collector(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def worker(config: ConfigOption = None) -> None:
+    """Run the stream worker (visitor and account stages); start more to share the partitions."""
+    from .stages.main import run
+    settings = _settings(config)
+    if not settings.kafka.bootstrap_servers:
+        _fail("kafka.bootstrap_servers is not set (LEADSTREAM_KAFKA__BOOTSTRAP_SERVERS); "
+              "use `leadstream up` to run with an embedded broker")
+    run(settings)
+
+
+@app.command()
+def tail(topic: Annotated[str, typer.Argument(help="qualified-leads, lead-scores, visits, pixel-events, bad-events "
+                                                   "(or the configured name)")],
+         from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record")] = True,
+         follow: Annotated[bool, typer.Option(help="Keep waiting for new records")] = False,
+         limit: Annotated[int, typer.Option(help="Stop after this many records (0: no limit)")] = 0,
+         config: ConfigOption = None) -> None:
+    """Print a topic's records as JSON lines, decoded with the schemas (no consumer group, commits nothing)."""
+    from .ops.tail import tail_topic
+    settings = _settings(config)
+    if not settings.kafka.bootstrap_servers:
+        _fail("kafka.bootstrap_servers is not set")
+    try:
+        for line in tail_topic(settings, topic, from_beginning=from_beginning, follow=follow, limit=limit):
+            typer.echo(line)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+
+
+@app.command()
 def snippet(site_id: str, config: ConfigOption = None) -> None:
     """Print the <script> tag to paste into the pages of SITE_ID."""
     from .collector.app import snippet as make_snippet

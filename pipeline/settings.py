@@ -24,6 +24,8 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Vali
                       field_validator, model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .core.scoring_model import ScoringModel, SiteRules, default_scoring_model, load_scoring_model
+
 CONFIG_ENV = "LEADSTREAM_CONFIG"
 DEFAULT_CONFIG_FILE = "leadstream.yaml"
 
@@ -136,6 +138,20 @@ class SiteSettings(_Frozen):
         description="Origins allowed to send, e.g. https://www.example.com, https://*.example.com, or * for any.")
     consent: ConsentSettings = ConsentSettings()
     capture_forms: bool = Field(False, description="pixel.js sends form submissions with an email field as identify events")
+    hosts: list[str] = Field(default_factory=list,
+                             description="The site's own hostnames (internal referrers); default: from allowed_origins")
+    session_gap_minutes: int = Field(30, ge=1, le=24 * 60, description="Inactivity that ends a session (event time)")
+    conversion_names: list[str] = Field(default_factory=list,
+                                        description="track/structured event names that count as conversions")
+    email_salt: SecretStr | None = Field(
+        None, description="Salt for email hashes of this site; default: the top-level identity_salt")
+    rules: SiteRules | None = Field(None, description="ICP fit rules, thresholds, qualification, filters")
+
+    @property
+    def own_hosts(self) -> tuple[str, ...]:
+        if self.hosts:
+            return tuple(h.lower() for h in self.hosts)
+        return tuple(o.split("://", 1)[1].lstrip("*.") for o in self.allowed_origins if "://" in o)
 
     @field_validator("site_id")
     @classmethod
@@ -223,6 +239,9 @@ class Settings(BaseSettings):
     sites: list[SiteSettings] = Field(default_factory=list)
     data_dir: Path = Field(Path(".leadstream"), description="Local state: Faust tables, embedded brokers")
     log_level: Literal["debug", "info", "warn", "error"] = "info"
+    scoring_model: Path | None = Field(None, description="Scoring model YAML (default: the built-in model)")
+    identity_salt: SecretStr | None = Field(
+        None, description="Default salt for email hashes (set it: without one a per-site salt is derived from the site id)")
     metrics_port: int = Field(9102, ge=0, le=65535, description="Worker /metrics port (the collector serves /metrics itself)")
 
     _sites_by_id: dict[str, SiteSettings] = PrivateAttr(default_factory=dict)
@@ -239,6 +258,29 @@ class Settings(BaseSettings):
 
     def site(self, site_id: str) -> SiteSettings | None:
         return self._sites_by_id.get(site_id)
+
+    def email_salt(self, site: SiteSettings) -> str:
+        """The salt for the site's email hashes (a secret)."""
+        if site.email_salt is not None:
+            return site.email_salt.get_secret_value()
+        if self.identity_salt is not None:
+            return self.identity_salt.get_secret_value()
+        return f"leadstream-unsalted:{site.site_id}"
+
+    def load_scoring_model(self) -> ScoringModel:
+        """The configured scoring model (file), else the built-in default."""
+        if self.scoring_model is None:
+            return default_scoring_model()
+        return load_scoring_model(Path(self.scoring_model).read_text(encoding="utf-8"))
+
+    @field_validator("scoring_model")
+    @classmethod
+    def _model_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            if not Path(value).is_file():
+                raise ValueError(f"no such file: {value}")
+            load_scoring_model(Path(value).read_text(encoding="utf-8"))  # fails with the model's key paths
+        return value
 
 
     @classmethod

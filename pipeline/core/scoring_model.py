@@ -206,7 +206,6 @@ class SiteRules(_Frozen):
     thresholds: Thresholds | None = None
     qualification: Qualification | None = None
     filters: Filters | None = None
-    salt: str | None = Field(default=None, description="Site salt for email hashes (secret: keep out of logs)")
 
 
 class EffectiveRules(_Frozen):

@@ -45,6 +45,7 @@ class Output:
     partition: int | None
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(slots=True)
@@ -208,7 +209,8 @@ def faust_sender(app: Any) -> OutputSender:
 
     async def send(outputs: Sequence[Output]) -> None:
         producer = app.producer
-        futures = [await producer.send(o.topic, o.key, o.value, o.partition, None, None) for o in outputs]
+        futures = [await producer.send(o.topic, o.key, o.value, o.partition, None, list(o.headers) or None)
+                   for o in outputs]
         await asyncio.gather(*futures)
 
     return send

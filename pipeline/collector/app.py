@@ -1,0 +1,507 @@
+"""The collector's HTTP app: pixel and Snowplow protocols in, ``CollectorPayload``\\ s out.
+
+:func:`create_app` builds a Starlette app. The ingest routes are raw ASGI
+endpoints (no Request/Response objects, no middleware) because they are the
+hot path: read the headers once, parse with the stdlib, build Avro-ready
+dicts, hand them to the :class:`~pipeline.collector.producer.PayloadSink`,
+and answer when the broker has them (``collector.wait_for_broker``).
+
+For every request the collector:
+
+1. parses the protocol (:mod:`pipeline.collector.protocol`); malformed input,
+   protocol and size violations get a 4xx with a JSON message and a ``BadRow``;
+2. checks the site id and the Origin (403 + ``site_violation`` /
+   ``origin_violation`` bad row);
+3. applies the site's consent policy: ``drop`` answers as if accepted and
+   writes nothing (a metric counts it), ``anonymize`` keeps the events without
+   IP, cookie ids or user ids and sets no cookie;
+4. reads the client IP (XFF only through trusted proxies) and the network
+   user id cookie (set or refreshed on the answer);
+5. queues one payload per (site, tracker visitor) under the key
+   ``site_id|visitor_id`` (the payload id when anonymous) and waits for the
+   acknowledgement: 200 (or the GIF), else 503 with ``Retry-After``.
+
+No input makes it answer 500: an unexpected error while handling a request
+is logged and answered 400 with a ``processing_failure`` bad row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import Any, Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .. import metrics
+from ..settings import ConsentAction, Settings, SiteSettings
+from ..topology import visitor_key
+from .producer import BatchingProducer, BrokerUnavailable, PayloadSink, RecordTooLarge
+from .protocol import (EventGroup, Limits, PayloadError, fast_uuid4, parse_collect, parse_pixel_query,
+                       parse_snowplow_get, parse_snowplow_post)
+from .request import CookiePolicy, ConsentSignals, client_ip, consent_action, kept_headers, read_cookie, \
+    read_headers
+from .snippet import demo_page
+
+log = logging.getLogger(__name__)
+
+COLLECTOR_VERSION: Final = "0.1.0"
+
+#: A transparent 1x1 GIF (43 bytes).
+PIXEL_GIF: Final = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
+                    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+SNOWPLOW_TP2_PATH: Final = "/com.snowplowanalytics.snowplow/tp2"
+
+ProducerFactory = Callable[[Settings], PayloadSink]
+
+_NO_CACHE: Final = (b"cache-control", b"no-cache, no-store, must-revalidate")
+_GIF_HEADERS: Final = [(b"content-type", b"image/gif"), _NO_CACHE, (b"content-length", str(len(PIXEL_GIF)).encode())]
+_JSON: Final = (b"content-type", b"application/json")
+_TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
+_OK_JSON: Final = b'{"ok":true}'
+_ALLOW_HEADERS: Final = b"Content-Type, SP-Anonymous, X-Leadstream-Anonymous"
+
+
+class ClientDisconnected(Exception):
+    """The client went away before sending its whole body."""
+
+
+class _Kind:
+    """One ingest endpoint: its protocol, its bad-row source name and how it answers success."""
+    __slots__ = ("name", "source", "parse", "reads_body", "gif", "ok_body", "ok_type")
+
+    def __init__(self, name: str, source: str, parse: Callable[[str, bytes, Limits], list[EventGroup]],
+                 reads_body: bool, gif: bool, ok_body: bytes, ok_type: tuple[bytes, bytes]) -> None:
+        self.name = name
+        self.source = source
+        self.parse = parse
+        self.reads_body = reads_body
+        self.gif = gif
+        self.ok_body = ok_body
+        self.ok_type = ok_type
+
+
+PIXEL_GIF_KIND: Final = _Kind("p.gif", "pixel_gif", lambda q, b, lim: parse_pixel_query(q, lim), False, True,
+                              PIXEL_GIF, (b"content-type", b"image/gif"))
+COLLECT_KIND: Final = _Kind("collect", "collect", lambda q, b, lim: parse_collect(b, lim), True, False, _OK_JSON,
+                            _JSON)
+SNOWPLOW_GET_KIND: Final = _Kind("i", "snowplow_get", lambda q, b, lim: parse_snowplow_get(q, lim), False, True,
+                                 PIXEL_GIF, (b"content-type", b"image/gif"))
+SNOWPLOW_POST_KIND: Final = _Kind("tp2", "snowplow_post", lambda q, b, lim: parse_snowplow_post(b, lim), True,
+                                  False, b"ok", _TEXT)
+
+
+def _truncate_utf8(data: bytes, limit: int) -> tuple[str, bool]:
+    if len(data) <= limit:
+        return data.decode("utf-8", "replace"), False
+    return data[:limit].decode("utf-8", "ignore"), True
+
+
+class Collector:
+    """Shared state of one collector app (settings, sink, cached metric children) and the request handling.
+
+    Contract: :meth:`handle` answers every request; no exception escapes it.
+    """
+
+    def __init__(self, settings: Settings, sink: PayloadSink) -> None:
+        self.settings = settings
+        self.cfg = settings.collector
+        self.sink = sink
+        self.limits = Limits(self.cfg.max_events_per_request, self.cfg.max_field_chars)
+        self.cookie = CookiePolicy.from_settings(self.cfg)
+        self.trusted = list(self.cfg.trusted_proxies)
+        self.collector_name = f"leadstream-collector/{COLLECTOR_VERSION} {socket.gethostname()}"
+        self.retry_after = str(self.cfg.retry_after_s).encode()
+        self._requests: dict[tuple[str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
+        self._consent: dict[tuple[str, str, str], Any] = {}
+        self._max_header = self.cfg.max_field_chars
+
+    # ---- metrics (children cached: labels() takes a lock and a dict lookup) ----------------
+
+    def _observe(self, endpoint: str, status: int, started: float) -> None:
+        counter = self._requests.get((endpoint, status))
+        if counter is None:
+            counter = self._requests[(endpoint, status)] = metrics.COLLECTOR_REQUESTS.labels(endpoint, str(status))
+        counter.inc()
+        histogram = self._durations.get(endpoint)
+        if histogram is None:
+            histogram = self._durations[endpoint] = metrics.COLLECTOR_REQUEST_SECONDS.labels(endpoint)
+        histogram.observe(time.perf_counter() - started)
+
+    def _count_consent(self, site: str, signal: str, action: str) -> None:
+        counter = self._consent.get((site, signal, action))
+        if counter is None:
+            counter = self._consent[(site, signal, action)] = metrics.COLLECTOR_CONSENT.labels(site, signal, action)
+        counter.inc()
+
+    # ---- answers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _cors(headers: list[tuple[bytes, bytes]], origin: str | None) -> None:
+        if origin:
+            headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
+            headers.append((b"access-control-allow-credentials", b"true"))
+            headers.append((b"vary", b"Origin"))
+
+    async def _send(self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _error(self, send: Send, status: int, failure_type: str, message: str, origin: str | None,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        body = json.dumps({"error": failure_type, "message": message}).encode()
+        headers = [_JSON, _NO_CACHE]
+        if extra:
+            headers.extend(extra)
+        self._cors(headers, origin)
+        await self._send(send, status, body, headers)
+
+    def bad_row(self, failure_type: str, message: str, site_id: str | None, source: str, raw: bytes,
+                details: dict[str, str] | None = None, size: int | None = None) -> None:
+        """Write a ``BadRow`` with the original request, truncated to ``bad_row_payload_limit`` bytes.
+
+        ``size`` is the original request's size when ``raw`` is already only its beginning.
+        """
+        payload, truncated = _truncate_utf8(raw, self.cfg.bad_row_payload_limit)
+        if size is not None and size > len(raw):
+            truncated = True
+        self.sink.send_bad_row({
+            "bad_row_id": str(uuid.uuid4()), "stage": "collector", "failure_type": failure_type,
+            "message": message, "site_id": site_id, "source": source, "tstamp": int(time.time() * 1000),
+            "payload": payload, "payload_size": max(len(raw), size or 0), "payload_truncated": truncated,
+            "details": details or {},
+        })
+
+    async def _reject(self, send: Send, kind: _Kind, err: PayloadError, scope: Scope, body: bytes,
+                      origin: str | None, site_id: str | None = None, size: int | None = None) -> int:
+        details = {"field": err.field} if err.field else {}
+        raw = _raw_request(scope, body)
+        self.bad_row(err.failure_type, err.message, site_id or err.site_id, kind.source, raw, details,
+                     None if size is None else len(raw) - len(body) + size)
+        await self._error(send, err.status, err.failure_type, err.message, origin)
+        return err.status
+
+    # ---- the ingest path ---------------------------------------------------------------------
+
+    async def handle(self, kind: _Kind, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status = 500
+        try:
+            status = await self._handle(kind, scope, receive, send)
+        except ClientDisconnected:
+            status = 499
+        except Exception as exc:  # a bug: never a 500 for input, always a bad row to replay
+            log.exception("error handling %s", kind.name)
+            status = 400
+            with contextlib.suppress(Exception):
+                self.bad_row("processing_failure", f"collector error: {exc!r}", None, kind.source,
+                             _raw_request(scope, b""))
+            with contextlib.suppress(Exception):
+                await self._error(send, 400, "processing_failure", "the collector could not process this request",
+                                  None)
+        self._observe(kind.name, status, started)
+
+    async def _handle(self, kind: _Kind, scope: Scope, receive: Receive, send: Send) -> int:
+        headers = read_headers(scope["headers"])
+        origin = headers.get("origin")
+        method = scope["method"]
+        if method == "OPTIONS":
+            return await self._preflight(send, origin)
+        if method == "HEAD":  # link checkers and previews: answer, record nothing
+            await self._send(send, 200, b"", [kind.ok_type, _NO_CACHE])
+            return 200
+        body = b""
+        if kind.reads_body:
+            body, complete, size = await _read_body(receive, self.cfg.max_request_bytes,
+                                                    headers.get("content-length"), self.cfg.bad_row_payload_limit)
+            if not complete:
+                message = f"the request body ({size} bytes) is larger than {self.cfg.max_request_bytes} bytes"
+                return await self._reject(send, kind, PayloadError("size_violation", message, 413), scope, body,
+                                          origin, size=size)
+        elif len(scope.get("query_string", b"")) > self.cfg.max_request_bytes:
+            message = f"the query string is longer than {self.cfg.max_request_bytes} bytes"
+            return await self._reject(send, kind, PayloadError("size_violation", message, 413), scope, b"", origin)
+        for name in ("user-agent", "referer", "accept-language", "origin"):
+            value = headers.get(name)
+            if value is not None and len(value) > self._max_header:
+                err = PayloadError("size_violation", f"header '{name}' is {len(value)} characters long; "
+                                   f"the limit is {self._max_header}", 400, name)
+                return await self._reject(send, kind, err, scope, body, origin)
+        try:
+            try:
+                query = scope.get("query_string", b"").decode("utf-8")
+            except UnicodeDecodeError:
+                raise PayloadError("malformed_request", "the query string is not UTF-8") from None
+            groups = kind.parse(query, body, self.limits)
+        except PayloadError as err:
+            return await self._reject(send, kind, err, scope, body, origin)
+
+        # site and origin checks come before anything is written: a refused request writes no payload
+        sites: list[SiteSettings] = []
+        for group in groups:
+            site = self.settings.site(group.site_id)
+            if site is None:
+                refused = PayloadError("site_violation", f"unknown site id '{group.site_id}'", 403, "site_id")
+                return await self._reject(send, kind, refused, scope, body, origin, group.site_id)
+            if not site.allows_origin(origin) and not _same_origin(origin, headers.get("host")):
+                refused = PayloadError("origin_violation",
+                                       f"origin '{origin}' may not send events for site '{group.site_id}'", 403)
+                return await self._reject(send, kind, refused, scope, body, origin, group.site_id)
+            sites.append(site)
+
+        now = int(time.time() * 1000)
+        nuid: str | None = None
+        set_cookie = False
+        ip: str | None = None
+        futures: list[asyncio.Future[None]] = []
+        want_ack = self.cfg.wait_for_broker
+        for group, site in zip(groups, sites):
+            signals = ConsentSignals.from_headers(headers, group.anonymous)
+            action, signal = consent_action(site.consent, signals) if signals.any else (ConsentAction.ignore, None)
+            if action is ConsentAction.drop:
+                self._count_consent(site.site_id, signal or "", "drop")
+                continue
+            anonymous = action is ConsentAction.anonymize
+            payload_id = fast_uuid4()
+            if anonymous:
+                self._count_consent(site.site_id, signal or "", "anonymize")
+                for event in group.events:
+                    for key in ("domain_user_id", "user_id", "email", "identify_user_id"):
+                        event.pop(key, None)
+                visitor_id = None
+                network_user_id = None
+                client = None
+                key = visitor_key(group.site_id, payload_id)
+            else:
+                if nuid is None:
+                    nuid = read_cookie(headers.get("cookie"), self.cookie.name)
+                    if nuid is None:
+                        nuid = str(uuid.uuid4())
+                    ip = client_ip(_peer(scope), headers.get("x-forwarded-for"), self.trusted)
+                set_cookie = True
+                network_user_id = nuid
+                visitor_id = group.domain_user_id or nuid
+                client = ip
+                key = visitor_key(group.site_id, visitor_id)
+            payload = {
+                "payload_id": payload_id, "site_id": group.site_id, "visitor_id": visitor_id,
+                "network_user_id": network_user_id, "client_ip": client,
+                "user_agent": headers.get("user-agent"), "referer": headers.get("referer"), "origin": origin,
+                "accept_language": headers.get("accept-language"), "headers": kept_headers(headers),
+                "collector_tstamp": now, "source": kind.source, "consent": "anonymous" if anonymous else "full",
+                "collector": self.collector_name, "events": group.events,
+            }
+            try:
+                future = self.sink.submit(payload, key, want_ack)
+            except BrokerUnavailable:
+                return await self._unavailable(send, origin)
+            except RecordTooLarge as exc:
+                too_large = PayloadError("size_violation", f"an event is too large to store: {exc}", 413)
+                return await self._reject(send, kind, too_large, scope, body, origin, group.site_id)
+            except ValueError as exc:
+                invalid = PayloadError("schema_violation", f"the events do not fit the Event schema: {exc}", 400)
+                return await self._reject(send, kind, invalid, scope, body, origin, group.site_id)
+            if future is not None:
+                futures.append(future)
+        for future in futures:
+            try:
+                await future
+            except BrokerUnavailable:
+                return await self._unavailable(send, origin)
+            except RecordTooLarge as exc:
+                too_large = PayloadError("size_violation", f"an event is too large to store: {exc}", 413)
+                return await self._reject(send, kind, too_large, scope, body, origin)
+        answer: list[tuple[bytes, bytes]] = [kind.ok_type, _NO_CACHE]
+        if set_cookie and nuid is not None:
+            answer.append((b"set-cookie", self.cookie.header(nuid)))
+        self._cors(answer, origin)
+        await self._send(send, 200, kind.ok_body, answer)
+        return 200
+
+    async def _preflight(self, send: Send, origin: str | None) -> int:
+        headers = [(b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                   (b"access-control-allow-headers", _ALLOW_HEADERS), (b"access-control-max-age", b"86400")]
+        self._cors(headers, origin)
+        await self._send(send, 204, b"", headers)
+        return 204
+
+    async def _unavailable(self, send: Send, origin: str | None) -> int:
+        await self._error(send, 503, "broker_unavailable",
+                          f"the event store is unavailable; retry in {self.cfg.retry_after_s}s", origin,
+                          [(b"retry-after", self.retry_after)])
+        return 503
+
+
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def _same_origin(origin: str | None, host: str | None) -> bool:
+    """A page served by the collector itself (the demo page) posting back to it."""
+    if not origin or not host:
+        return False
+    _, _, rest = origin.partition("://")
+    return rest.lower() == host.lower()
+
+
+def _raw_request(scope: Scope, body: bytes) -> bytes:
+    """The original request as a bad row keeps it: request line, then the body."""
+    query: bytes = scope.get("query_string", b"")
+    path: bytes = scope.get("raw_path") or str(scope.get("path", "")).encode("utf-8", "replace")
+    line = str(scope.get("method", "GET")).encode() + b" " + path
+    if query and b"?" not in line:
+        line += b"?" + query
+    return line + b"\n\n" + body if body else line
+
+
+async def _read_body(receive: Receive, limit: int, content_length: str | None,
+                     keep: int) -> tuple[bytes, bool, int]:
+    """The request body, whether it is complete, and its size.
+
+    A body larger than ``limit`` (declared or streamed) is not read past the
+    first ``keep`` bytes (what a bad row keeps); the size is then the declared
+    one, or what was read before giving up.
+    """
+    declared = -1
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            declared = -1
+    if declared > limit:
+        limit = -1  # refused already: read only what the bad row keeps
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            chunks.append(chunk)
+            if limit < 0 and size >= keep:
+                return b"".join(chunks), False, max(declared, size)
+            if 0 <= limit < size:
+                return b"".join(chunks), False, max(declared, size)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return body, limit >= 0, max(declared, size)
+
+
+class _IngestEndpoint:
+    """A raw ASGI endpoint for one protocol (Starlette routes a class instance to it as an ASGI app)."""
+
+    def __init__(self, collector: Collector, kind: _Kind) -> None:
+        self.collector = collector
+        self.kind = kind
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.collector.handle(self.kind, scope, receive, send)
+
+
+def _static_pixel_js() -> bytes:
+    data: bytes = resources.files("pipeline.collector").joinpath("static/pixel.js").read_bytes()
+    return data
+
+
+class _PixelJs:
+    """``GET /pixel.js``: the tracking snippet, cacheable, with an ETag for revalidation."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+        self.body = _static_pixel_js()
+        self.etag = b'"' + hashlib.sha256(self.body).hexdigest()[:16].encode() + b'"'
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        headers = [(b"content-type", b"application/javascript; charset=utf-8"),
+                   (b"cache-control", b"public, max-age=3600, stale-while-revalidate=86400"),
+                   (b"etag", self.etag), (b"access-control-allow-origin", b"*")]
+        inm = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
+        if inm is not None and self.etag in inm:
+            await self.collector._send(send, 304, b"", headers)
+            self.collector._observe("pixel.js", 304, started)
+            return
+        await self.collector._send(send, 200, self.body if scope["method"] != "HEAD" else b"", headers)
+        self.collector._observe("pixel.js", 200, started)
+
+
+def create_app(settings: Settings, producer_factory: ProducerFactory | None = None) -> Starlette:
+    """The collector app. ``producer_factory(settings)`` builds its sink (default: :class:`BatchingProducer`).
+
+    The sink is started and stopped by the app's lifespan; while the broker is
+    unreachable the app still serves, answering ingest requests 503.
+    """
+    sink = (producer_factory or BatchingProducer)(settings)
+    collector = Collector(settings, sink)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await sink.start()
+        try:
+            yield
+        finally:
+            await sink.stop()
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def sink_health(request: Request) -> Response:
+        if sink.broker_up:
+            return JSONResponse({"status": "ok"})
+        reason = getattr(sink, "down_reason", "") or "unreachable"
+        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503,
+                            headers={"Retry-After": str(settings.collector.retry_after_s)})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    async def demo(request: Request) -> Response:
+        site_id = request.path_params["site_id"]
+        if settings.site(site_id) is None:
+            return JSONResponse({"error": "site_violation", "message": f"unknown site id '{site_id}'"},
+                                status_code=404)
+        return HTMLResponse(demo_page(settings, site_id, collector_url=str(request.base_url).rstrip("/")))
+
+    def ingest(kind: _Kind) -> _IngestEndpoint:
+        return _IngestEndpoint(collector, kind)
+
+    post = ["POST", "OPTIONS"]
+    get = ["GET", "HEAD"]
+    routes = [
+        Route("/collect", ingest(COLLECT_KIND), methods=post),
+        Route("/p.gif", ingest(PIXEL_GIF_KIND), methods=get),
+        Route("/i", ingest(SNOWPLOW_GET_KIND), methods=get),
+        Route(SNOWPLOW_TP2_PATH, ingest(SNOWPLOW_POST_KIND), methods=post),
+        Route("/ice.png", ingest(SNOWPLOW_GET_KIND), methods=get),
+        Route("/pixel.js", _PixelJs(collector), methods=get),
+        Route("/health", health, methods=get),
+        Route("/sink-health", sink_health, methods=get),
+        Route("/metrics", metrics_endpoint, methods=get),
+        Route("/demo/{site_id}", demo, methods=get),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.collector = collector
+    app.state.sink = sink
+    return app
+
+
+__all__ = ["create_app", "Collector", "ProducerFactory", "PIXEL_GIF", "SNOWPLOW_TP2_PATH"]

@@ -1,0 +1,156 @@
+"""Stage 2, account: visits (VisitBatch) -> lead-scores (LeadScore) and qualified-leads (QualifiedLead).
+
+Keyed by site and account. Per input record: decode once, group updates by
+account, fold each account's updates into its state once (intent, the core),
+evaluate fit, filters and thresholds, and qualify. Every changed account gets
+a ``LeadScore``; an account that qualifies gets one ``QualifiedLead`` with its
+explanation. The site's monthly quota is shared by all partitions, so it is
+kept in Redis (a set of lead ids per site and month: a replayed lead finds its
+id already counted).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any, Protocol
+
+from ..codec import Codec, CodecError
+from ..core.intent import AccountState, apply_visits
+from ..core.qualify import Decision, month_of, qualify
+from ..core.scoring_model import EffectiveRules, ScoringModel, effective_rules
+from ..core.visit import VisitUpdate
+from ..metrics import FILTERED, LEAD_SCORES, LEADS, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS
+from ..settings import Settings
+from ..topology import partition_for
+from .messages import bad_row, lead_score_record, qualified_lead_record, visit_from_record
+from .runtime import HandlerResult, Output, StateView
+
+log = logging.getLogger(__name__)
+
+STAGE = "account"
+
+
+class QuotaPort(Protocol):
+    def claim(self, site_id: str, month: str, lead_id: str, quota: int) -> bool:
+        """True when ``lead_id`` fits in the site's quota for ``month`` (idempotent per lead id)."""
+        ...
+
+
+class AccountTopics:
+    def __init__(self, lead_scores: str, lead_scores_partitions: int, qualified_leads: str,
+                 qualified_leads_partitions: int, bad_events: str) -> None:
+        self.lead_scores = lead_scores
+        self.lead_scores_partitions = lead_scores_partitions
+        self.qualified_leads = qualified_leads
+        self.qualified_leads_partitions = qualified_leads_partitions
+        self.bad_events = bad_events
+
+
+class AccountStage:
+    """The account stage's handler (see module doc)."""
+
+    def __init__(self, settings: Settings, codec: Codec, topics: AccountTopics, model: ScoringModel,
+                 quota: QuotaPort | None) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.topics = topics
+        self.quota = quota
+        self.rules: dict[str, EffectiveRules] = {s.site_id: effective_rules(model, s.rules) for s in settings.sites}
+        self.default_rules = effective_rules(model, None)
+        self.limit = settings.collector.bad_row_payload_limit
+
+    async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:
+        result = HandlerResult()
+        try:
+            batch = self.codec.decode(value, "VisitBatch")
+        except CodecError as exc:
+            self._bad(result, "schema_violation", f"visits record {partition}:{offset} is not a VisitBatch: {exc}",
+                      value, None)
+            return result
+        by_account: dict[str, list[VisitUpdate]] = {}
+        for record in batch["updates"]:
+            key = f"{record['site_id']}|{record['account']}"
+            if states.applied(key, offset):
+                continue
+            try:
+                by_account.setdefault(key, []).append(visit_from_record(record))
+            except (KeyError, ValueError, TypeError) as exc:
+                self._bad(result, "schema_violation", f"unreadable visit update: {exc}", record, record.get("site_id"))
+        STAGE_BATCH_SIZE.labels(STAGE).observe(sum(len(v) for v in by_account.values()))
+        processed_at = str(int(time.time() * 1000))
+        for key, updates in by_account.items():
+            site_id, account = updates[0].site_id, updates[0].account
+            rules = self.rules.get(site_id, self.default_rules)
+            stored = states.get(key)
+            state = AccountState.from_dict(stored) if stored else AccountState.new(site_id, account)
+            state, intent = apply_visits(state, updates, rules.intent, offset=offset)
+            human = [u for u in updates if not u.is_bot]
+            is_bot = not human
+            decision = qualify(state, intent, rules, None, is_bot=is_bot,
+                               bot_reason=updates[-1].bot_reason if is_bot else None)
+            decision = self._apply_quota(decision, rules, state)
+            STAGE_EVENTS.labels(STAGE, "bot" if is_bot else "processed").inc(len(updates))
+            for f in decision.filters:
+                if not f.passed:
+                    FILTERED.labels(site_id, f.name).inc()
+            new_state = decision.state
+            result.states[key] = new_state.to_dict()
+            score = lead_score_record(new_state, intent, decision.fit, decision.filters, decision.tier,
+                                      decision.qualified, decision.reasons, rules.model_version, rules.model_digest)
+            LEAD_SCORES.labels(site_id).inc()
+            result.outputs.append(Output(self.topics.lead_scores,
+                                         partition_for(key, self.topics.lead_scores_partitions), key.encode(),
+                                         self.codec.encode("LeadScore", score, topic=self.topics.lead_scores)))
+            if decision.qualified and decision.lead is not None:
+                LEADS.labels(site_id, decision.tier).inc()
+                lead = qualified_lead_record(decision.lead, new_state)
+                result.outputs.append(Output(
+                    self.topics.qualified_leads, partition_for(key, self.topics.qualified_leads_partitions),
+                    key.encode(), self.codec.encode("QualifiedLead", lead, topic=self.topics.qualified_leads),
+                    headers=(("processed_at", processed_at.encode()),)))
+        return result
+
+    def _apply_quota(self, decision: Decision, rules: EffectiveRules, before: AccountState) -> Decision:
+        quota = rules.qualification.monthly_quota
+        if not decision.qualified or decision.lead is None or quota is None:
+            return decision
+        lead = decision.lead
+        month = month_of(lead.tstamp)
+        if self.quota is not None and self.quota.claim(lead.site_id, month, lead.lead_id, quota):
+            return decision
+        if self.quota is None:
+            log.warning("monthly_quota is set but no Redis is configured: the quota is not enforced")
+            return decision
+        # Over quota: not a lead; the account's lead memory stays as it was before qualifying.
+        return replace(decision, qualified=False, lead=None, state=replace(decision.state, lead=dict(before.lead)),
+                       reasons=(f"quota_exhausted:{month}:{quota}",))
+
+    def _bad(self, result: HandlerResult, failure_type: str, message: str, payload: Any,
+             site_id: str | None) -> None:
+        STAGE_BAD_ROWS.labels(STAGE, failure_type).inc()
+        row = bad_row(STAGE, failure_type, message, payload, site_id=site_id, source="visits", limit=self.limit)
+        result.outputs.append(Output(self.topics.bad_events, None, None,
+                                     self.codec.encode("BadRow", row, topic=self.topics.bad_events)))
+
+
+class RedisQuota:
+    """The per-site monthly lead quota in Redis: ``ls:quota:<site>:<YYYY-MM>`` is the set of lead ids."""
+
+    _SCRIPT = """
+    if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+    if redis.call('SCARD', KEYS[1]) < tonumber(ARGV[2]) then
+      redis.call('SADD', KEYS[1], ARGV[1])
+      redis.call('EXPIRE', KEYS[1], 5356800)
+      return 1
+    end
+    return 0
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._claim = client.register_script(self._SCRIPT)
+
+    def claim(self, site_id: str, month: str, lead_id: str, quota: int) -> bool:
+        return bool(self._claim(keys=[f"ls:quota:{site_id}:{month}"], args=[lead_id, quota]))

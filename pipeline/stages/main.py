@@ -1,0 +1,111 @@
+"""The worker: one Faust app running both stages (``leadstream worker``).
+
+    pixel-events ──visitor stage──▶ visits ──account stage──▶ lead-scores, qualified-leads
+                        └────────────────┴──────────────────▶ bad-events
+
+Run as many worker processes as there are partitions to share; Faust moves
+partitions and their table state between them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from ..codec import make_codec
+from ..metrics import STAGE_GAPS, STAGE_RECORD_SECONDS, STAGE_RECORDS, STAGE_REPLAYED
+from ..settings import Settings
+from ..topology import topic_specs
+from .account import AccountStage, AccountTopics, RedisQuota
+from .app import Stage, add_stage, build_app
+from .visitor import IdentityPort, VisitorStage, VisitorTopics
+
+log = logging.getLogger(__name__)
+
+
+def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
+    """The Faust app with both stages wired to their topics, Redis and GeoIP databases."""
+    specs = {s.logical: s for s in topic_specs(settings)}
+    pixel, visits = specs["pixel_events"], specs["visits"]
+    app = build_app(settings, pixel.partitions)
+    codec = make_codec(settings.kafka.schema_registry_url)
+    model = settings.load_scoring_model()
+
+    geoip = None
+    if any(getattr(settings.geoip, f) for f in type(settings.geoip).model_fields):
+        from ..enrich.geoip import shared_reader
+        geoip = shared_reader(settings.geoip)
+    reference = identity = quota = None
+    redis_url = settings.redis.url_value
+    if redis_url:
+        import redis
+
+        from ..enrich.redis_store import ReferenceStore
+        reference = ReferenceStore.from_url(redis_url)
+        quota = RedisQuota(redis.Redis.from_url(redis_url))
+        identity = _identity_store(redis_url)
+    else:
+        log.warning("redis.url is not set: no company data, identity graph or quota; leads need a company")
+
+    visitor = VisitorStage(settings, codec, VisitorTopics(visits.name, visits.partitions, specs["bad_events"].name),
+                           model, geoip, reference, identity)
+    account = AccountStage(settings, codec, AccountTopics(
+        specs["lead_scores"].name, specs["lead_scores"].partitions, specs["qualified_leads"].name,
+        specs["qualified_leads"].partitions, specs["bad_events"].name), model, quota)
+    stages = [add_stage(app, settings, "visitor", pixel.name, pixel.partitions, _timed("visitor", visitor)),
+              add_stage(app, settings, "account", visits.name, visits.partitions, _timed("account", account))]
+    for stage in stages:
+        _count(stage)
+    return app, stages
+
+
+def _identity_store(redis_url: str) -> IdentityPort | None:
+    try:
+        from ..enrich.identity_store import IdentityStore
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return None
+    store: IdentityPort = IdentityStore.from_url(redis_url)
+    return store
+
+
+def _timed(name: str, handler: Any) -> Any:
+    import time
+    histogram = STAGE_RECORD_SECONDS.labels(name)
+
+    async def timed(partition: int, offset: int, value: bytes, states: Any) -> Any:
+        started = time.perf_counter()
+        result = await handler(partition, offset, value, states)
+        histogram.observe(time.perf_counter() - started)
+        return result
+
+    return timed
+
+
+def _count(stage: Stage) -> None:
+    runner = stage.runner
+    original = runner.handle
+    applied, replayed, gaps = (STAGE_RECORDS.labels(stage.name), STAGE_REPLAYED.labels(stage.name),
+                               STAGE_GAPS.labels(stage.name))
+
+    async def counted(partition: int, offset: int, value: bytes) -> None:
+        before = (runner.stats.records, runner.stats.replayed_skipped, runner.stats.gaps_repaired)
+        await original(partition, offset, value)
+        applied.inc(runner.stats.records - before[0])
+        replayed.inc(runner.stats.replayed_skipped - before[1])
+        gaps.inc(runner.stats.gaps_repaired - before[2])
+
+    runner.handle = counted  # type: ignore[method-assign]
+
+
+def run(settings: Settings) -> None:
+    """Serve /metrics and run the worker until SIGTERM/SIGINT (blocks)."""
+    from prometheus_client import start_http_server
+
+    from .worker import run_worker
+    app, _ = create_worker_app(settings)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1" if settings.collector.host == "127.0.0.1"
+                          else "0.0.0.0")
+    run_worker(app, loglevel=settings.log_level)
