@@ -73,6 +73,31 @@ def topic_specs(settings: Settings, catalogue: SchemaCatalogue | None = None) ->
     return specs
 
 
+#: The stages' tables: (stage, logical source topic). Each table's changelog has its source's partitions.
+STAGE_TABLES: tuple[tuple[str, str], ...] = (("visitor", "pixel_events"), ("account", "visits"))
+
+
+def changelog_topic(app_id: str, stage: str) -> str:
+    """The Faust changelog topic of a stage's table (``<app_id>-<stage>-state-changelog``)."""
+    return f"{app_id}-{stage}-state-changelog"
+
+
+def changelog_specs(settings: Settings, specs: Iterable[TopicSpec]) -> list[TopicSpec]:
+    """Changelog topics of the stages' tables: compacted, with their source topic's partitions.
+
+    Created with the other topics before any worker starts, so Faust never races its own
+    topic creation (it checks a table's changelog against its source topic's partitions).
+    """
+    by_logical = {s.logical: s for s in specs}
+    out = []
+    for stage, source in STAGE_TABLES:
+        src = by_logical[source]
+        out.append(TopicSpec(logical=f"{stage}_changelog", name=changelog_topic(settings.stages.app_id, stage),
+                             value_schema="(Faust JSON)", key="table key (JSON)", partitions=src.partitions,
+                             retention_ms=None, compacted=True))
+    return out
+
+
 def visitor_key(site_id: str, visitor_id: str | None) -> str:
     """The key that orders one visitor's events: ``site_id|visitor_id``."""
     return f"{site_id}{KEY_SEPARATOR}{visitor_id or ''}"
@@ -95,7 +120,10 @@ def create_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, 
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    specs = list(specs or topic_specs(settings))
+    if specs is None:
+        base = topic_specs(settings)
+        specs = base + changelog_specs(settings, base)
+    specs = list(specs)
     options = admin_options or settings.kafka.client_options()
     deadline = time.monotonic() + timeout_s
     while True:

@@ -69,22 +69,36 @@ class AccountStage:
             self._bad(result, "schema_violation", f"visits record {partition}:{offset} is not a VisitBatch: {exc}",
                       value, None)
             return result
-        by_account: dict[str, list[VisitUpdate]] = {}
+        by_account: dict[str, list[tuple[VisitUpdate, tuple[str, int, int]]]] = {}
         for record in batch["updates"]:
             key = f"{record['site_id']}|{record['account']}"
             if states.applied(key, offset):
                 continue
             try:
-                by_account.setdefault(key, []).append(visit_from_record(record))
+                by_account.setdefault(key, []).append((visit_from_record(record), _source(record["update_id"])))
             except (KeyError, ValueError, TypeError) as exc:
                 self._bad(result, "schema_violation", f"unreadable visit update: {exc}", record, record.get("site_id"))
         STAGE_BATCH_SIZE.labels(STAGE).observe(sum(len(v) for v in by_account.values()))
         processed_at = str(int(time.time() * 1000))
-        for key, updates in by_account.items():
+        for key, items in by_account.items():
+            stored = states.get(key) or {}
+            seen: dict[str, list[int]] = dict(stored.get("src") or {})
+            updates = []
+            for update, (src, src_offset, index) in items:
+                # The visitor stage re-sends updates after a crash (same ids, new visits offsets):
+                # apply each source position once.
+                last = seen.get(src)
+                if last is not None and (src_offset, index) <= (last[0], last[1]):
+                    STAGE_EVENTS.labels(STAGE, "duplicate").inc()
+                    continue
+                seen[src] = [src_offset, index]
+                updates.append(update)
+            if not updates:
+                continue
             site_id, account = updates[0].site_id, updates[0].account
             rules = self.rules.get(site_id, self.default_rules)
-            stored = states.get(key)
-            state = AccountState.from_dict(stored) if stored else AccountState.new(site_id, account)
+            state = (AccountState.from_dict(stored["a"]) if stored.get("a")
+                     else AccountState.new(site_id, account))
             state, intent = apply_visits(state, updates, rules.intent, offset=offset)
             human = [u for u in updates if not u.is_bot]
             is_bot = not human
@@ -96,7 +110,7 @@ class AccountStage:
                 if not f.passed:
                     FILTERED.labels(site_id, f.name).inc()
             new_state = decision.state
-            result.states[key] = new_state.to_dict()
+            result.states[key] = {"a": new_state.to_dict(), "src": seen}
             score = lead_score_record(new_state, intent, decision.fit, decision.filters, decision.tier,
                                       decision.qualified, decision.reasons, rules.model_version, rules.model_digest)
             LEAD_SCORES.labels(site_id).inc()
@@ -110,6 +124,13 @@ class AccountStage:
                     self.topics.qualified_leads, partition_for(key, self.topics.qualified_leads_partitions),
                     key.encode(), self.codec.encode("QualifiedLead", lead, topic=self.topics.qualified_leads),
                     headers=(("processed_at", processed_at.encode()),)))
+        return result
+
+    def failed(self, partition: int, offset: int, value: bytes, exc: Exception) -> HandlerResult:
+        """The record could not be processed: keep it as a bad row (replayable after the fix)."""
+        result = HandlerResult()
+        self._bad(result, "processing_failure", f"visits record {partition}:{offset} failed in the account stage: "
+                  f"{type(exc).__name__}: {exc}", value, None)
         return result
 
     def _apply_quota(self, decision: Decision, rules: EffectiveRules, before: AccountState) -> Decision:
@@ -133,6 +154,12 @@ class AccountStage:
         row = bad_row(STAGE, failure_type, message, payload, site_id=site_id, source="visits", limit=self.limit)
         result.outputs.append(Output(self.topics.bad_events, None, None,
                                      self.codec.encode("BadRow", row, topic=self.topics.bad_events)))
+
+
+def _source(update_id: str) -> tuple[str, int, int]:
+    """(source partition, source offset, index) of a visit update id ``<partition>:<offset>:<index>``."""
+    partition, offset, index = update_id.split(":")
+    return partition, int(offset), int(index)
 
 
 class RedisQuota:

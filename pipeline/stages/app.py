@@ -8,7 +8,9 @@ hands each to the stage's :class:`~pipeline.stages.runtime.RecordRunner`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -70,7 +72,8 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
 
 
 def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, partitions: int,
-              handler: Handler) -> Stage:
+              handler: Handler, on_error: Any = None,
+              retryable: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)) -> Stage:
     """Register an agent on ``source_topic`` that applies each record through a RecordRunner.
 
     The stage's table (``<name>-state``) has the source topic's partition
@@ -83,13 +86,24 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
     gap_reader = None
     if settings.stages.gap_repair:
         gap_reader = GapReader(source_topic, settings.stages.app_id, _client_options(settings))
-    runner = RecordRunner(table, handler, faust_sender(app), gap_reader, name=name)
+    runner = RecordRunner(table, handler, faust_sender(app), gap_reader, name=name, retryable=retryable,
+                          on_error=on_error)
     stage = Stage(name, source_topic, partitions, table, runner)
 
     async def agent(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            await runner.handle(message.partition, message.offset, message.value)
+        try:
+            async for event in stream.events():
+                message = event.message
+                await runner.handle(message.partition, message.offset, message.value)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            # Faust would leave the worker running with a dead agent and its partitions
+            # stalled. Exit instead: the supervisor restarts it and the crash-safety
+            # rules (offset guards, outputs before state) make the restart lossless.
+            log.critical("%s agent crashed; exiting so the worker is restarted", name, exc_info=True)
+            logging.shutdown()
+            os._exit(70)
 
     agent.__name__ = f"{name}_agent"
     stage.agent = app.agent(topic, name=f"{name}-agent")(agent)

@@ -54,11 +54,24 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
     account = AccountStage(settings, codec, AccountTopics(
         specs["lead_scores"].name, specs["lead_scores"].partitions, specs["qualified_leads"].name,
         specs["qualified_leads"].partitions, specs["bad_events"].name), model, quota)
-    stages = [add_stage(app, settings, "visitor", pixel.name, pixel.partitions, _timed("visitor", visitor)),
-              add_stage(app, settings, "account", visits.name, visits.partitions, _timed("account", account))]
+    retry = retryable_errors()
+    stages = [add_stage(app, settings, "visitor", pixel.name, pixel.partitions, _timed("visitor", visitor),
+                        on_error=visitor.failed, retryable=retry),
+              add_stage(app, settings, "account", visits.name, visits.partitions, _timed("account", account),
+                        on_error=account.failed, retryable=retry)]
     for stage in stages:
         _count(stage)
     return app, stages
+
+
+def retryable_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean a dependency is unreachable for now: the record is retried, never skipped."""
+    import redis.exceptions
+    from aiokafka import errors as kafka_errors
+    return (ConnectionError, TimeoutError, OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            redis.exceptions.BusyLoadingError, kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError,
+            kafka_errors.RequestTimedOutError, kafka_errors.NotLeaderForPartitionError,
+            kafka_errors.LeaderNotAvailableError, kafka_errors.NodeNotReadyError)
 
 
 def _identity_store(redis_url: str) -> IdentityPort | None:

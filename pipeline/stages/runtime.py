@@ -157,12 +157,18 @@ class RecordRunner:
     """Applies each input record exactly once to the table, outputs first (see module doc)."""
 
     def __init__(self, table: MutableMapping[str, Any], handler: Handler, send: OutputSender,
-                 gap_reader: GapReader | None, name: str = "stage") -> None:
+                 gap_reader: GapReader | None, name: str = "stage",
+                 retryable: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError),
+                 on_error: Callable[[int, int, bytes, Exception], HandlerResult] | None = None,
+                 max_backoff_s: float = 30.0) -> None:
         self.table = table
         self.handler = handler
         self.send = send
         self.gap_reader = gap_reader
         self.name = name
+        self.retryable = retryable
+        self.on_error = on_error
+        self.max_backoff_s = max_backoff_s
         self.stats = RunnerStats()
         self.on_gap: Callable[[int, int, int], None] | None = None
 
@@ -194,10 +200,38 @@ class RecordRunner:
                     await self._apply(partition, missing_offset, missing_value)
         await self._apply(partition, offset, value)
 
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()`` until it succeeds, backing off on errors of ``retryable`` types (Redis or the
+        broker unreachable): a record is never skipped because a dependency was down."""
+        delay = 0.25
+        while True:
+            try:
+                return await call()
+            except self.retryable as exc:
+                log.warning("%s: %s failed (%s: %s); retrying in %.1f s", self.name, what, type(exc).__name__,
+                            exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    async def _handle_once(self, partition: int, offset: int, value: bytes) -> HandlerResult:
+        try:
+            return await self.handler(partition, offset, value, StateView(self.table))
+        except self.retryable:
+            raise
+        except Exception as exc:
+            if self.on_error is None:
+                raise
+            # A record the stage cannot process (a bug, or input the core rejects) must not stall
+            # the partition: it becomes a bad row that can be replayed after the fix.
+            log.exception("%s: record %d:%d failed; writing it as a bad row", self.name, partition, offset)
+            return self.on_error(partition, offset, value, exc)
+
     async def _apply(self, partition: int, offset: int, value: bytes) -> None:
-        result = await self.handler(partition, offset, value, StateView(self.table))
+        result: HandlerResult = await self._retrying(
+            f"record {partition}:{offset}", lambda: self._handle_once(partition, offset, value))
         if result.outputs:
-            await self.send(result.outputs)   # acknowledged by the broker before any state write
+            # acknowledged by the broker before any state write
+            await self._retrying(f"sending the outputs of {partition}:{offset}", lambda: self.send(result.outputs))
         for key, state in result.states.items():
             self.table[key] = {"o": offset, "s": state}
         self.table[self.progress_key(partition)] = offset

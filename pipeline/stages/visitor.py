@@ -92,6 +92,7 @@ class VisitorStage:
             self._bad(result, "schema_violation", f"pixel-events record {partition}:{offset} is not a "
                       f"CollectorBatch: {exc}", value, None)
             return result
+        self._positions: dict[str, int] = {}
         visitors = self._split(batch["payloads"], offset, states, result)
         if not visitors:
             return result
@@ -105,8 +106,9 @@ class VisitorStage:
         if self.reference is not None:
             lookup = self.reference.resolve_networks(networks.values(), domains=person_domains)
 
-        updates: list[tuple[VisitUpdate, bool]] = []
+        updates: list[tuple[VisitUpdate, bool, int]] = []
         for key, v in visitors.items():
+            position = self._positions[key] * 1000  # stable ids: a replay that skips keys keeps the others' ids
             stored = states.get(key) or {}
             state = (VisitorState.from_dict(stored["vs"]) if stored.get("vs")
                      else VisitorState.new(v.site.site_id, v.visitor_id))
@@ -156,16 +158,25 @@ class VisitorStage:
                                         client_ip=network.ip, is_bot=verdict.is_bot, bot_reason=verdict.reason,
                                         enrichment_sources=sources)
                 if account_before and vu.account != account_before and history and not verdict.is_bot:
-                    updates.append((_backfill(vu, history), True))
+                    updates.append((_backfill(vu, history), True, position))
+                    position += 1
                     history = []  # sent once: the new account has it now
                 account_before = vu.account
-                updates.append((vu, False))
+                updates.append((vu, False, position))
+                position += 1
                 new_hits.extend(su.hits)
             history = _trim_history(history + [h.to_dict() for h in new_hits],
                                     max((h.tstamp for h in new_hits), default=0))
             result.states[key] = {"vs": new_state.to_dict(), "acct": account_before, "h": history}
 
         self._emit(result, updates, partition, offset)
+        return result
+
+    def failed(self, partition: int, offset: int, value: bytes, exc: Exception) -> HandlerResult:
+        """The record could not be processed: keep it as a bad row (replayable after the fix)."""
+        result = HandlerResult()
+        self._bad(result, "processing_failure", f"pixel-events record {partition}:{offset} failed in the visitor "
+                  f"stage: {type(exc).__name__}: {exc}", value, None)
         return result
 
     # -- steps ------------------------------------------------------------------------------
@@ -186,6 +197,7 @@ class VisitorStage:
                 STAGE_EVENTS.labels(STAGE, "anonymous").inc(len(good))  # consent: nothing to attribute
                 continue
             key = f"{site.site_id}|{payload['visitor_id']}"
+            self._positions.setdefault(key, len(self._positions))
             if states.applied(key, offset):
                 continue
             v = visitors.get(key)
@@ -239,12 +251,12 @@ class VisitorStage:
                 out[key] = NetworkInfo(ip=ip)
         return out
 
-    def _emit(self, result: HandlerResult, updates: list[tuple[VisitUpdate, bool]], partition: int,
+    def _emit(self, result: HandlerResult, updates: list[tuple[VisitUpdate, bool, int]], partition: int,
               offset: int) -> None:
         groups: dict[int, list[dict[str, Any]]] = {}
         keys: dict[int, set[str]] = {}
         n = self.topics.visits_partitions
-        for i, (vu, backfill) in enumerate(updates):
+        for vu, backfill, i in updates:
             key = f"{vu.site_id}|{vu.account}"
             p = partition_for(key, n)
             groups.setdefault(p, []).append(visit_to_record(vu, f"{partition}:{offset}:{i}", backfill))

@@ -69,8 +69,12 @@ class Pipeline:
     def create_topics(self) -> None:
         create_topics(self.settings)
 
-    def start_worker(self, name: str = "worker") -> WorkerProcess:
-        w = _CliProcess(["worker", "-c", str(self.config_path)], self.tmp, f"{self.name}-{name}").start()
+    def start_worker(self, name: str = "worker") -> "_CliProcess":
+        """A worker process with its own /metrics port (``.metrics_url``)."""
+        port = free_port()
+        w = _CliProcess(["worker", "-c", str(self.config_path)], self.tmp, f"{self.name}-{name}",
+                        env={"LEADSTREAM_METRICS_PORT": str(port)}).start()
+        w.metrics_url = f"http://127.0.0.1:{port}/metrics"
         self.processes.append(w)
         return w
 
@@ -109,9 +113,20 @@ class Pipeline:
 class _CliProcess(WorkerProcess):
     """A ``leadstream`` command as a process."""
 
-    def __init__(self, args: list[str], workdir: Path, name: str) -> None:
+    def __init__(self, args: list[str], workdir: Path, name: str, env: dict[str, str] | None = None) -> None:
         super().__init__("pipeline.cli", {}, workdir, name)
         self.args = args
+        self.env = env or {}
+        self.metrics_url = ""
+
+    def records_applied(self) -> float:
+        """The worker's leadstream_stage_records_total summed over stages (0 until it serves metrics)."""
+        try:
+            text = httpx.get(self.metrics_url, timeout=1).text
+        except httpx.HTTPError:
+            return 0.0
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("leadstream_stage_records_total{"))
 
     def start(self) -> "_CliProcess":
         import os
@@ -121,7 +136,8 @@ class _CliProcess(WorkerProcess):
         from .stagekit import REPO
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *self.args], cwd=REPO, stdout=log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+                                     stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONPATH": str(REPO), **self.env})
         return self
 
 
