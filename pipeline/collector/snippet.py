@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 
 from ..settings import Settings
 
@@ -23,20 +24,29 @@ def collector_url(settings: Settings) -> str:
     return f"http://{host}:{cfg.port}"
 
 
-def snippet(settings: Settings, site_id: str, collector: str | None = None) -> str:
+def snippet(settings: Settings, site_id: str, collector: str | None = None, *,
+            heartbeat_s: float | None = None) -> str:
     """The tag to paste before ``</head>`` on every page of site ``site_id``.
 
     An inline queue stub (so ``leadstream('identify', ...)`` calls made before
     pixel.js loads are kept) and the async pixel.js tag carrying the site id.
-    Raises KeyError for a site that is not configured.
+    ``heartbeat_s`` sets the seconds between engagement pings (``data-heartbeat``;
+    pixel.js defaults to 15, 0 turns pings off). Raises KeyError for a site that
+    is not configured, ValueError for a negative heartbeat.
     """
     site = settings.site(site_id)
     if site is None:
         raise KeyError(f"unknown site id {site_id!r}")
     base = (collector or collector_url(settings)).rstrip("/")
     forms = ' data-capture-forms="true"' if site.capture_forms else ""
+    beat = ""
+    if heartbeat_s is not None:
+        if not (math.isfinite(heartbeat_s) and heartbeat_s >= 0):
+            raise ValueError(f"heartbeat_s must be a finite number >= 0, not {heartbeat_s!r}")
+        beat = f' data-heartbeat="{heartbeat_s:g}"'
     return (f"<script>{_STUB}</script>\n"
-            f'<script async src="{html.escape(base)}/pixel.js" data-site="{html.escape(site_id)}"{forms}></script>')
+            f'<script async src="{html.escape(base)}/pixel.js" data-site="{html.escape(site_id)}"{forms}{beat}>'
+            "</script>")
 
 
 def demo_page(settings: Settings, site_id: str, collector_url: str | None = None) -> str:

@@ -17,7 +17,8 @@
  *   leadstream('page')              record a page view now (automatic on load and SPA navigation)
  *   leadstream('flush')             send what is queued now
  *
- * What it records: page views (with SPA navigation through history.pushState/replaceState/popstate),
+ * What it records: page views (with SPA navigation through history.pushState/replaceState/popstate;
+ * a jump to an in-page anchor is not a page view, a #/ or #! hash route is),
  * page pings while the page is visible and the visitor active (engaged_ms, max scroll depth %),
  * clicks on links and on elements marked data-ls-cta (link_click), identify and track calls.
  * Events are batched and POSTed to <collector>/collect as text/plain JSON (no CORS preflight) with
@@ -41,6 +42,7 @@
   var captureForms = script.getAttribute('data-capture-forms') === 'true';
   var hb = script.getAttribute('data-heartbeat');
   var heartbeatMs = (hb === null || hb === '' ? 15 : Number(hb)) * 1000;
+  if (!(heartbeatMs >= 0) || heartbeatMs === Infinity) heartbeatMs = 15000;  // not a number: the default
   var anonymous = script.getAttribute('data-anonymous') === 'true';
 
   var SESSION_GAP_MS = 30 * 60 * 1000;
@@ -160,9 +162,14 @@
   var lastUrl = null;
   var pageReferrer = d.referrer;
   var engagedMs = 0, lastActive = 0, maxScroll = 0, lastTick = Date.now();
+  function beforeHash(u) { var i = u.indexOf('#'); return i < 0 ? u : u.slice(0, i); }
+  function hashRoute(u) { var i = u.indexOf('#'); return i >= 0 && /^#[!\/]/.test(u.slice(i)); }
   function pageView() {
     var url = location.href;
     if (url === lastUrl) return;
+    // Chromium fires popstate for an in-page anchor (#pricing): that is the same page, not a new view.
+    // A hash route (#/path, #!/path) is a view of a hash-routed single-page app.
+    if (lastUrl !== null && beforeHash(url) === beforeHash(lastUrl) && !hashRoute(url) && !hashRoute(lastUrl)) return;
     var referrer = lastUrl === null ? pageReferrer : lastUrl;
     if (lastUrl !== null) ping(true);  // close the engagement of the previous SPA page
     lastUrl = url;
@@ -206,7 +213,10 @@
   function ping(force) {
     tick();
     if (engagedMs <= 0 && !force) return;
-    if (engagedMs > 0) send('page_ping', {engaged_ms: engagedMs, scroll_depth: Math.max(maxScroll, scrollDepth())});
+    // The ping belongs to the page view it measures: after an SPA navigation location.href is
+    // already the next page when the previous one's engagement is closed.
+    if (engagedMs > 0) send('page_ping', {url: lastUrl || location.href, engaged_ms: engagedMs,
+                                          scroll_depth: Math.max(maxScroll, scrollDepth())});
     engagedMs = 0;
   }
   ['mousemove', 'mousedown', 'keydown', 'scroll', 'touchstart', 'wheel'].forEach(function (t) {
@@ -253,6 +263,8 @@
     if (d.visibilityState === 'hidden') { ping(false); flush(true); }
   });
   w.addEventListener('pagehide', function () { ping(false); flush(true); });
+  // Back/forward cache: a restored page runs no script again, but the visitor is looking at it anew.
+  w.addEventListener('pageshow', function (e) { if (e.persisted) { lastUrl = null; pageView(); } });
 
   // ---- public API and the queue stub ------------------------------------------------------------------
   function api(command) {
