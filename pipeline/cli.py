@@ -102,11 +102,33 @@ def tail(topic: Annotated[str, typer.Argument(help="qualified-leads, lead-scores
 @app.command()
 def snippet(site_id: str, config: ConfigOption = None) -> None:
     """Print the <script> tag to paste into the pages of SITE_ID."""
-    from .collector.app import snippet as make_snippet
+    from .collector.snippet import snippet as make_snippet
     settings = _settings(config)
     if settings.site(site_id) is None:
         _fail(f"unknown site {site_id!r}: add it under `sites:` in the settings file")
     typer.echo(make_snippet(settings, site_id))
+
+
+@app.command("demo-traffic")
+def demo_traffic(url: Annotated[str, typer.Option(help="The collector on 127.0.0.1, e.g. http://127.0.0.1:8080")],
+                 site: Annotated[str, typer.Option(help="Site id to send as")] = "demo",
+                 duration: Annotated[float, typer.Option(help="Stop after this many seconds")] = 90.0,
+                 rate: Annotated[float, typer.Option(help="At most this many requests per second")] = 5.0,
+                 seed: Annotated[Optional[int], typer.Option(help="Random seed, for the same visitors again")] = None,
+                 ) -> None:
+    """Send simulated demo visitors (buyers, researchers, ISP, bots, public sector, job seekers) to a local collector."""
+    from loadtest.simulator import check_local_url, expectations, run_simulation
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        check_local_url(url)
+        for who, expect in expectations():
+            typer.echo(f"  {who}\n      -> {expect}")
+        report = run_simulation(url, site_id=site, duration_s=duration, rate=rate, seed=seed, on_progress=typer.echo)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc), 1)
+    typer.echo(report.summary())
+    if report.failures:
+        _fail(f"failed requests: {dict(report.failures)}", 1)
 
 
 @app.command("import")
@@ -181,7 +203,7 @@ def topics_describe(config: ConfigOption = None) -> None:
 @bench_app.command("collector")
 def bench_collector(
     duration: Annotated[int, typer.Option(help="Seconds of load per server")] = 15,
-    connections: Annotated[int, typer.Option(help="Concurrent keep-alive connections")] = 32,
+    connections: Annotated[int, typer.Option(help="Concurrent keep-alive connections")] = 64,
     bootstrap: Annotated[Optional[str], typer.Option(help="Use this Kafka instead of starting a real broker")] = None,
     linger_ms: Annotated[float, typer.Option(help="Collector linger (batching window)")] = 5.0,
 ) -> None:

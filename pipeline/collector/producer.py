@@ -1,7 +1,6 @@
 """The collector's batching producer: accepted payloads to ``pixel-events``, bad rows to ``bad-events``.
 
-Records carry batches (DESIGN.md): payloads accepted within
-``collector.linger_ms`` are grouped by their target partition
+Records carry batches (DESIGN.md): pending payloads are grouped by their target partition
 (:func:`~pipeline.topology.partition_for` of the site+visitor key, the same
 murmur2 the stages' tables use) and each group is written as ONE
 ``CollectorBatch`` record, explicitly to that partition. Each payload is
@@ -9,6 +8,11 @@ encoded once, when it is submitted (a compiled writer, see avro_writer), and a
 record's value is the concatenation of its payloads' encodings. A
 record's key is the shared visitor key when every payload in it has the same
 key, else None. Records are split so none exceeds ``max_record_bytes``.
+A partition's group is sent at the end of the loop iteration when the
+partition has nothing in flight, else when its record in flight is
+acknowledged, and at the latest ``collector.linger_ms`` after it was queued
+(Nagle's algorithm: one round trip when quiet, large records under load; see
+:meth:`BatchingProducer._flush_idle`).
 
 Delivery: an aiokafka producer with ``acks=all`` and, unless the settings turn
 it off (the embedded Tansu broker), idempotence. A request's future resolves
@@ -228,8 +232,10 @@ class BatchingProducer:
         self._up = False
         self._closing = False
         self._groups: dict[int, list[_Item]] = {}
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None  # the linger bound
+        self._flush_soon: asyncio.Handle | None = None  # the end-of-iteration flush of idle partitions
         self._inflight_records: dict[int, PlannedRecord] = {}
+        self._busy: dict[int, int] = {}  # partition -> records sent and not yet settled
         self._next_record_id = 0
         self._tasks: set[asyncio.Future[Any]] = set()
         self._monitor: asyncio.Task[None] | None = None
@@ -299,9 +305,6 @@ class BatchingProducer:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._monitor
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         self._flush()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self._cfg.ack_timeout_s)
@@ -313,6 +316,7 @@ class BatchingProducer:
             for item in record.items:
                 _fail(item, BrokerUnavailable("collector stopping"))
         self._inflight_records.clear()
+        self._busy.clear()
         producer, self._producer = self._producer, None
         self._up = False
         self._down_reason = "stopped"
@@ -370,14 +374,13 @@ class BatchingProducer:
         metrics.COLLECTOR_BROKER_UP.set(0)
         log.warning("broker unavailable: %s; answering 503 until it is back", reason)
         exc = BrokerUnavailable(reason)
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._cancel_flushes()
         groups, self._groups = self._groups, {}
         for items in groups.values():
             for item in items:
                 _fail(item, exc)
         records, self._inflight_records = self._inflight_records, {}
+        self._busy.clear()
         for record in records.values():
             for item in record.items:
                 _fail(item, exc)
@@ -460,6 +463,9 @@ class BatchingProducer:
             metrics.COLLECTOR_PENDING.inc(len(parts))
         if self._linger_s <= 0:
             self._flush()
+        elif partition not in self._busy:
+            if self._flush_soon is None:
+                self._flush_soon = loop.call_soon(self._flush_idle)
         elif self._flush_handle is None:
             self._flush_handle = loop.call_later(self._linger_s, self._flush)
         return future
@@ -480,12 +486,48 @@ class BatchingProducer:
             parts.extend([(part, data)] if len(data) <= self._payload_budget else self._split(part))
         return parts
 
+    def _cancel_flushes(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
+
     def _flush(self) -> None:
-        """Turn every pending group into records and hand them to one sender task."""
-        self._flush_handle = None
+        """Send every pending group now (the linger bound ran out, or the producer is stopping)."""
+        self._cancel_flushes()
         groups, self._groups = self._groups, {}
-        if not groups:
-            return
+        if groups:
+            self._send_groups(groups)
+
+    def _flush_idle(self) -> None:
+        """Send the pending groups of partitions with nothing in flight; the others wait for their ack.
+
+        Nagle's algorithm per partition: an idle partition's payloads go at the
+        end of the loop iteration that queued them (every request parsed in that
+        iteration rides along), so a quiet collector answers in one broker round
+        trip; a partition with a record in flight gathers until it is
+        acknowledged (:meth:`_settle`) or ``linger_ms`` passes, whichever is
+        first, so a busy one still writes few, large records.
+        """
+        self._flush_soon = None
+        busy = self._busy
+        ready = {p: items for p, items in self._groups.items() if p not in busy}
+        if ready:
+            for partition in ready:
+                del self._groups[partition]
+            self._send_groups(ready)
+        if not self._groups:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+        elif self._flush_handle is None:
+            loop = self._loop or asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(self._linger_s, self._flush)
+
+    def _send_groups(self, groups: dict[int, list[_Item]]) -> None:
+        """Turn pending groups into records and hand them to one sender task."""
         records: list[PlannedRecord] = []
         for partition, items in groups.items():
             records.extend(plan_records(partition, items, self._batch_header, self._cfg.max_record_bytes))
@@ -497,10 +539,12 @@ class BatchingProducer:
                     _fail(item, BrokerUnavailable(self._down_reason))
             return
         ids = []
+        busy = self._busy
         for record in records:
             record_id = self._next_record_id
             self._next_record_id += 1
             self._inflight_records[record_id] = record
+            busy[record.partition] = busy.get(record.partition, 0) + 1
             ids.append(record_id)
         self._spawn(self._send_records(producer, ids))
         loop = self._loop or asyncio.get_running_loop()
@@ -541,6 +585,14 @@ class BatchingProducer:
         record = self._inflight_records.pop(record_id, None)
         if record is None:
             return
+        partition = record.partition
+        left = self._busy.get(partition, 0) - 1
+        if left > 0:
+            self._busy[partition] = left
+        else:
+            self._busy.pop(partition, None)
+            if partition in self._groups and self._flush_soon is None and self._loop is not None:
+                self._flush_soon = self._loop.call_soon(self._flush_idle)
         items = record.items
         metrics.COLLECTOR_PENDING.dec(len(items))
         if exc is not None:

@@ -464,3 +464,25 @@ async def test_garbage_never_gets_a_500(client: Client) -> None:
     assert {200, 400} <= statuses
     for row in sink.bad_rows:
         assert row["failure_type"] != "processing_failure", row
+
+
+async def test_hot_path_serves_ingest_methods_and_leaves_the_rest_to_starlette(client: Client) -> None:
+    http, _ = client
+    hit = await http.get("/i?e=pv&aid=acme&eid=e-hot&duid=d-1")
+    assert hit.status_code == 200 and hit.content == PIXEL_GIF
+    assert (await http.post("/i", content=b"x")).status_code == 405  # not a hot method: Starlette answers
+    assert (await http.get("/collect")).status_code == 405
+    assert (await http.get("/health")).status_code == 200
+    assert (await http.get("/nowhere")).status_code == 404
+
+
+def test_random_uuid4_is_a_version_4_uuid() -> None:
+    import uuid
+
+    from pipeline.collector.app import random_uuid4
+
+    ids = {random_uuid4() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in list(ids)[:50]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
