@@ -215,6 +215,20 @@ def bench_collector(
         raise typer.Exit(1)
 
 
+@bench_app.command("pipeline")
+def bench_pipeline(
+    events: Annotated[int, typer.Option(help="Events in the input")] = 60_000,
+    payloads_per_record: Annotated[int, typer.Option(help="HTTP requests (5 events each) per pixel-events record")] = 20,
+    latency_seconds: Annotated[float, typer.Option(help="Seconds of paced load for the latency measurement")] = 20,
+) -> None:
+    """Events/s through both stages on one worker vs a raw aiokafka loop; p50/p99 hit-to-output latency."""
+    from loadtest.bench_pipeline import bench
+    report = bench(events=events, payloads_per_record=payloads_per_record, latency_seconds=latency_seconds)
+    typer.echo(json.dumps(report, indent=2))
+    if not report["pass"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

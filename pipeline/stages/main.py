@@ -25,14 +25,12 @@ from .visitor import IdentityPort, VisitorStage, VisitorTopics
 log = logging.getLogger(__name__)
 
 
-def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
-    """The Faust app with both stages wired to their topics, Redis and GeoIP databases."""
+def build_handlers(settings: Settings) -> tuple[VisitorStage, AccountStage]:
+    """Both stages' handlers wired to their topics, Redis and GeoIP databases (no Kafka client)."""
     specs = {s.logical: s for s in topic_specs(settings)}
-    pixel, visits = specs["pixel_events"], specs["visits"]
-    app = build_app(settings, pixel.partitions)
+    visits = specs["visits"]
     codec = make_codec(settings.kafka.schema_registry_url)
     model = settings.load_scoring_model()
-
     geoip = None
     if any(getattr(settings.geoip, f) for f in type(settings.geoip).model_fields):
         from ..enrich.geoip import shared_reader
@@ -48,12 +46,20 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
         identity = _identity_store(redis_url)
     else:
         log.warning("redis.url is not set: no company data, identity graph or quota; leads need a company")
-
     visitor = VisitorStage(settings, codec, VisitorTopics(visits.name, visits.partitions, specs["bad_events"].name),
                            model, geoip, reference, identity)
     account = AccountStage(settings, codec, AccountTopics(
         specs["lead_scores"].name, specs["lead_scores"].partitions, specs["qualified_leads"].name,
         specs["qualified_leads"].partitions, specs["bad_events"].name), model, quota)
+    return visitor, account
+
+
+def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
+    """The Faust app with both stages (see module doc)."""
+    specs = {s.logical: s for s in topic_specs(settings)}
+    pixel, visits = specs["pixel_events"], specs["visits"]
+    app = build_app(settings, pixel.partitions)
+    visitor, account = build_handlers(settings)
     retry = retryable_errors()
     stages = [add_stage(app, settings, "visitor", pixel.name, pixel.partitions, _timed("visitor", visitor),
                         on_error=visitor.failed, retryable=retry),
