@@ -242,6 +242,7 @@ class Settings(BaseSettings):
     scoring_model: Path | None = Field(None, description="Scoring model YAML (default: the built-in model)")
     identity_salt: SecretStr | None = Field(
         None, description="Default salt for email hashes (set it: without one a per-site salt is derived from the site id)")
+    metrics_host: str = Field("127.0.0.1", description="Address the worker's /metrics binds (0.0.0.0 in containers)")
     metrics_port: int = Field(9102, ge=0, le=65535, description="Worker /metrics port (the collector serves /metrics itself)")
 
     _sites_by_id: dict[str, SiteSettings] = PrivateAttr(default_factory=dict)

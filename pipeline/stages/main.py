@@ -125,6 +125,5 @@ def run(settings: Settings) -> None:
     from .worker import run_worker
     app, _ = create_worker_app(settings)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1" if settings.collector.host == "127.0.0.1"
-                          else "0.0.0.0")
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     run_worker(app, loglevel=settings.log_level)
