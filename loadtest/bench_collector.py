@@ -194,7 +194,7 @@ def bench(duration_s: int = 15, connections: int = 64, bootstrap: str | None = N
             _stop(collector)
         records, payloads, distinct = count_topic(bootstrap, topics["pixel_events"])
         run_payloads = payloads - warm_payloads
-        report = {
+        report: dict[str, Any] = {
             "baseline": asdict(baseline), "collector": asdict(result),
             "throughput_ratio": round(result.rps / baseline.rps, 3),
             "p99_ms": result.p99_ms,

@@ -252,7 +252,8 @@ class ConfluentCodec:
         if resp.status_code == 404:
             raise CodecError(f"schema id {schema_id} is not in the registry")
         resp.raise_for_status()
-        parsed = fastavro.parse_schema(json.loads(resp.json()["schema"]), named_schemas={})
+        # Any, like SchemaVersion.parsed: a registered Leadstream schema is a record (a dict).
+        parsed: Any = fastavro.parse_schema(json.loads(resp.json()["schema"]), named_schemas={})
         canonical, fp = SchemaCatalogue._canon(parsed)
         known = self.catalogue.by_fingerprint.get(fp)
         sv = known or SchemaVersion(str(parsed.get("name", "")).split(".")[-1], 0, parsed, canonical, fp)

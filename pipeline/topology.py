@@ -106,7 +106,8 @@ def visitor_key(site_id: str, visitor_id: str | None) -> str:
 @lru_cache(maxsize=262_144)
 def partition_for(key: str, partitions: int) -> int:
     """Kafka's default partition for ``key`` (murmur2 of its UTF-8 bytes), cached per key."""
-    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+    digest: int = murmur2(key.encode("utf-8"))  # aiokafka leaves murmur2 unannotated
+    return (digest & 0x7FFFFFFF) % partitions
 
 
 def create_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, timeout_s: float = 30.0,

@@ -109,8 +109,8 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
     stage.agent = app.agent(topic, name=f"{name}-agent")(agent)
 
     if gap_reader is not None:
-        @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
-        async def _stop_reader(_app: Any, **_kw: Any) -> None:
+        @app.on_before_shutdown.connect
+        async def _stop_reader(_app: Any, /, *_args: Any, **_kw: Any) -> None:
             await gap_reader.stop()
     return stage
 
