@@ -171,3 +171,27 @@ def test_same_input_through_a_fresh_consumer_group_gives_identical_leads(
         assert replayed == first
     finally:
         again.stop()
+
+
+def test_identified_visitor_brings_earlier_activity_to_the_account(pipeline: Pipeline) -> None:
+    """A reader on a home broadband line (no company) identifies with a work email: the account
+    becomes the company, and the pricing and demo pages read before count for it."""
+    p = pipeline
+    t0 = now_ms() - 3_600_000
+    reader = Visitor(p, BROADBAND_IP)
+    t = reader.browse(t0, ["/pricing", "/demo", "/pricing"])
+    p.wait_for(lambda: f"v:{reader.visitor_id}" in scores_by_account(p), "the anonymous account's score")
+    reader.identify(t + 60_000, "ben.sample@brightpath-analytics.example")
+    reader.browse(t + 120_000, ["/"])
+    account = "c:brightpath-analytics.example"
+    p.wait_for(lambda: account in scores_by_account(p), "the company account's score")
+    backfills = [u for batch in p.decoded("visits") for u in batch["updates"]
+                 if u["backfill"] and u["visitor_id"] == reader.visitor_id]
+    assert backfills and backfills[0]["account"] == account
+    assert {h["url"] for h in backfills[0]["hits"]} >= {"https://www.acme.example/pricing",
+                                                         "https://www.acme.example/demo"}
+    assert backfills[0]["person_id"] and backfills[0]["person_confidence"] == 1.0
+    score = scores_by_account(p)[account]
+    rules = {c["rule"] for c in score["intent_contributions"] if c["points"] > 0}
+    assert {"page:pricing", "page:demo"} <= rules, score["intent_contributions"]
+    assert score["person_id"] == backfills[0]["person_id"]
