@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Protocol
+from urllib.parse import quote
 
 import fastavro
 import fastavro.schema
@@ -57,6 +58,8 @@ class SchemaVersion:
     parsed: Any  # fastavro parsed schema
     canonical: str
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO
+    #: The self-contained schema JSON (docs and defaults kept): what a registry is given.
+    source: str = ""
 
 
 def _fullname(schema: dict[str, Any], namespace: str | None = None) -> str:
@@ -121,13 +124,15 @@ class SchemaCatalogue:
             standalone = _inline_named_types(raw, named, set(), raw.get("namespace"))
             named[_fullname(raw)] = raw
             parsed = fastavro.parse_schema(standalone, named_schemas={})
-            self._add(SchemaVersion(name, int(version), parsed, *self._canon(parsed)), current=True)
+            self._add(SchemaVersion(name, int(version), parsed, *self._canon(parsed),
+                                    source=json.dumps(standalone)), current=True)
         history = self.root / "history"
         for path in sorted(history.glob("*/v*.avsc")) if history.exists() else []:
             name, version = path.parent.name, int(path.stem[1:])
             raw = json.loads(path.read_text(encoding="utf-8"))
             parsed = fastavro.parse_schema(raw, named_schemas={})
-            self._add(SchemaVersion(name, version, parsed, *self._canon(parsed)), current=False)
+            self._add(SchemaVersion(name, version, parsed, *self._canon(parsed),
+                                    source=json.dumps(raw)), current=False)
 
     @staticmethod
     def _canon(parsed: Any) -> tuple[str, bytes]:
@@ -226,13 +231,25 @@ class ConfluentCodec:
         if found is not None:
             return found
         with self._lock:
-            expanded = json.dumps(fastavro.schema.expand_schema(sv.parsed))
-            resp = self._http.post(f"/subjects/{subject}/versions", json={"schema": expanded},
+            found = self._ids.get(key)  # registered by another thread while we waited
+            if found is not None:
+                return found
+            # The self-contained schema JSON, docs and defaults kept. (Not fastavro's
+            # expand_schema of the parsed form: that carries fastavro's internal
+            # __fastavro_parsed/__named_schemas keys, which a registry either rejects
+            # or stores as junk for every other client to read.)
+            text = sv.source or sv.canonical
+            resp = self._http.post(f"/subjects/{quote(subject, safe='')}/versions",
+                                   json={"schema": text},
                                    headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
-            resp.raise_for_status()
+            if resp.is_error:
+                raise httpx.HTTPStatusError(
+                    f"registering {sv.name} v{sv.version} under {subject} failed: "
+                    f"HTTP {resp.status_code} {resp.text[:500]}",
+                    request=resp.request, response=resp)
             schema_id = int(resp.json()["id"])
             self._ids[key] = schema_id
-            self._by_id[schema_id] = sv
+            self._by_id.setdefault(schema_id, sv)
             return schema_id
 
     def encode(self, schema: str, value: Mapping[str, Any], topic: str | None = None) -> bytes:

@@ -9,6 +9,7 @@ hands each to the stage's :class:`~pipeline.stages.runtime.RecordRunner`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import faust
 
 from ..settings import Settings
+from ..topology import changelog_topic
 from .runtime import GapReader, Handler, RecordRunner, faust_sender
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,31 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
     stage.agent = app.agent(topic, name=f"{name}-agent")(agent)
 
     if gap_reader is not None:
+        changelog = changelog_topic(settings.stages.app_id, name)
+
+        async def reload(partition: int) -> int:
+            """Replace the table's state for ``partition`` with its changelog's latest values."""
+            await app.producer.flush()  # our own buffered writes reach the changelog first
+            values = await gap_reader.last_values(changelog, partition)
+            store = table.data
+            for key in [k for k, p in getattr(store, "_key_partition", {}).items() if p == partition]:
+                store.pop(key, None)
+            for raw_key, raw_value in values.items():
+                key = json.loads(raw_key)
+                if raw_value is None:
+                    store.pop(key, None)
+                    continue
+                store[key] = json.loads(raw_value)
+                if hasattr(store, "_key_partition"):
+                    store._key_partition[key] = partition
+            return len(values)
+
+        runner.reload = reload
+
+        @app.on_partitions_assigned.connect
+        async def _assigned(_app: Any, assigned: Any = (), /, *_args: Any, **_kw: Any) -> None:
+            runner.assigned(tp.partition for tp in assigned if tp.topic == source_topic)
+
         @app.on_before_shutdown.connect
         async def _stop_reader(_app: Any, /, *_args: Any, **_kw: Any) -> None:
             await gap_reader.stop()

@@ -139,6 +139,25 @@ class GapReader:
             consumer.unsubscribe()
             return out
 
+    async def last_values(self, topic: str, partition: int) -> dict[bytes, bytes | None]:
+        """The latest value of every key in one partition of ``topic`` (a compacted changelog)."""
+        async with self._lock:
+            consumer = await self._ensure()
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            out: dict[bytes, bytes | None] = {}
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
+                for rec in batch.get(tp, []):
+                    if rec.offset >= end:
+                        break
+                    if rec.key is not None:
+                        out[rec.key] = rec.value
+            consumer.unsubscribe()
+            return out
+
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
@@ -151,6 +170,7 @@ class RunnerStats:
     replayed_skipped: int = 0     # records at or below the partition's progress (after a crash)
     gaps_repaired: int = 0        # records Faust skipped that the runner read itself
     gap_events: int = 0           # times a gap was detected
+    reloads: int = 0              # partitions reloaded from their changelog after a rebalance
 
 
 class RecordRunner:
@@ -171,6 +191,23 @@ class RecordRunner:
         self.max_backoff_s = max_backoff_s
         self.stats = RunnerStats()
         self.on_gap: Callable[[int, int, int], None] | None = None
+        # Set by the stage: reloads a partition's table state from its changelog (see ``assigned``).
+        self.reload: Callable[[int], Awaitable[int]] | None = None
+        self._owned: set[int] = set()
+        self._to_reload: set[int] = set()
+
+    def assigned(self, partitions: Iterable[int]) -> None:
+        """The consumer now owns ``partitions`` of the source topic (called on every rebalance).
+
+        A partition this worker did not own just before may come back with stale table state:
+        with the in-memory store, faust-streaming 0.15.3 was seen resuming a partition handed
+        back after another worker had advanced it without replaying that worker's changelog
+        entries. Such partitions are reloaded from their changelog before their next record.
+        """
+        now = set(partitions)
+        self._to_reload |= now - self._owned
+        self._to_reload &= now
+        self._owned = now
 
     @staticmethod
     def progress_key(partition: int) -> str:
@@ -182,6 +219,11 @@ class RecordRunner:
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
         """Apply one input record (and any records Faust skipped before it)."""
+        if partition in self._to_reload and self.reload is not None:
+            keys = await self._retrying(f"reloading partition {partition}", lambda: self.reload(partition))  # type: ignore[misc]
+            self._to_reload.discard(partition)
+            self.stats.reloads += 1
+            log.info("%s: partition %d state reloaded from its changelog (%d keys)", self.name, partition, keys)
         done = self.progress(partition)
         if done is not None and offset <= done:
             self.stats.replayed_skipped += 1

@@ -155,3 +155,32 @@ def new_topic(unique_name: Callable[[str], str]) -> NewTopic:
         return topic
 
     return make
+
+
+import httpx  # noqa: E402
+
+from pipeline.local.registry import RegistryUnavailable, SchemaRegistry  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchemaRegistry]:
+    """A real Apicurio Registry (in-memory storage) built from Maven Central artifacts.
+
+    Its Confluent-compatible base URL is `schema_registry.url`. Like Confluent's
+    registry it validates every schema it is given (Apicurio's global VALIDITY
+    rule, FULL) and checks BACKWARD compatibility within a subject.
+    """
+    registry = SchemaRegistry(tmp_path_factory.mktemp("schema-registry"))
+    try:
+        registry.start()
+    except RegistryUnavailable as exc:
+        pytest.fail(f"the Apicurio schema registry could not start: {exc}", pytrace=False)
+    try:
+        with httpx.Client(base_url=registry.base_url, timeout=10.0) as http:
+            http.post("/apis/registry/v2/admin/rules",
+                      json={"type": "VALIDITY", "config": "FULL"}).raise_for_status()
+            http.put("/apis/ccompat/v7/config",
+                     json={"compatibility": "BACKWARD"}).raise_for_status()
+        yield registry
+    finally:
+        registry.close()
