@@ -103,13 +103,15 @@ class GapReader:
         return self._consumer
 
     async def start_offset(self, partition: int) -> int:
-        """Where the group should resume on ``partition``: its committed offset, else the log start."""
+        """Where a partition with no applied offset in the table starts: the log start.
+
+        A partition without progress has no state either (progress and state travel in the
+        same changelog), so every record the log still holds must be applied, whatever the
+        group committed: a commit past records whose state is not in the table would be a loss.
+        """
         async with self._lock:
             consumer = await self._ensure()
             tp = TopicPartition(self.topic, partition)
-            committed = await consumer.committed(tp)
-            if committed is not None and committed >= 0:
-                return int(committed)
             starts = await consumer.beginning_offsets([tp])
             return int(starts[tp])
 

@@ -66,9 +66,9 @@ class Run:
         self.records = make_input()
         self.workers: list[WorkerProcess] = []
 
-    def produce(self) -> None:
+    def produce(self, part: slice = slice(None)) -> None:
         producer = KafkaProducer(bootstrap_servers=self.broker.bootstrap, acks="all", enable_idempotence=True)
-        for p, pairs in self.records:
+        for p, pairs in self.records[part]:
             producer.send(self.source, json.dumps(pairs).encode(), partition=p)
         producer.flush()
         producer.close()
@@ -180,13 +180,19 @@ def test_sigterm_mid_stream_and_restart(run: Callable[..., Run]) -> None:
 
 
 def test_second_worker_joins_then_leaves(run: Callable[..., Run]) -> None:
+    """Input arrives in three parts: before the second worker, while both run, after it left."""
     r = run()
-    r.produce()
+    third = RECORDS // 3
+    r.produce(slice(0, third))
     first = r.worker("w1")
-    r.wait_for_outputs(0.2)
+    r.wait_for_outputs(0.25)
     second = r.worker("w2")
+    wait_until(lambda: "assigned" in second.log_path.read_text(errors="replace"), 90,
+               "the second worker's partitions", r.logs)
+    r.produce(slice(third, 2 * third))
     r.wait_for_outputs(0.6)
     assert second.terminate() == 0, r.logs()
+    r.produce(slice(2 * third, None))
     r.wait_for_outputs(1.0)
     assert first.alive()
     r.check()

@@ -14,6 +14,7 @@ CONFIG: bootstrap, app_id, source, sink, partitions, data_dir, gap_repair,
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
@@ -45,6 +46,13 @@ def make_app(cfg: dict[str, Any]) -> Any:
         return result
 
     stage = add_stage(app, settings, "counting", cfg["source"], cfg["partitions"], handler)
+
+    @app.on_partitions_assigned.connect
+    async def _log_assignment(_app: Any, assigned: Any = (), /, *_args: Any, **_kw: Any) -> None:
+        # the tests wait for this line to know the worker joined and holds partitions
+        mine = sorted(tp.partition for tp in assigned if tp.topic == cfg["source"])
+        if mine:
+            logging.getLogger("counting").warning("assigned partitions %s", mine)
     if cfg.get("skip_first_per_partition"):
         seen: set[int] = set()
         original = stage.runner.handle
