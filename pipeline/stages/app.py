@@ -115,8 +115,8 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
 
         async def reload(partition: int) -> int:
             """Replace the table's state for ``partition`` with its changelog's latest values."""
-            await app.producer.flush()  # our own buffered writes reach the changelog first
-            values = await gap_reader.last_values(changelog, partition)
+            # Our own writes for a partition were flushed when it was revoked (Faust commits then).
+            values = await asyncio.wait_for(gap_reader.last_values(changelog, partition), 120)
             store = table.data
             for key in [k for k, p in getattr(store, "_key_partition", {}).items() if p == partition]:
                 store.pop(key, None)

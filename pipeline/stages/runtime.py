@@ -196,20 +196,24 @@ class RecordRunner:
         # Set by the stage: reloads a partition's table state from its changelog (see ``assigned``).
         self.reload: Callable[[int], Awaitable[int]] | None = None
         self._owned: set[int] = set()
+        self._ever_owned: set[int] = set()
         self._to_reload: set[int] = set()
 
     def assigned(self, partitions: Iterable[int]) -> None:
         """The consumer now owns ``partitions`` of the source topic (called on every rebalance).
 
-        A partition this worker did not own just before may come back with stale table state:
+        A partition this worker owned earlier, lost and got back may have stale table state:
         with the in-memory store, faust-streaming 0.15.3 was seen resuming a partition handed
         back after another worker had advanced it without replaying that worker's changelog
         entries. Such partitions are reloaded from their changelog before their next record.
         """
         now = set(partitions)
-        self._to_reload |= now - self._owned
+        # Only partitions this process held before can come back stale; a first assignment is
+        # recovered by Faust from the changelog's beginning.
+        self._to_reload |= (now - self._owned) & self._ever_owned
         self._to_reload &= now
         self._owned = now
+        self._ever_owned |= now
 
     @staticmethod
     def progress_key(partition: int) -> str:
@@ -231,9 +235,10 @@ class RecordRunner:
             self.stats.replayed_skipped += 1
             return
         if self.gap_reader is not None:
-            expected = done + 1 if done is not None else await self.gap_reader.start_offset(partition)
+            expected = (done + 1 if done is not None
+                        else await asyncio.wait_for(self.gap_reader.start_offset(partition), 60))
             if offset > expected:
-                missing = await self.gap_reader.read(partition, expected, offset)
+                missing = await asyncio.wait_for(self.gap_reader.read(partition, expected, offset), 120)
                 self.stats.gap_events += 1
                 self.stats.gaps_repaired += len(missing)
                 log.warning("%s: partition %d jumped from offset %d to %d; applying %d skipped records first",

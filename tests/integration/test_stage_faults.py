@@ -151,7 +151,9 @@ def wait_settled(run: Run, expected: int | None = None, timeout_s: float = 180) 
         if settled and (expected is None or n >= expected):
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"visits stopped at {n} updates (expected {expected})\n{run.p.logs()}")
+            bad = [(b["failure_type"], b["message"][:300]) for b in run.p.decoded("bad_events")[:3]]
+            raise AssertionError(f"visits stopped at {n} updates (expected {expected}); bad rows: {bad}\n"
+                                 f"{run.p.logs()}")
         time.sleep(1)
 
 
