@@ -141,24 +141,39 @@ class GapReader:
             consumer.unsubscribe()
             return out
 
-    async def last_values(self, topic: str, partition: int) -> dict[bytes, bytes | None]:
-        """The latest value of every key in one partition of ``topic`` (a compacted changelog)."""
-        async with self._lock:
-            consumer = await self._ensure()
+    async def last_values(self, topic: str, partition: int, timeout_s: float = 60.0) -> dict[bytes, bytes | None]:
+        """The latest value of every key in one partition of ``topic`` (a compacted changelog).
+
+        Uses a consumer of its own (no group, closed after), so it never disturbs the gap reader's.
+        """
+        consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", group_id=None,
+                                    **self._options)
+        await consumer.start()
+        try:
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
+            start = (await consumer.beginning_offsets([tp]))[tp]
             end = (await consumer.end_offsets([tp]))[tp]
             out: dict[bytes, bytes | None] = {}
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
+            if end <= start:
+                return out
+            consumer.seek(tp, start)
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            last = start - 1
+            while last < end - 1:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"reading {topic}[{partition}] stopped at offset {last + 1} of {end}")
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=5000)
                 for rec in batch.get(tp, []):
                     if rec.offset >= end:
+                        last = end - 1
                         break
+                    last = rec.offset
                     if rec.key is not None:
                         out[rec.key] = rec.value
-            consumer.unsubscribe()
             return out
+        finally:
+            await consumer.stop()
 
     async def stop(self) -> None:
         if self._consumer is not None:
