@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import logging
@@ -190,7 +191,7 @@ def wait_until_ready(
 # --------------------------------------------------------------------------- base class
 
 
-class ServerProcess:
+class ServerProcess(abc.ABC):
     """One server child process on 127.0.0.1 and its lifecycle.
 
     Contracts: `stop()` is graceful (SIGTERM, then SIGKILL after `stop_timeout`)
@@ -221,8 +222,9 @@ class ServerProcess:
 
     # -- for subclasses -----------------------------------------------------------
 
+    @abc.abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start the server and return once it answers (each server defines how)."""
 
     def _remove_files(self) -> None:
         """Remove what this object created on disk; called by `close()` after `stop()`."""

@@ -30,6 +30,7 @@ from pipeline.local.redis import (
     find_system_redis_server,
 )
 from pipeline.local.process import ServerProcess
+from pipeline.enrich.redis_store import ReferenceStore
 from pipeline.local.tansu import EmbeddedBroker
 
 S = TypeVar("S", bound=ServerProcess)
@@ -177,3 +178,14 @@ def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Schema
             http.put("/apis/ccompat/v7/config",
                      json={"compatibility": "BACKWARD"}).raise_for_status()
         yield registry
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[ReferenceStore]:
+    """A reference-data store on an empty database of the session's Redis server."""
+    client = ReferenceStore.from_url(redis_server.url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()

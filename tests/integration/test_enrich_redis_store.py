@@ -17,16 +17,6 @@ from pipeline.local.redis import RedisServer
 
 
 @pytest.fixture
-def store(redis_server: RedisServer) -> Iterator[ReferenceStore]:
-    client = ReferenceStore.from_url(redis_server.url)
-    client.flushdb()
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
 def other(redis_server: RedisServer) -> Iterator[ReferenceStore]:
     """A second process's view of the same Redis (its own caches), company cache off."""
     client = ReferenceStore.from_url(redis_server.url, company_cache_ttl_s=0)

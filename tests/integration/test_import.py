@@ -15,16 +15,6 @@ from pipeline.local.redis import RedisServer
 from pipeline.ops.importer import DEMO_FILES, import_demo_data, import_file
 
 
-@pytest.fixture
-def store(redis_server: RedisServer) -> Iterator[ReferenceStore]:
-    client = ReferenceStore.from_url(redis_server.url)
-    client.flushdb()
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 def snapshot(store: ReferenceStore) -> dict[str, Any]:
     """Every key and its value (imports bookkeeping left out: it holds a timestamp)."""
     out: dict[str, Any] = {}
