@@ -221,6 +221,9 @@ class StageSettings(_Frozen):
     heartbeat_interval_s: float = Field(3.0, gt=0)
     gap_repair: bool = Field(True, description="Detect and re-read records Faust skipped (see DESIGN 'Crash safety')")
     standby_replicas: int = Field(0, ge=0)
+    stall_after_s: float = Field(
+        30.0, ge=0, description="Seconds a partition may hold undelivered records while its stage idles before the "
+        "stall watchdog re-seeks it (0 disables; needs gap_repair)")
     web_port: int | None = Field(None, description="Faust's own web server port; unset disables it")
 
 

@@ -22,6 +22,7 @@ import faust
 from ..settings import Settings
 from ..topology import changelog_topic
 from .runtime import GapReader, Handler, RecordRunner, faust_sender
+from .watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Stage:
     table: Any
     runner: RecordRunner
     agent: Any = None
+    watchdog: StallWatchdog | None = None
 
 
 def build_app(settings: Settings, partitions: int) -> faust.App:
@@ -135,6 +137,18 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
         @app.on_partitions_assigned.connect
         async def _assigned(_app: Any, assigned: Any = (), /, *_args: Any, **_kw: Any) -> None:
             runner.assigned(tp.partition for tp in assigned if tp.topic == source_topic)
+
+        if settings.stages.stall_after_s > 0:
+            watchdog = stage.watchdog = StallWatchdog(app, runner, source_topic, settings.stages.stall_after_s)
+
+            async def check_stalls() -> None:
+                try:
+                    await watchdog.check()
+                except Exception:  # the broker may be away: the next pass tries again
+                    log.warning("%s: stall check failed", name, exc_info=True)
+
+            check_stalls.__name__ = check_stalls.__qualname__ = f"{name}_check_stalls"
+            app.timer(max(1.0, settings.stages.stall_after_s / 3), name=f"{name}-stall-watchdog")(check_stalls)
 
         @app.on_before_shutdown.connect
         async def _stop_reader(_app: Any, /, *_args: Any, **_kw: Any) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Protocol, Sequence
 
@@ -115,6 +116,16 @@ class GapReader:
             starts = await consumer.beginning_offsets([tp])
             return int(starts[tp])
 
+    async def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The next offset to be written in each partition (its high watermark)."""
+        async with self._lock:
+            consumer = await self._ensure()
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            if not tps:
+                return {}
+            ends = await consumer.end_offsets(tps)
+            return {tp.partition: int(offset) for tp, offset in ends.items()}
+
     async def read(self, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
         """Records at offsets ``start`` <= offset < ``end`` (those the log still holds)."""
         async with self._lock:
@@ -188,6 +199,7 @@ class RunnerStats:
     gaps_repaired: int = 0        # records Faust skipped that the runner read itself
     gap_events: int = 0           # times a gap was detected
     reloads: int = 0              # partitions reloaded from their changelog after a rebalance
+    stalls: int = 0               # partitions found with records waiting that were not delivered
 
 
 class RecordRunner:
@@ -213,6 +225,10 @@ class RecordRunner:
         self._owned: set[int] = set()
         self._ever_owned: set[int] = set()
         self._to_reload: set[int] = set()
+        #: monotonic time of the last record handled per partition (or of its assignment)
+        self.last_activity: dict[int, float] = {}
+        #: a record is being applied (the stage may be waiting on Redis or the broker)
+        self.busy = False
 
     def assigned(self, partitions: Iterable[int]) -> None:
         """The consumer now owns ``partitions`` of the source topic (called on every rebalance).
@@ -227,8 +243,25 @@ class RecordRunner:
         # recovered by Faust from the changelog's beginning.
         self._to_reload |= (now - self._owned) & self._ever_owned
         self._to_reload &= now
+        started = time.monotonic()
+        for partition in now - self._owned:
+            self.last_activity[partition] = started
         self._owned = now
         self._ever_owned |= now
+
+    @property
+    def owned(self) -> frozenset[int]:
+        """The source partitions this process holds now."""
+        return frozenset(self._owned)
+
+    async def expected_offset(self, partition: int) -> int:
+        """The offset of the next record ``partition`` must apply."""
+        done = self.progress(partition)
+        if done is not None:
+            return done + 1
+        if self.gap_reader is None:
+            raise RuntimeError("a partition without progress needs the gap reader to find its start")
+        return await asyncio.wait_for(self.gap_reader.start_offset(partition), 60)
 
     @staticmethod
     def progress_key(partition: int) -> str:
@@ -240,6 +273,14 @@ class RecordRunner:
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
         """Apply one input record (and any records Faust skipped before it)."""
+        self.busy = True
+        try:
+            await self._handle(partition, offset, value)
+        finally:
+            self.busy = False
+            self.last_activity[partition] = time.monotonic()
+
+    async def _handle(self, partition: int, offset: int, value: bytes) -> None:
         if partition in self._to_reload and self.reload is not None:
             keys = await self._retrying(f"reloading partition {partition}", lambda: self.reload(partition))  # type: ignore[misc]
             self._to_reload.discard(partition)
@@ -250,8 +291,7 @@ class RecordRunner:
             self.stats.replayed_skipped += 1
             return
         if self.gap_reader is not None:
-            expected = (done + 1 if done is not None
-                        else await asyncio.wait_for(self.gap_reader.start_offset(partition), 60))
+            expected = await self.expected_offset(partition)
             if offset > expected:
                 missing = await asyncio.wait_for(self.gap_reader.read(partition, expected, offset), 120)
                 self.stats.gap_events += 1

@@ -53,7 +53,7 @@ class Pipeline:
             "geoip": {k: str(v) for k, v in geoip.items()},
             "collector": {"port": self.port, "trusted_proxies": ["127.0.0.1/32"], "linger_ms": 2},
             "stages": {"app_id": f"{name}-app", "session_timeout_s": 6.0, "heartbeat_interval_s": 1.0,
-                       "commit_interval_s": 1.0},
+                       "commit_interval_s": 1.0, "stall_after_s": 10.0},
             "identity_salt": "test-salt",
             "data_dir": str(tmp / f"{name}-data"),
             "log_level": "warn",

@@ -8,7 +8,12 @@ count every input through to the output and the final table state.
 Usage: python -m tests.integration.apps.counting CONFIG.json
 CONFIG: bootstrap, app_id, source, sink, partitions, data_dir, gap_repair,
         skip_first_per_partition (inject Faust's measured fault: ack the first
-        record of each partition after start without handing it to the stage).
+        record of each partition after start without handing it to the stage),
+        stall_after_s (the stall watchdog; 0 disables), stall_partition_after
+        (inject the stall seen after a join/leave: once partition 0 has handled
+        that many records, every later record of it is dropped the first time
+        it is delivered, as Faust dropped fetched records, so that nothing but
+        a seek back brings them).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ def make_app(cfg: dict[str, Any]) -> Any:
                         stages=StageSettings(app_id=cfg["app_id"], gap_repair=cfg.get("gap_repair", True),
                                              commit_interval_s=cfg.get("commit_interval_s", 1.0),
                                              session_timeout_s=cfg.get("session_timeout_s", 10.0),
-                                             heartbeat_interval_s=1.0))
+                                             heartbeat_interval_s=1.0,
+                                             stall_after_s=cfg.get("stall_after_s", 30.0)))
     app = build_app(settings, cfg["partitions"])
     sink = cfg["sink"]
 
@@ -64,6 +70,24 @@ def make_app(cfg: dict[str, Any]) -> Any:
             await original(partition, offset, value)
 
         stage.runner.handle = faulty  # type: ignore[method-assign]
+    if cfg.get("stall_partition_after"):
+        handled = 0
+        dropped: set[int] = set()
+        inner = stage.runner.handle
+
+        async def stalling(partition: int, offset: int, value: bytes) -> None:
+            nonlocal handled
+            if partition == 0 and handled >= cfg["stall_partition_after"] and offset not in dropped:
+                # fetched, never handed to the stage: what Faust did to records in flight around a rebalance
+                if not dropped:
+                    logging.getLogger("counting").warning("injected: partition 0 records dropped from %d", offset)
+                dropped.add(offset)
+                return
+            await inner(partition, offset, value)
+            if partition == 0:
+                handled += 1
+
+        stage.runner.handle = stalling  # type: ignore[method-assign]
     return app
 
 

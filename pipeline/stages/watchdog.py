@@ -1,0 +1,155 @@
+"""The stall watchdog: source partitions with records waiting that Faust no longer delivers.
+
+faust-streaming 0.15.3 was seen, about one run in twenty of the join/leave
+fault test, to stop handing over the records of some partitions after a
+second worker joined and left: the partitions stayed assigned and active, the
+flow was on, nothing was paused, but the aiokafka consumer's position was at
+the log end while Faust's read offset stayed at the last record the agent got.
+The records in between had been fetched and dropped on their way to the agent
+(Faust drops fetched records whose generation is no longer current and an
+in-flight batch when the generation changes), and nothing rewinds the position
+until the next rebalance: no error, an idle event loop, the records wait forever.
+
+A partition is *stalled* when this process owns it, the log holds records
+past the partition's progress (the offset of the last record applied, kept in
+the table), the stage is idle (not inside a record: it may be waiting on Redis
+or the broker for a long time, legitimately), and no record of that partition
+was handled for ``stall_after_s``. The watchdog then logs what Faust's consumer
+says about the partition (active, paused, buffered, flow), clears whatever
+holds it, and seeks it to the next offset to apply, which makes Faust fetch
+from there. Re-delivery is harmless (the runner skips what it has applied).
+If the same partition is still stalled after ``max_repairs`` repairs in a row,
+the worker exits with code 75 so its supervisor restarts it: a restart is
+lossless by design, a silent stall is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from aiokafka import TopicPartition
+from faust.types import TP
+
+from .runtime import RecordRunner
+
+log = logging.getLogger(__name__)
+
+EXIT_STALLED = 75  # EX_TEMPFAIL: restart me
+
+
+def stalled_partitions(owned: Iterable[int], ends: Mapping[int, int], expected: Mapping[int, int],
+                       last_activity: Mapping[int, float], now: float, stall_after_s: float) -> list[int]:
+    """Owned partitions with records at or past ``expected`` and nothing handled for ``stall_after_s``."""
+    out = []
+    for partition in sorted(owned):
+        end = ends.get(partition)
+        want = expected.get(partition)
+        if end is None or want is None or end <= want:
+            continue
+        if now - last_activity.get(partition, now) >= stall_after_s:
+            out.append(partition)
+    return out
+
+
+@dataclass
+class Repair:
+    partition: int
+    offset: int
+    state: dict[str, Any]
+
+
+class StallWatchdog:
+    """Checks one stage's partitions every ``check_every_s`` (run by a Faust timer)."""
+
+    def __init__(self, app: Any, runner: RecordRunner, source_topic: str, stall_after_s: float,
+                 max_repairs: int = 3) -> None:
+        self.app = app
+        self.runner = runner
+        self.source_topic = source_topic
+        self.stall_after_s = stall_after_s
+        self.max_repairs = max_repairs
+        self.repairs: dict[int, int] = {}   # partition -> repairs in a row without progress
+        self._last_progress: dict[int, int] = {}
+
+    async def check(self) -> list[Repair]:
+        """One pass: find stalled partitions and repair them. Returns the repairs made."""
+        app, runner = self.app, self.runner
+        if runner.busy or getattr(app, "rebalancing", False) or runner.gap_reader is None:
+            return []
+        consumer = app.consumer
+        if not getattr(consumer, "flow_active", True):
+            return []
+        owned = runner.owned
+        if not owned:
+            return []
+        ends = await runner.gap_reader.end_offsets(owned)
+        expected = {p: await runner.expected_offset(p) for p in owned}
+        # the records handled during the awaits above make their partitions active again
+        stalled = stalled_partitions(runner.owned, ends, expected, runner.last_activity, time.monotonic(),
+                                     self.stall_after_s)
+        for partition in list(self.repairs):
+            if partition not in stalled or expected.get(partition) != self._last_progress.get(partition):
+                self.repairs.pop(partition, None)   # it moved on: the repair worked
+        repairs = []
+        for partition in stalled:
+            count = self.repairs.get(partition, 0)
+            state = self._consumer_state(partition)
+            if count >= self.max_repairs:
+                log.critical("%s: partition %d still stalled at offset %d (log end %d) after %d repairs; "
+                             "exiting so the worker is restarted. Consumer state: %s", runner.name, partition,
+                             expected[partition], ends[partition], count, state)
+                logging.shutdown()
+                os._exit(EXIT_STALLED)
+            log.warning("%s: partition %d stalled: offset %d is next, the log ends at %d, nothing delivered "
+                        "for %.0f s; consumer state: %s. Seeking it to %d.", runner.name, partition,
+                        expected[partition], ends[partition], time.monotonic() - runner.last_activity.get(partition, 0),
+                        state, expected[partition])
+            await self._unstick(partition, expected[partition])
+            self.repairs[partition] = count + 1
+            self._last_progress[partition] = expected[partition]
+            runner.stats.stalls += 1
+            runner.last_activity[partition] = time.monotonic()  # give the repair time to take effect
+            repairs.append(Repair(partition, expected[partition], state))
+        return repairs
+
+    def _tp(self, partition: int) -> TP:
+        return TP(self.source_topic, partition)
+
+    def _consumer_state(self, partition: int) -> dict[str, Any]:
+        """What Faust's consumer (and the aiokafka consumer under it) says about the partition."""
+        consumer = self.app.consumer
+        tp = self._tp(partition)
+        state: dict[str, Any] = {
+            "assigned": tp in consumer.assignment(),
+            "active": tp in (consumer._active_partitions or ()),
+            "paused": tp in consumer._paused_partitions,
+            "buffered": tp in consumer._buffered_partitions,
+            "flow_active": consumer.flow_active,
+            "read_offset": consumer._read_offset.get(tp),
+        }
+        inner = self._aiokafka()
+        if inner is not None:
+            state["aiokafka_paused"] = tp in inner.paused()
+            try:
+                state["aiokafka_position"] = inner._subscription.subscription.assignment.state_value(tp).position
+            except Exception:  # internal layout of aiokafka: diagnostics only
+                pass
+        return state
+
+    def _aiokafka(self) -> Any:
+        thread = getattr(self.app.consumer, "_thread", None)
+        return getattr(thread, "_consumer", None)
+
+    async def _unstick(self, partition: int, offset: int) -> None:
+        consumer = self.app.consumer
+        tp = self._tp(partition)
+        consumer._buffered_partitions.discard(tp)
+        consumer.resume_partitions([tp])
+        inner = self._aiokafka()
+        if inner is not None and tp in inner.paused():
+            inner.resume(TopicPartition(self.source_topic, partition))
+        await consumer.seek(tp, offset)
