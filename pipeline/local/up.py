@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 DEMO_SITE = "demo"
 STOP_TIMEOUT_S = 20.0
+#: Exit codes with which a worker asks to be restarted: 70 an agent crashed, 75 a partition stalled
+#: (pipeline/stages/watchdog.py). A restart is lossless; `up` restarts it, at most RESTARTS_PER_10_MIN times.
+RESTART_CODES = frozenset({70, 75})
+RESTARTS_PER_10_MIN = 5
 EMBEDDED_WARNING = (
     "The embedded broker (Tansu) keeps every record in memory: it is all gone when `up` stops. It is for trying "
     "Leadstream out, not for real traffic. Pass --real-kafka (needs Java and Maven) to run a real Apache Kafka "
@@ -60,6 +64,8 @@ class Stack:
     def __init__(self) -> None:
         self.stoppers: list[tuple[str, Any]] = []
         self.children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        #: how to start a child again (the worker), by name
+        self.restarters: dict[str, Any] = {}
 
     def stop(self) -> None:
         """SIGTERM every child (newest first) and wait; SIGKILL what outlives STOP_TIMEOUT_S. Never raises."""
@@ -256,6 +262,7 @@ def run_up(settings: Settings, demo: bool = False, real_kafka: bool = False) -> 
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         spawn(stack, "worker", ["worker"], config, logs)
+        stack.restarters["worker"] = lambda: spawn(stack, "worker", ["worker"], config, logs)
         collector = spawn(stack, "collector", ["collector"], config, logs)
         base = effective.collector.public_url or f"http://{effective.collector.host}:{effective.collector.port}"
         wait_http(f"{base}/health", collector, logs / "collector.log")
@@ -301,10 +308,12 @@ def run_up(settings: Settings, demo: bool = False, real_kafka: bool = False) -> 
 
 
 def _watch(stack: Stack) -> None:
-    """Block until a signal; raise UpError when the worker or collector dies."""
+    """Block until a signal; restart a worker that asks for it; raise UpError when a process dies."""
     reported = False
+    restarts: list[float] = []
     while True:
-        for name, proc, log_path in stack.children:
+        for entry in list(stack.children):
+            name, proc, log_path = entry
             code = proc.poll()
             if code is None:
                 continue
@@ -313,6 +322,15 @@ def _watch(stack: Stack) -> None:
                     reported = True
                     lines = log_tail(log_path, 3).splitlines()
                     print(f"simulator  finished (exit {code}): {lines[-1] if lines else ''}", flush=True)
+                continue
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 600]
+            if code in RESTART_CODES and name in stack.restarters and len(restarts) < RESTARTS_PER_10_MIN:
+                restarts.append(now)
+                why = "a partition stalled" if code == 75 else "a stage crashed"
+                print(f"{name:<10} exited with {code} ({why}; see {log_path}); restarting it", flush=True)
+                stack.children.remove(entry)
+                stack.restarters[name]()
                 continue
             raise UpError(f"the {name} exited with {code}; its log ({log_path}):\n{log_tail(log_path)}")
         time.sleep(0.5)
