@@ -109,13 +109,42 @@ SNOWPLOW_POST_KIND: Final = _Kind("tp2", "snowplow_post", lambda q, b, lim: pars
                                   False, b"ok", _TEXT)
 
 
+class _Entropy:
+    """Bytes from ``os.urandom`` drawn 4 KiB at a time: one system call per 256 ids instead of one each.
+
+    The buffer is dropped in a forked child (``os.register_at_fork``), so two
+    processes never hand out the same bytes.
+    """
+
+    __slots__ = ("_buf", "_pos")
+    SIZE: Final = 4096
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def reset(self) -> None:
+        self._buf, self._pos = b"", 0
+
+    def take(self, n: int) -> bytes:
+        if self._pos + n > len(self._buf):
+            self._buf, self._pos = os.urandom(self.SIZE), 0
+        out = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return out
+
+
+_ENTROPY: Final = _Entropy()
+os.register_at_fork(after_in_child=_ENTROPY.reset)
+
+
 def random_uuid4() -> str:
     """A version 4 UUID string from the OS's CSPRNG (like ``uuid.uuid4()``), without the UUID object.
 
     For the network user id cookie: an identifier a third party must not be
-    able to guess, so ``os.urandom`` rather than :func:`fast_uuid4`.
+    able to guess, so ``os.urandom`` (buffered) rather than :func:`fast_uuid4`.
     """
-    b = bytearray(os.urandom(16))
+    b = bytearray(_ENTROPY.take(16))
     b[6] = (b[6] & 0x0F) | 0x40
     b[8] = (b[8] & 0x3F) | 0x80
     h = b.hex()

@@ -486,3 +486,21 @@ def test_random_uuid4_is_a_version_4_uuid() -> None:
     for text in list(ids)[:50]:
         parsed = uuid.UUID(text)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def test_a_forked_child_draws_fresh_entropy_for_its_ids() -> None:
+    import os
+
+    from pipeline.collector.app import random_uuid4
+
+    random_uuid4()  # the parent has a buffer now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id must not be the parent's next id
+        os.write(write, random_uuid4().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 100).decode()
+    os.close(read)
+    os.close(write)
+    assert child_id != random_uuid4()
