@@ -18,23 +18,19 @@ they are re-exported here under their old names.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
 import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 import pipeline
+from pipeline.local.maven import MavenRunner, cache_root, cached_build, find_executable
 from pipeline.local.process import (
     DataDirServer,
     free_port,
@@ -114,7 +110,6 @@ POM_XML = """\
 </project>
 """
 
-_MARKER = "complete.json"
 _LIBS = "libs"
 
 
@@ -137,20 +132,7 @@ class LocalBroker(Protocol):
 
 
 #: Runs one Maven command line; raises on failure. Injected by tests.
-MavenRunner = Callable[[Sequence[str]], None]
-
-
 # --------------------------------------------------------------------------- jars
-
-
-def cache_root() -> Path:
-    """`$LEADSTREAM_CACHE`, else `$XDG_CACHE_HOME/leadstream`, else `~/.cache/leadstream`."""
-    explicit = os.environ.get("LEADSTREAM_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "leadstream"
 
 
 def find_pom() -> Path | None:
@@ -165,33 +147,8 @@ def _pom_text() -> str:
     return pom.read_text(encoding="utf-8") if pom is not None else POM_XML
 
 
-def _run_maven(cmd: Sequence[str]) -> None:
-    try:
-        done = subprocess.run(
-            list(cmd), capture_output=True, text=True, timeout=900, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise KafkaUnavailable(f"Maven did not finish in 900 s: {' '.join(cmd)}") from exc
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).strip().splitlines()
-        raise KafkaUnavailable(
-            f"Maven failed (exit {done.returncode}) fetching the Kafka jars: "
-            f"{' '.join(cmd)}\n" + "\n".join(output[-40:])
-        )
-
-
-def _find_executable(name: str, home_var: str | None = None) -> str | None:
-    if home_var:
-        home = os.environ.get(home_var)
-        if home:
-            candidate = Path(home) / "bin" / name
-            if os.access(candidate, os.X_OK):
-                return str(candidate)
-    return shutil.which(name)
-
-
 def _java() -> str:
-    java = _find_executable("java", "JAVA_HOME")
+    java = find_executable("java", "JAVA_HOME")
     if java is None:
         raise KafkaUnavailable(
             "Java 17+ is needed to run the real Apache Kafka broker but `java` is not on "
@@ -199,17 +156,6 @@ def _java() -> str:
             "openjdk-17-jre-headless`."
         )
     return java
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def ensure_jars(
@@ -220,81 +166,27 @@ def ensure_jars(
 ) -> Path:
     """Return a directory holding the Kafka broker jars, fetching them only when not cached.
 
-    The jars live in `<cache>/kafka-<version>/libs-<pom hash>/`, so a changed pom
-    gets a fresh directory and never pulls jars from under a running broker. A
-    `complete.json` marker is written only after Maven succeeded and the jars
-    were moved into place, so an interrupted download is fetched again. Safe to
-    call from several processes at once (a file lock serialises the fetch).
-    Raises `KafkaUnavailable` when Maven is missing or fails.
+    The jars live in `<cache>/kafka-<version>/libs-<pom hash>/` (see
+    `pipeline.local.maven.cached_build`: marker written last, file lock across
+    processes). Raises `KafkaUnavailable` when Maven is missing or fails.
     """
-    pom_text = _pom_text()
-    pom_sha = hashlib.sha256(pom_text.encode("utf-8")).hexdigest()
-    root = (cache_dir or cache_root()) / f"kafka-{version}"
-    libs = root / f"{_LIBS}-{pom_sha[:12]}"
-    marker = libs / _MARKER
 
-    def cached() -> bool:
-        try:
-            meta = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return (
-            isinstance(meta, dict)
-            and meta.get("version") == version
-            and meta.get("pom_sha256") == pom_sha
-            and any(libs.glob("kafka_2.13-*.jar"))
-        )
+    def maven_args(staging: Path, _pom: Path) -> list[str]:
+        return ["dependency:copy-dependencies", "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging / _LIBS}", f"-Dkafka.version={version}"]
 
-    if cached():
-        return libs
-    with _file_lock(root.parent / f"kafka-{version}.lock"):
-        if cached():  # another process fetched while we waited for the lock
-            return libs
-        mvn = _find_executable("mvn", "MAVEN_HOME")
-        if run is None and mvn is None:
-            raise KafkaUnavailable(
-                "Maven is needed once to fetch the Apache Kafka broker jars from Maven "
-                "Central but `mvn` is not on PATH. Install it, e.g. `apt-get install maven`."
-            )
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="fetch-", dir=root))
-        try:
-            pom = staging / "pom.xml"
-            pom.write_text(pom_text, encoding="utf-8")
-            out = staging / _LIBS
-            cmd = [
-                mvn or "mvn",
-                "-q",
-                "-B",
-                "-Dstyle.color=never",
-                "-f",
-                str(pom),
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={out}",
-                f"-Dkafka.version={version}",
-            ]
-            log.info("fetching Apache Kafka %s jars with Maven into %s", version, libs)
-            started = time.monotonic()
-            (run or _run_maven)(cmd)
-            if not any(out.glob("kafka_2.13-*.jar")):
-                raise KafkaUnavailable(f"Maven ran but left no kafka_2.13 jar in {out}")
-            if libs.exists():  # unmarked: a fetch that died before its marker; nobody uses it
-                shutil.rmtree(libs)
-            out.rename(libs)
-            jars = sorted(p.name for p in libs.glob("*.jar"))
-            marker.write_text(
-                json.dumps(
-                    {"version": version, "pom_sha256": pom_sha, "jars": jars}, indent=1
-                ),
-                encoding="utf-8",
-            )
-            log.info(
-                "fetched %d Kafka jars in %.1f s", len(jars), time.monotonic() - started
-            )
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return libs
+    def collect(staging: Path, out: Path) -> None:
+        fetched = staging / _LIBS
+        if not any(fetched.glob("kafka_2.13-*.jar")):
+            raise KafkaUnavailable(f"Maven ran but left no kafka_2.13 jar in {fetched}")
+        for jar in fetched.iterdir():
+            jar.rename(out / jar.name)
+
+    return cached_build(
+        product=f"kafka-{version}", name=_LIBS, pom_text=_pom_text(), maven_args=maven_args, collect=collect,
+        complete=lambda libs: any(libs.glob("kafka_2.13-*.jar")), meta={"version": version},
+        error=KafkaUnavailable, what=f"fetching the Apache Kafka {version} jars", timeout_s=900,
+        cache_dir=cache_dir, run=run)
 
 
 # --------------------------------------------------------------------------- broker

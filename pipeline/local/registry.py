@@ -11,20 +11,14 @@ start is an empty registry.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
-import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 
 import pipeline
-from pipeline.local.kafka import MavenRunner, _file_lock, _find_executable, cache_root
+from pipeline.local.maven import MavenRunner, cached_build, find_executable
 from pipeline.local.process import DataDirServer, free_port, log_tail, wait_until_ready
 
 __all__ = [
@@ -43,7 +37,6 @@ APICURIO_VERSION = "2.4.2.Final"
 #: The runner jar `mvn package` leaves in target/ (its manifest points at lib/).
 RUNNER_JAR = "leadstream-schema-registry-1-runner.jar"
 
-_MARKER = "complete.json"
 _APP = "app"
 
 
@@ -60,85 +53,28 @@ def find_registry_pom() -> Path:
     return pom
 
 
-def _run_maven(cmd: Sequence[str]) -> None:
-    try:
-        done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=1200, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise RegistryUnavailable(f"Maven did not finish in 1200 s: {' '.join(cmd)}") from exc
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).strip().splitlines()
-        raise RegistryUnavailable(
-            f"Maven failed (exit {done.returncode}) packaging Apicurio Registry: "
-            f"{' '.join(cmd)}\n" + "\n".join(output[-40:])
-        )
-
-
 def ensure_registry_app(
     cache_dir: Path | None = None, *, run: MavenRunner | None = None
 ) -> Path:
     """Return a directory holding the packaged registry (runner jar + lib/), building it once.
 
-    Lives in `<cache>/apicurio-registry-<version>/app-<pom hash>/`; a
-    `complete.json` marker is written only after Maven succeeded and the files
-    were moved into place. Serialised across processes by a file lock.
+    Lives in `<cache>/apicurio-registry-<version>/app-<pom hash>/` (see
+    `pipeline.local.maven.cached_build`: marker written last, file lock across processes).
     """
-    pom = find_registry_pom()
-    pom_text = pom.read_text(encoding="utf-8")
-    pom_sha = hashlib.sha256(pom_text.encode("utf-8")).hexdigest()
-    root = (cache_dir or cache_root()) / f"apicurio-registry-{APICURIO_VERSION}"
-    app = root / f"{_APP}-{pom_sha[:12]}"
-    marker = app / _MARKER
 
-    def cached() -> bool:
-        try:
-            meta = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return (
-            isinstance(meta, dict)
-            and meta.get("pom_sha256") == pom_sha
-            and (app / RUNNER_JAR).is_file()
-            and (app / "lib").is_dir()
-        )
+    def collect(staging: Path, out: Path) -> None:
+        target = staging / "target"
+        if not (target / RUNNER_JAR).is_file():
+            raise RegistryUnavailable(f"Maven ran but left no {RUNNER_JAR} in {target}")
+        (target / RUNNER_JAR).rename(out / RUNNER_JAR)
+        (target / "lib").rename(out / "lib")
 
-    if cached():
-        return app
-    with _file_lock(root.parent / f"apicurio-registry-{APICURIO_VERSION}.lock"):
-        if cached():
-            return app
-        mvn = _find_executable("mvn", "MAVEN_HOME")
-        if run is None and mvn is None:
-            raise RegistryUnavailable(
-                "Maven is needed once to build Apicurio Registry from Maven Central "
-                "but `mvn` is not on PATH. Install it, e.g. `apt-get install maven`."
-            )
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="build-", dir=root))
-        try:
-            (staging / "pom.xml").write_text(pom_text, encoding="utf-8")
-            cmd = [mvn or "mvn", "-q", "-B", "-Dstyle.color=never",
-                   "-f", str(staging / "pom.xml"), "package"]
-            log.info("building Apicurio Registry %s with Maven into %s", APICURIO_VERSION, app)
-            started = time.monotonic()
-            (run or _run_maven)(cmd)
-            target = staging / "target"
-            if not (target / RUNNER_JAR).is_file():
-                raise RegistryUnavailable(f"Maven ran but left no {RUNNER_JAR} in {target}")
-            if app.exists():  # unmarked: a build that died before its marker
-                shutil.rmtree(app)
-            out = staging / _APP
-            out.mkdir()
-            (target / RUNNER_JAR).rename(out / RUNNER_JAR)
-            (target / "lib").rename(out / "lib")
-            out.rename(app)
-            marker.write_text(
-                json.dumps({"version": APICURIO_VERSION, "pom_sha256": pom_sha}, indent=1),
-                encoding="utf-8",
-            )
-            log.info("built Apicurio Registry in %.1f s", time.monotonic() - started)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return app
+    return cached_build(
+        product=f"apicurio-registry-{APICURIO_VERSION}", name=_APP,
+        pom_text=find_registry_pom().read_text(encoding="utf-8"), maven_args=lambda _staging, _pom: ["package"],
+        collect=collect, complete=lambda app: (app / RUNNER_JAR).is_file() and (app / "lib").is_dir(),
+        meta={"version": APICURIO_VERSION}, error=RegistryUnavailable,
+        what=f"packaging Apicurio Registry {APICURIO_VERSION}", timeout_s=1200, cache_dir=cache_dir, run=run)
 
 
 class SchemaRegistry(DataDirServer):
@@ -190,7 +126,7 @@ class SchemaRegistry(DataDirServer):
         if self.running:
             raise RuntimeError(f"schema registry already running on {self.base_url}")
         began = time.monotonic()
-        java = _find_executable("java", "JAVA_HOME")
+        java = find_executable("java", "JAVA_HOME")
         if java is None:
             raise RegistryUnavailable(
                 "Java 17+ is needed to run Apicurio Registry but `java` is not on PATH "
