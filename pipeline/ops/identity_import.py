@@ -368,64 +368,31 @@ IMPORT_KINDS: dict[str, IdentityImportKind] = {
 def import_identity_file(kind: str, path: Path | str, store: SyncIdentityStore | None, *, site_id: str,
                          salt: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ImportReport:
     """Validate and import a ``people`` or ``identities`` file (CSV or JSON Lines, optionally
-    gzipped) with the reader of :mod:`pipeline.ops.importer`; ``store`` None validates only.
-    Idempotent; bad rows are reported with their line numbers and skipped."""
+    gzipped) with :func:`pipeline.ops.importer.import_file`; ``store`` None validates only.
+    Idempotent; bad rows and rows the identity rules refuse are reported with their line numbers."""
     from pipeline.ops import importer  # here: importer may register these kinds itself
 
     spec = IMPORT_KINDS.get(kind)
     if spec is None:
         raise ValueError(f"unknown identity import kind {kind!r}; one of {', '.join(sorted(IMPORT_KINDS))}")
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such file: {p}")
-    reader_kind = importer.ImportKind(spec.name, spec.row_model, lambda store, rows, site: None, spec.description)
-    report = importer.ImportReport(kind=spec.name, path=str(p), format=importer.detect_format(p))
-    started = time.monotonic()
-    chunk: list[tuple[int, Any]] = []
 
-    def flush() -> None:
-        problems = spec.import_rows(chunk, store, site_id, salt) if store is not None else []
-        failed = 0
-        for line, reason in problems:
-            if reason.startswith("partly imported"):
-                report.errors.append((line, reason))  # imported, with a warning: not counted as skipped
-            else:
-                report.add_error(line, reason)
-                failed += 1
-        report.imported += len(chunk) - failed
-        chunk.clear()
+    def write(target: SyncIdentityStore, rows: Sequence[tuple[int, Any]], _site: str | None) -> list[tuple[int, str]]:
+        return spec.import_rows(rows, target, site_id, salt)
 
-    try:
-        for line, row in importer.read_rows(reader_kind, p):
-            if isinstance(row, str):
-                report.add_error(line, row)
-                continue
-            chunk.append((line, row))
-            if len(chunk) >= chunk_rows:
-                flush()
-        flush()
-    except importer.ImportFileError as exc:
-        report.errors.append((1, str(exc)))
-    report.duration_s = time.monotonic() - started
-    log.info("import %s: %s", site_id, report.summary())
-    for line, reason in report.errors[:20]:
-        log.warning("import %s: line %d: %s", spec.name, line, reason)
-    return report
+    reader_kind = importer.ImportKind(spec.name, spec.row_model, write, spec.description)
+    return importer.import_file(reader_kind, path, store, site=site_id, progress=False, chunk_rows=chunk_rows)
 
 
 def _importer_kind(spec: IdentityImportKind, settings: Settings) -> ImportKind:
     from pipeline.ops import importer
 
-    def write(store: ReferenceStore, rows: Sequence[Any], site: str | None) -> None:
+    def write(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[tuple[int, str]]:
         if site is None:
             raise importer.ImportFileError(f"{spec.name} belong to one site: give --site")
         site_settings = settings.site(site)
         if site_settings is None:
             raise importer.ImportFileError(f"unknown site {site!r}")
-        problems = spec.import_rows(list(enumerate(rows, start=1)), SyncIdentityStore(store), site,
-                                    settings.email_salt(site_settings))
-        for n, reason in problems:
-            log.warning("import %s: row %d of a chunk of %d: %s", spec.name, n, len(rows), reason)
+        return spec.import_rows(rows, SyncIdentityStore(store), site, settings.email_salt(site_settings))
 
     return importer.ImportKind(spec.name, spec.row_model, write, spec.description)
 

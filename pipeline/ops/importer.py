@@ -10,7 +10,7 @@ this module.
 Adding a kind is one row model, one write function and one ``register_kind`` call::
 
     class PersonRow(BaseModel): ...
-    def _write_people(store, rows, site): ...
+    def _write_people(store, rows, site): ...   # rows: (line, row) pairs; returns (line, problem) pairs
     register_kind(ImportKind("people", PersonRow, _write_people, "people from a CRM export"))
 """
 
@@ -223,7 +223,9 @@ class AsnTypeRow(_Row):
 
 # ---------------------------------------------------------------------- kinds registry
 
-RowWriter = Callable[[ReferenceStore, Sequence[Any], "str | None"], None]
+#: (store, [(line, valid row), ...], site) -> [(line, problem), ...]; an idempotent upsert. A problem
+#: starting with "partly imported" is a warning (the row counts as imported), any other a skipped row.
+RowWriter = Callable[[Any, Sequence[tuple[int, Any]], "str | None"], list[tuple[int, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +233,7 @@ class ImportKind:
     """One importable kind: its row model and how a chunk of valid rows is written."""
     name: str
     row_model: type[BaseModel]
-    write: RowWriter                      # (store, rows, site) -> None; idempotent upsert
+    write: RowWriter
     description: str = ""
 
 
@@ -243,16 +245,19 @@ def register_kind(kind: ImportKind) -> ImportKind:
     return kind
 
 
-def _write_companies(store: ReferenceStore, rows: Sequence[Any], site: str | None) -> None:
-    store.upsert_companies([row.to_record() for row in rows], site=site)
+def _write_companies(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[tuple[int, str]]:
+    store.upsert_companies([row.to_record() for _, row in rows], site=site)
+    return []
 
 
-def _write_ranges(store: ReferenceStore, rows: Sequence[Any], site: str | None) -> None:
-    store.upsert_ranges([(network, row.domain) for row in rows for network in row.networks], site=site)
+def _write_ranges(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[tuple[int, str]]:
+    store.upsert_ranges([(network, row.domain) for _, row in rows for network in row.networks], site=site)
+    return []
 
 
-def _write_asn_types(store: ReferenceStore, rows: Sequence[Any], site: str | None) -> None:
-    store.upsert_asn_types([AsnInfo(asn=row.asn, type=row.type, org=row.org) for row in rows], site=site)
+def _write_asn_types(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[tuple[int, str]]:
+    store.upsert_asn_types([AsnInfo(asn=row.asn, type=row.type, org=row.org) for _, row in rows], site=site)
+    return []
 
 
 register_kind(ImportKind("companies", CompanyRow, _write_companies, "firmographics by company domain"))
@@ -281,6 +286,18 @@ class ImportReport:
         self.skipped += 1
         if len(self.errors) < MAX_STORED_ERRORS:
             self.errors.append((line, reason))
+
+    def add_written(self, rows: int, problems: Sequence[tuple[int, str]]) -> None:
+        """A chunk of ``rows`` valid rows was written; ``problems`` are what the writer reported."""
+        failed = 0
+        for line, reason in problems:
+            if reason.startswith("partly imported"):
+                if len(self.errors) < MAX_STORED_ERRORS:
+                    self.errors.append((line, reason))  # imported, with a warning: not counted as skipped
+            else:
+                self.add_error(line, reason)
+                failed += 1
+        self.imported += rows - failed
 
     def summary(self) -> str:
         return (f"{self.kind}: {self.imported} imported, {self.skipped} skipped from {self.path} "
@@ -447,16 +464,17 @@ def read_rows(kind: str | ImportKind, path: Path | str, *,
         raw.close()
 
 
-def import_file(kind: str | ImportKind, path: Path | str, store: ReferenceStore | None, *,
+def import_file(kind: str | ImportKind, path: Path | str, store: Any | None, *,
                 site: str | None = None, progress: bool = True,
                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ImportReport:
-    """Validate and upsert every row of ``path`` into ``store`` (``None``: validate only).
+    """Validate and write every row of ``path`` to ``store`` with the kind's writer (``None``: validate only).
 
-    Idempotent: importing a file again gives the same Redis state. Bad rows are reported
-    with their line numbers and skipped; the rest is imported. A progress bar is drawn on
-    stderr when it is a terminal and ``progress`` is true. Raises ValueError for an unknown
-    kind, FileNotFoundError for a missing file, ImportFileError for an unreadable file;
-    Redis errors propagate (rows of earlier chunks stay imported, re-running is safe).
+    Idempotent: importing a file again gives the same Redis state. Bad rows, and rows the
+    writer refuses, are reported with their line numbers and skipped; the rest is imported.
+    A progress bar is drawn on stderr when it is a terminal and ``progress`` is true. With a
+    ``ReferenceStore`` its caches are invalidated and the import recorded. Raises ValueError
+    for an unknown kind, FileNotFoundError for a missing file, ImportFileError for an
+    unreadable file; Redis errors propagate (earlier chunks stay imported, re-running is safe).
     """
     spec = _kind(kind)
     p = Path(path)
@@ -470,12 +488,11 @@ def import_file(kind: str | ImportKind, path: Path | str, store: ReferenceStore 
                    TimeRemainingColumn(), console=console, disable=not (progress and console.is_terminal),
                    transient=False)
     raw, stream = _open(p)
-    chunk: list[BaseModel] = []
+    chunk: list[tuple[int, BaseModel]] = []
 
     def flush() -> None:
-        if chunk and store is not None:
-            spec.write(store, chunk, site)
-        report.imported += len(chunk)
+        if chunk:
+            report.add_written(len(chunk), spec.write(store, chunk, site) if store is not None else [])
         chunk.clear()
 
     try:
@@ -486,7 +503,7 @@ def import_file(kind: str | ImportKind, path: Path | str, store: ReferenceStore 
                 if isinstance(row, str):
                     report.add_error(line, row)
                     continue
-                chunk.append(row)
+                chunk.append((line, row))
                 if len(chunk) >= chunk_rows:
                     flush()
                     bar.update(task, completed=raw.tell())
@@ -498,7 +515,7 @@ def import_file(kind: str | ImportKind, path: Path | str, store: ReferenceStore 
         stream.close()
         raw.close()
     report.duration_s = time.monotonic() - started
-    if store is not None:
+    if isinstance(store, ReferenceStore):
         store.invalidate_caches()
         store.record_import(spec.name, {"path": str(p), "imported": report.imported, "skipped": report.skipped,
                                         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, site=site)

@@ -457,13 +457,15 @@ def test_register_plugs_into_the_importer(tmp_path: Path, redis_server: RedisSer
     assert {"people", "identities"} <= set(importer.KINDS)
     people = tmp_path / "people.jsonl"
     people.write_text(json.dumps({"email": "ada@brightpath.example", "visitor_ids": ["v-1"], "name": "Ada"}) + "\n"
-                      + json.dumps({"email": "nope"}) + "\n")
+                      + json.dumps({"email": "nope"}) + "\n"
+                      + json.dumps({"email": "ben@gmail.com", "crm_id": "crm-7", "visitor_ids": ["undefined"]}) + "\n")  # refused
     ref = ReferenceStore.from_url(redis_server.url)
     try:
         no_site = importer.import_file("people", people, ref, progress=False)
         assert no_site.errors[-1][0] == 1 and "--site" in no_site.errors[-1][1]
         report = importer.import_file("people", people, ref, site=SITE, progress=False)
-        assert [line for line, _ in report.errors] == [2] and report.imported == 1
+        assert [line for line, _ in report.errors] == [2, 3] and report.imported == 1
+        assert "blocked" in report.errors[1][1]  # the rules' refusal, with its line number
         store = SyncIdentityStore(ref)
         person = store.resolve_visitors(SITE, ["v-1"])["v-1"].person
         assert person is not None and person.name == "Ada"
