@@ -52,6 +52,9 @@ STAGE_REPLAYED = Counter(
 STAGE_GAPS = Counter(
     "leadstream_stage_gap_records_total", "Records the consumer skipped that the stage re-read and applied.",
     ["stage"])
+STAGE_STALLS = Counter(
+    "leadstream_stage_stalls_total", "Partitions found with records waiting that the consumer no longer "
+    "delivered, re-seeked by the stall watchdog.", ["stage"])
 STAGE_BAD_ROWS = Counter(
     "leadstream_stage_bad_rows_total", "Bad rows a stage wrote, by failure type.", ["stage", "failure_type"])
 BOTS = Counter("leadstream_bots_total", "Visitor batches flagged as bots, by reason.", ["reason"])

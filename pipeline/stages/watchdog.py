@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping
 from aiokafka import TopicPartition
 from faust.types import TP
 
+from ..metrics import STAGE_STALLS
 from .runtime import RecordRunner
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class StallWatchdog:
             self.repairs[partition] = count + 1
             self._last_progress[partition] = expected[partition]
             runner.stats.stalls += 1
+            STAGE_STALLS.labels(runner.name).inc()
             runner.last_activity[partition] = time.monotonic()  # give the repair time to take effect
             repairs.append(Repair(partition, expected[partition], state))
         return repairs
