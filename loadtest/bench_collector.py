@@ -197,6 +197,9 @@ def bench(duration_s: int = 15, connections: int = 64, bootstrap: str | None = N
         report: dict[str, Any] = {
             "baseline": asdict(baseline), "collector": asdict(result),
             "throughput_ratio": round(result.rps / baseline.rps, 3),
+            # one core each: the server's cost per request, and what the collector's own work adds to it
+            "null_app_us_per_request": round(1e6 / baseline.rps, 1),
+            "collector_work_us_per_request": round(1e6 / result.rps - 1e6 / baseline.rps, 1),
             "p99_ms": result.p99_ms,
             "acknowledged": result.requests - result.non_2xx,
             "payloads_on_topic": run_payloads,
