@@ -93,8 +93,8 @@ class StallWatchdog:
         stalled = stalled_partitions(runner.owned, ends, expected, runner.last_activity, time.monotonic(),
                                      self.stall_after_s)
         for partition in list(self.repairs):
-            if partition not in stalled or expected.get(partition) != self._last_progress.get(partition):
-                self.repairs.pop(partition, None)   # it moved on: the repair worked
+            if expected.get(partition) != self._last_progress.get(partition):
+                self.repairs.pop(partition, None)   # it moved on (the repair worked), or is no longer ours
         repairs = []
         for partition in stalled:
             count = self.repairs.get(partition, 0)

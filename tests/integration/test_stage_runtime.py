@@ -232,6 +232,18 @@ def test_without_the_watchdog_a_stalled_partition_stays_stalled(run: Callable[..
     assert {m.split(":")[0] for m in missing} == {"0"}  # only partition 0 is behind
 
 
+def test_a_partition_that_stays_stalled_makes_the_worker_exit_for_a_restart(run: Callable[..., Run]) -> None:
+    """Repairs that do not help end in exit code 75 (a restart is lossless; a silent stall is not)."""
+    r = run(stall_partition_after=20, stall_after_s=2.0, stall_forever=True)
+    r.produce()
+    w = r.worker("w1")
+    assert w.proc is not None
+    code = w.proc.wait(90)
+    log = w.log_path.read_text(errors="replace")
+    assert code == 75, log[-3000:]
+    assert log.count("partition 0 stalled") >= 3 and "still stalled" in log, log[-3000:]
+
+
 def test_record_faust_skips_is_repaired(run: Callable[..., Run]) -> None:
     """Faust 0.15.3 acked the record at the committed offset without handing it over; the runner re-reads it."""
     r = run(skip_first_per_partition=True)

@@ -13,7 +13,7 @@ CONFIG: bootstrap, app_id, source, sink, partitions, data_dir, gap_repair,
         (inject the stall seen after a join/leave: once partition 0 has handled
         that many records, every later record of it is dropped the first time
         it is delivered, as Faust dropped fetched records, so that nothing but
-        a seek back brings them).
+        a seek back brings them; with stall_forever, every time).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def make_app(cfg: dict[str, Any]) -> Any:
 
         async def stalling(partition: int, offset: int, value: bytes) -> None:
             nonlocal handled
-            if partition == 0 and handled >= cfg["stall_partition_after"] and offset not in dropped:
+            if (partition == 0 and handled >= cfg["stall_partition_after"]
+                    and (offset not in dropped or cfg.get("stall_forever"))):
                 # fetched, never handed to the stage: what Faust did to records in flight around a rebalance
                 if not dropped:
                     logging.getLogger("counting").warning("injected: partition 0 records dropped from %d", offset)
