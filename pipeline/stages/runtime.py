@@ -153,7 +153,8 @@ class GapReader:
             return out
 
     async def last_values(self, topic: str, partition: int, timeout_s: float = 60.0) -> dict[bytes, bytes | None]:
-        """The latest value of every key in one partition of ``topic`` (a compacted changelog).
+        """The latest value of every key in one partition of ``topic`` (a compacted changelog),
+        read at least up to the partition's end offset when called.
 
         Uses a consumer of its own (no group, closed after), so it never disturbs the gap reader's.
         """
@@ -175,10 +176,9 @@ class GapReader:
                 if asyncio.get_running_loop().time() > deadline:
                     raise TimeoutError(f"reading {topic}[{partition}] stopped at offset {last + 1} of {end}")
                 batch = await consumer.getmany(tp, timeout_ms=500, max_records=5000)
+                # Every record fetched counts, also past ``end``: later values are the latest ones,
+                # and Tansu reports the end as the last batch's first offset + 1.
                 for rec in batch.get(tp, []):
-                    if rec.offset >= end:
-                        last = end - 1
-                        break
                     last = rec.offset
                     if rec.key is not None:
                         out[rec.key] = rec.value
