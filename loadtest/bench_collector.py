@@ -6,7 +6,10 @@ ASGI endpoints ahead of its middleware and router), pinned to CPU 0 when
 `taskset` exists; `wrk` drives Snowplow GET pixel hits from CPU 1. The null
 app (loadtest/null_app.py) is that same app shape answering the same GIF and
 headers and doing nothing else, so the ratio is the cost of the collector's
-own work. The collector writes to a real Apache Kafka broker with acks=all and
+own work. A second null app (``null_app --wait``) parks every request until
+the next event-loop pass before answering, as the collector waits for its
+acknowledgement: its rate shows what that shape costs by itself (measured
+here: nothing). The collector writes to a real Apache Kafka broker with acks=all and
 an idempotent producer, answering each hit only after the broker has it; the
 broker this benchmark starts has all its JVM threads pinned to CPU 1 beside
 wrk, so each server under test has CPU 0 to itself (a broker given with
@@ -180,6 +183,16 @@ def bench(duration_s: int = 15, connections: int = 64, bootstrap: str | None = N
             baseline = run_wrk(f"http://127.0.0.1:{null_port}", duration_s, connections)
         finally:
             _stop(null)
+        # the same null app answering only after an (instant, batched) acknowledgement: what the
+        # answer-after-ack shape of the collector costs by itself
+        wait_port = free_port()
+        waiting = _serve([sys.executable, "-m", "loadtest.null_app", "--port", str(wait_port), "--wait"],
+                         f"http://127.0.0.1:{wait_port}/i", work / "null-wait.log")
+        try:
+            run_wrk(f"http://127.0.0.1:{wait_port}", 2, connections)
+            waiting_baseline = run_wrk(f"http://127.0.0.1:{wait_port}", duration_s, connections)
+        finally:
+            _stop(waiting)
         config = {"kafka": {"bootstrap_servers": bootstrap}, "topics": topics, "log_level": "warn",
                   "collector": {"port": coll_port, "linger_ms": linger_ms},
                   "sites": [{"site_id": "bench", "allowed_origins": ["*"]}]}
@@ -195,7 +208,8 @@ def bench(duration_s: int = 15, connections: int = 64, bootstrap: str | None = N
         records, payloads, distinct = count_topic(bootstrap, topics["pixel_events"])
         run_payloads = payloads - warm_payloads
         report: dict[str, Any] = {
-            "baseline": asdict(baseline), "collector": asdict(result),
+            "baseline": asdict(baseline), "waiting_null_app": asdict(waiting_baseline),
+            "collector": asdict(result),
             "throughput_ratio": round(result.rps / baseline.rps, 3),
             # one core each: the server's cost per request, and what the collector's own work adds to it
             "null_app_us_per_request": round(1e6 / baseline.rps, 1),

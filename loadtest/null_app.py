@@ -13,6 +13,7 @@ difference in framework path.
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import uvicorn
 from starlette.routing import Route
@@ -34,16 +35,46 @@ class _Pixel:  # a class instance, so Starlette's Route treats it as a raw ASGI 
         await pixel(scope, receive, send)
 
 
-_ENDPOINT = _Pixel()
-_GET = ["GET", "HEAD"]
-routes = [Route("/i", _ENDPOINT, methods=_GET), Route("/p.gif", _ENDPOINT, methods=_GET)]
-app = HotPathStarlette(routes=routes,
-                       hot_routes={r.path: (r.endpoint, frozenset(r.methods or ())) for r in routes})
+class _WaitingPixel:
+    """The same answer after waiting, like the collector, for an acknowledgement that costs nothing.
+
+    Each request parks on a future; the futures of all requests parked in one event-loop pass
+    are resolved together on the next pass (an instant, perfectly batched "broker"). Its rate is
+    the ceiling of any collector that answers only after an acknowledgement, on this stack.
+    """
+
+    def __init__(self) -> None:
+        self._parked: list[asyncio.Future[None]] = []
+
+    def _release(self) -> None:
+        parked, self._parked = self._parked, []
+        for future in parked:
+            future.set_result(None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        future = asyncio.get_running_loop().create_future()
+        if not self._parked:
+            asyncio.get_running_loop().call_soon(self._release)
+        self._parked.append(future)
+        await future
+        await pixel(scope, receive, send)
+
+
+def make_app(waiting: bool = False) -> HotPathStarlette:
+    endpoint = _WaitingPixel() if waiting else _Pixel()
+    get = ["GET", "HEAD"]
+    routes = [Route("/i", endpoint, methods=get), Route("/p.gif", endpoint, methods=get)]
+    return HotPathStarlette(routes=routes,
+                            hot_routes={r.path: (r.endpoint, frozenset(r.methods or ())) for r in routes})
+
+
+app = make_app()
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--wait", action="store_true", help="park each request until the next loop pass")
     args = parser.parse_args()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning",
+    uvicorn.run(make_app(args.wait), host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning",
                 access_log=False, proxy_headers=False, server_header=False, date_header=False,
                 timeout_keep_alive=30)
