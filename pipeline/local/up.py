@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class Stack:
         self.stoppers: list[tuple[str, Any]] = []
         self.children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         #: how to start a child again (the worker), by name
-        self.restarters: dict[str, Any] = {}
+        self.restarters: dict[str, Callable[[], Any]] = {}
 
     def stop(self) -> None:
         """SIGTERM every child (newest first) and wait; SIGKILL what outlives STOP_TIMEOUT_S. Never raises."""
@@ -261,8 +262,8 @@ def run_up(settings: Settings, demo: bool = False, real_kafka: bool = False) -> 
         config = write_config(effective, data_dir / "up.yaml")
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        spawn(stack, "worker", ["worker"], config, logs)
         stack.restarters["worker"] = lambda: spawn(stack, "worker", ["worker"], config, logs)
+        stack.restarters["worker"]()
         collector = spawn(stack, "collector", ["collector"], config, logs)
         base = effective.collector.public_url or f"http://{effective.collector.host}:{effective.collector.port}"
         wait_http(f"{base}/health", collector, logs / "collector.log")

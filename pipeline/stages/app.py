@@ -35,7 +35,6 @@ class Stage:
     table: Any
     runner: RecordRunner
     agent: Any = None
-    watchdog: StallWatchdog | None = None
 
 
 def build_app(settings: Settings, partitions: int) -> faust.App:
@@ -139,7 +138,7 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
             runner.assigned(tp.partition for tp in assigned if tp.topic == source_topic)
 
         if settings.stages.stall_after_s > 0:
-            watchdog = stage.watchdog = StallWatchdog(app, runner, source_topic, settings.stages.stall_after_s)
+            watchdog = StallWatchdog(app, runner, source_topic, settings.stages.stall_after_s)
 
             async def check_stalls() -> None:
                 try:
@@ -147,7 +146,6 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
                 except Exception:  # the broker may be away: the next pass tries again
                     log.warning("%s: stall check failed", name, exc_info=True)
 
-            check_stalls.__name__ = check_stalls.__qualname__ = f"{name}_check_stalls"
             app.timer(max(1.0, settings.stages.stall_after_s / 3), name=f"{name}-stall-watchdog")(check_stalls)
 
         @app.on_before_shutdown.connect

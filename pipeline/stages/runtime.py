@@ -199,7 +199,6 @@ class RunnerStats:
     gaps_repaired: int = 0        # records Faust skipped that the runner read itself
     gap_events: int = 0           # times a gap was detected
     reloads: int = 0              # partitions reloaded from their changelog after a rebalance
-    stalls: int = 0               # partitions found with records waiting that were not delivered
 
 
 class RecordRunner:

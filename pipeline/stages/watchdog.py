@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from aiokafka import TopicPartition
@@ -56,13 +55,6 @@ def stalled_partitions(owned: Iterable[int], ends: Mapping[int, int], expected: 
     return out
 
 
-@dataclass
-class Repair:
-    partition: int
-    offset: int
-    state: dict[str, Any]
-
-
 class StallWatchdog:
     """Checks one stage's partitions every ``check_every_s`` (run by a Faust timer)."""
 
@@ -73,50 +65,42 @@ class StallWatchdog:
         self.source_topic = source_topic
         self.stall_after_s = stall_after_s
         self.max_repairs = max_repairs
-        self.repairs: dict[int, int] = {}   # partition -> repairs in a row without progress
-        self._last_progress: dict[int, int] = {}
+        #: partition -> (the offset it was stalled at, repairs made there in a row)
+        self._repairs: dict[int, tuple[int, int]] = {}
 
-    async def check(self) -> list[Repair]:
-        """One pass: find stalled partitions and repair them. Returns the repairs made."""
+    async def check(self) -> None:
+        """One pass: find stalled partitions and repair them."""
         app, runner = self.app, self.runner
-        if runner.busy or getattr(app, "rebalancing", False) or runner.gap_reader is None:
-            return []
-        consumer = app.consumer
-        if not getattr(consumer, "flow_active", True):
-            return []
+        if runner.busy or app.rebalancing or not app.consumer.flow_active or runner.gap_reader is None:
+            return
         owned = runner.owned
         if not owned:
-            return []
+            return
         ends = await runner.gap_reader.end_offsets(owned)
         expected = {p: await runner.expected_offset(p) for p in owned}
         # the records handled during the awaits above make their partitions active again
         stalled = stalled_partitions(runner.owned, ends, expected, runner.last_activity, time.monotonic(),
                                      self.stall_after_s)
-        for partition in list(self.repairs):
-            if expected.get(partition) != self._last_progress.get(partition):
-                self.repairs.pop(partition, None)   # it moved on (the repair worked), or is no longer ours
-        repairs = []
+        for partition, (offset, _) in list(self._repairs.items()):
+            if expected.get(partition) != offset:
+                del self._repairs[partition]   # it moved on (the repair worked), or is no longer ours
         for partition in stalled:
-            count = self.repairs.get(partition, 0)
+            offset = expected[partition]
+            _, count = self._repairs.get(partition, (offset, 0))
             state = self._consumer_state(partition)
             if count >= self.max_repairs:
                 log.critical("%s: partition %d still stalled at offset %d (log end %d) after %d repairs; "
                              "exiting so the worker is restarted. Consumer state: %s", runner.name, partition,
-                             expected[partition], ends[partition], count, state)
+                             offset, ends[partition], count, state)
                 logging.shutdown()
                 os._exit(EXIT_STALLED)
             log.warning("%s: partition %d stalled: offset %d is next, the log ends at %d, nothing delivered "
-                        "for %.0f s; consumer state: %s. Seeking it to %d.", runner.name, partition,
-                        expected[partition], ends[partition], time.monotonic() - runner.last_activity.get(partition, 0),
-                        state, expected[partition])
-            await self._unstick(partition, expected[partition])
-            self.repairs[partition] = count + 1
-            self._last_progress[partition] = expected[partition]
-            runner.stats.stalls += 1
+                        "for %.0f s; consumer state: %s. Seeking it to %d.", runner.name, partition, offset,
+                        ends[partition], time.monotonic() - runner.last_activity.get(partition, 0), state, offset)
+            await self._unstick(partition, offset)
+            self._repairs[partition] = (offset, count + 1)
             STAGE_STALLS.labels(runner.name).inc()
             runner.last_activity[partition] = time.monotonic()  # give the repair time to take effect
-            repairs.append(Repair(partition, expected[partition], state))
-        return repairs
 
     def _tp(self, partition: int) -> TP:
         return TP(self.source_topic, partition)
