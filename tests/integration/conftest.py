@@ -9,7 +9,7 @@
 
 Tests share these servers, so each one makes its own topics and consumer
 groups (`new_topic`, `unique_name`) and its own Redis keyspace (`redis_client`
-flushes the database first).
+flushes the database first). `pipeline` runs a worker and a collector on them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import pytest
@@ -32,6 +33,8 @@ from pipeline.local.redis import (
 from pipeline.local.process import ServerProcess
 from pipeline.enrich.redis_store import ReferenceStore
 from pipeline.local.tansu import EmbeddedBroker
+
+from .pipeline_harness import Pipeline, load_reference_data
 
 S = TypeVar("S", bound=ServerProcess)
 
@@ -189,3 +192,18 @@ def store(redis_server: RedisServer) -> Iterator[ReferenceStore]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def pipeline(kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path,
+             unique_name: Callable[[str], str]) -> Iterator[Pipeline]:
+    """A worker and a collector on the real broker and Redis, demo reference data loaded."""
+    load_reference_data(redis_server.url)
+    p = Pipeline(kafka_broker, redis_server.url, tmp_path, unique_name("pipe"))
+    p.create_topics()
+    p.start_worker()
+    p.start_collector()
+    try:
+        yield p
+    finally:
+        p.stop()

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.enrich.redis_store import ReferenceStore
-from pipeline.local.redis import RedisServer
 from pipeline.ops.importer import DEMO_FILES, import_demo_data, import_file
 
 

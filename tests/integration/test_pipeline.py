@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -28,20 +28,6 @@ GOVERNMENT_IP = "203.0.113.165"      # Department for Digital Services
 NORTHWIND_IP = "203.0.113.20"        # Northwind Freight: a job seeker on the careers pages
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 BUYING_PATHS = ["/", "/product", "/pricing", "/customers/acme-co", "/demo", "/pricing", "/contact"]
-
-
-@pytest.fixture
-def pipeline(kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path,
-             unique_name: Callable[[str], str]) -> Iterator[Pipeline]:
-    load_reference_data(redis_server.url)
-    p = Pipeline(kafka_broker, redis_server.url, tmp_path, unique_name("pipe"))
-    p.create_topics()
-    p.start_worker()
-    p.start_collector()
-    try:
-        yield p
-    finally:
-        p.stop()
 
 
 def drive_traffic(p: Pipeline) -> dict[str, Visitor]:

@@ -29,12 +29,10 @@ import psutil
 import pytest
 import yaml
 
-from pipeline.local.kafka import KafkaBroker
-from pipeline.local.redis import RedisServer
 from pipeline.ops.tail import tail_topic
 from pipeline.settings import Settings, load_settings
 
-from .pipeline_harness import Pipeline, load_reference_data
+from .pipeline_harness import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -237,23 +235,14 @@ def test_up_serves_the_pixel_and_the_demo_page_and_stops_on_ctrl_c(up_factory: C
 
 
 @pytest.mark.timeout(120)
-def test_demo_traffic_qualifies_its_buyers_on_the_real_broker(
-        kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path,
-        unique_name: Callable[[str], str]) -> None:
+def test_demo_traffic_qualifies_its_buyers_on_the_real_broker(pipeline: Pipeline) -> None:
     from loadtest.simulator import run_simulation
 
-    load_reference_data(redis_server.url)
-    p = Pipeline(kafka_broker, redis_server.url, tmp_path, unique_name("sim"))
-    p.create_topics()
-    p.start_worker()
-    p.start_collector()
-    try:
-        report = run_simulation(p.url, site_id="acme", duration_s=20, rate=20, seed=7)
-        assert not report.failures, report.failures
-        assert report.requests["brightpath-buyer"] and report.requests["googlebot"], report.requests
-        p.wait_for(lambda: {"c:brightpath-analytics.example", "c:cobalt-ledger.example"}
-                   <= {lead["account"] for lead in p.leads()}, "leads for both target accounts", 60)
-        assert not {lead["account"] for lead in p.leads()} - {"c:brightpath-analytics.example",
-                                                               "c:cobalt-ledger.example"}
-    finally:
-        p.stop()
+    p = pipeline
+    report = run_simulation(p.url, site_id="acme", duration_s=20, rate=20, seed=7)
+    assert not report.failures, report.failures
+    assert report.requests["brightpath-buyer"] and report.requests["googlebot"], report.requests
+    p.wait_for(lambda: {"c:brightpath-analytics.example", "c:cobalt-ledger.example"}
+               <= {lead["account"] for lead in p.leads()}, "leads for both target accounts", 60)
+    assert not {lead["account"] for lead in p.leads()} - {"c:brightpath-analytics.example",
+                                                           "c:cobalt-ledger.example"}
