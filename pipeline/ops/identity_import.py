@@ -71,15 +71,15 @@ Examples::
     email_click,c-93af,,bp-1001,
 
 Registry: :data:`IMPORT_KINDS` maps the kind name to an :class:`IdentityImportKind`
-whose ``import_rows(rows, store, site_id, salt) -> errors`` takes ``(line, row)`` pairs.
-Two ways in:
+whose ``import_rows(rows, store, site_id, salt)`` takes ``(line, row)`` pairs and returns
+the rows' problems (:class:`~pipeline.ops.importer.RowProblem`). Two ways in, both through
+:func:`pipeline.ops.importer.import_file`, whose report has every bad row and every rule
+refusal with its line number:
 
 - :func:`register` ``(settings)`` adds both kinds to ``pipeline.ops.importer.KINDS`` (what
   ``leadstream import`` calls), writing through the importer's ``ReferenceStore`` connection
-  with the site's salt from settings. The importer's ``write`` gets no line numbers, so
-  rule refusals are logged there, not put in the report (validation errors are reported).
-- :func:`import_identity_file` reads a file with the importer's reader and reports
-  everything, rule refusals included, with line numbers.
+  with the site's salt from settings;
+- :func:`import_identity_file` imports a file into a given identity store, site and salt.
 """
 
 from __future__ import annotations
@@ -108,10 +108,11 @@ from pipeline.core.identity import (
 )
 from pipeline.enrich.identity_store import SyncIdentityStore
 from pipeline.enrich.names import normalize_domain
+from pipeline.ops import importer
+from pipeline.ops.importer import ImportKind, ImportReport, RowProblem
 
 if TYPE_CHECKING:
     from pipeline.enrich.redis_store import ReferenceStore
-    from pipeline.ops.importer import ImportKind, ImportReport
     from pipeline.settings import Settings
 
 __all__ = ["PersonRow", "IdentityRow", "IdentityImportKind", "IMPORT_KINDS", "import_people",
@@ -303,9 +304,9 @@ def _identifiers(row: ImportedIdentity, salt: str) -> list[Identifier]:
 
 
 def _import(rows: Sequence[tuple[int, ImportedIdentity]], store: SyncIdentityStore, site_id: str, salt: str,
-            tstamp: int | None, chunk_rows: int) -> list[tuple[int, str]]:
+            tstamp: int | None, chunk_rows: int) -> list[RowProblem]:
     stamp = int(time.time() * 1000) if tstamp is None else tstamp
-    errors: list[tuple[int, str]] = []
+    errors: list[RowProblem] = []
     for start in range(0, len(rows), max(1, chunk_rows)):
         chunk = rows[start:start + chunk_rows]
         snapshot = store.load_snapshot(site_id, [i for _, row in chunk for i in _identifiers(row, salt)])
@@ -323,15 +324,15 @@ def _import(rows: Sequence[tuple[int, ImportedIdentity]], store: SyncIdentitySto
             snapshot = apply_ops(snapshot, row_ops) if len(row_ops) != len(result.ops) else result.snapshot
             ops.extend(row_ops)
             if result.person_id is None:
-                errors.append((line, "not imported: " + ("; ".join(reasons) or "no usable identifier")))
+                errors.append(RowProblem(line, "not imported: " + ("; ".join(reasons) or "no usable identifier")))
             elif reasons:
-                errors.append((line, "partly imported: " + "; ".join(reasons)))
+                errors.append(RowProblem(line, "partly imported: " + "; ".join(reasons), imported=True))
         store.apply(site_id, ops, allow_plain_email=True)
     return errors
 
 
 def import_people(rows: Sequence[tuple[int, PersonRow]], store: SyncIdentityStore, site_id: str, salt: str, *,
-                  tstamp: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> list[tuple[int, str]]:
+                  tstamp: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> list[RowProblem]:
     """Link and profile each person. Per chunk: two round trips to load, one MULTI to apply.
     Idempotent. Returns ``(line, reason)`` for rows the rules refused in whole or part."""
     return _import([(line, row.to_identity()) for line, row in rows], store, site_id, salt, tstamp, chunk_rows)
@@ -339,12 +340,12 @@ def import_people(rows: Sequence[tuple[int, PersonRow]], store: SyncIdentityStor
 
 def import_identities(rows: Sequence[tuple[int, IdentityRow]], store: SyncIdentityStore, site_id: str, salt: str,
                       *, tstamp: int | None = None,
-                      chunk_rows: int = DEFAULT_CHUNK_ROWS) -> list[tuple[int, str]]:
+                      chunk_rows: int = DEFAULT_CHUNK_ROWS) -> list[RowProblem]:
     """Link each identifier to its person (created when new). Same contract as :func:`import_people`."""
     return _import([(line, row.to_identity()) for line, row in rows], store, site_id, salt, tstamp, chunk_rows)
 
 
-ImportRows = Callable[[Sequence[tuple[int, Any]], SyncIdentityStore, str, str], list[tuple[int, str]]]
+ImportRows = Callable[[Sequence[tuple[int, Any]], SyncIdentityStore, str, str], list[RowProblem]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,13 +371,11 @@ def import_identity_file(kind: str, path: Path | str, store: SyncIdentityStore |
     """Validate and import a ``people`` or ``identities`` file (CSV or JSON Lines, optionally
     gzipped) with :func:`pipeline.ops.importer.import_file`; ``store`` None validates only.
     Idempotent; bad rows and rows the identity rules refuse are reported with their line numbers."""
-    from pipeline.ops import importer  # here: importer may register these kinds itself
-
     spec = IMPORT_KINDS.get(kind)
     if spec is None:
         raise ValueError(f"unknown identity import kind {kind!r}; one of {', '.join(sorted(IMPORT_KINDS))}")
 
-    def write(target: SyncIdentityStore, rows: Sequence[tuple[int, Any]], _site: str | None) -> list[tuple[int, str]]:
+    def write(target: SyncIdentityStore, rows: Sequence[tuple[int, Any]], _site: str | None) -> list[RowProblem]:
         return spec.import_rows(rows, target, site_id, salt)
 
     reader_kind = importer.ImportKind(spec.name, spec.row_model, write, spec.description)
@@ -384,9 +383,7 @@ def import_identity_file(kind: str, path: Path | str, store: SyncIdentityStore |
 
 
 def _importer_kind(spec: IdentityImportKind, settings: Settings) -> ImportKind:
-    from pipeline.ops import importer
-
-    def write(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[tuple[int, str]]:
+    def write(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[RowProblem]:
         if site is None:
             raise importer.ImportFileError(f"{spec.name} belong to one site: give --site")
         site_settings = settings.site(site)
@@ -400,7 +397,5 @@ def _importer_kind(spec: IdentityImportKind, settings: Settings) -> ImportKind:
 def register(settings: Settings) -> None:
     """Add ``people`` and ``identities`` to ``pipeline.ops.importer.KINDS`` (idempotent).
     The salt comes from ``settings.email_salt`` of the ``--site`` given to the import."""
-    from pipeline.ops import importer
-
     for spec in IMPORT_KINDS.values():
         importer.register_kind(_importer_kind(spec, settings))

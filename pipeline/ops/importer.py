@@ -10,7 +10,7 @@ this module.
 Adding a kind is one row model, one write function and one ``register_kind`` call::
 
     class PersonRow(BaseModel): ...
-    def _write_people(store, rows, site): ...   # rows: (line, row) pairs; returns (line, problem) pairs
+    def _write_people(store, rows, site): ...   # rows: (line, row) pairs; returns RowProblems
     register_kind(ImportKind("people", PersonRow, _write_people, "people from a CRM export"))
 """
 
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from rich.console import Console
@@ -223,9 +223,15 @@ class AsnTypeRow(_Row):
 
 # ---------------------------------------------------------------------- kinds registry
 
-#: (store, [(line, valid row), ...], site) -> [(line, problem), ...]; an idempotent upsert. A problem
-#: starting with "partly imported" is a warning (the row counts as imported), any other a skipped row.
-RowWriter = Callable[[Any, Sequence[tuple[int, Any]], "str | None"], list[tuple[int, str]]]
+class RowProblem(NamedTuple):
+    """What a writer reports about one row: its line, why, and whether it was imported anyway (a warning)."""
+    line: int
+    reason: str
+    imported: bool = False
+
+
+#: (store, [(line, valid row), ...], site) -> the rows' problems; an idempotent upsert.
+RowWriter = Callable[[Any, Sequence[tuple[int, Any]], "str | None"], list[RowProblem]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,17 +251,17 @@ def register_kind(kind: ImportKind) -> ImportKind:
     return kind
 
 
-def _write_companies(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[tuple[int, str]]:
+def _write_companies(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[RowProblem]:
     store.upsert_companies([row.to_record() for _, row in rows], site=site)
     return []
 
 
-def _write_ranges(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[tuple[int, str]]:
+def _write_ranges(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[RowProblem]:
     store.upsert_ranges([(network, row.domain) for _, row in rows for network in row.networks], site=site)
     return []
 
 
-def _write_asn_types(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[tuple[int, str]]:
+def _write_asn_types(store: ReferenceStore, rows: Sequence[tuple[int, Any]], site: str | None) -> list[RowProblem]:
     store.upsert_asn_types([AsnInfo(asn=row.asn, type=row.type, org=row.org) for _, row in rows], site=site)
     return []
 
@@ -287,15 +293,15 @@ class ImportReport:
         if len(self.errors) < MAX_STORED_ERRORS:
             self.errors.append((line, reason))
 
-    def add_written(self, rows: int, problems: Sequence[tuple[int, str]]) -> None:
+    def add_written(self, rows: int, problems: Sequence[RowProblem]) -> None:
         """A chunk of ``rows`` valid rows was written; ``problems`` are what the writer reported."""
         failed = 0
-        for line, reason in problems:
-            if reason.startswith("partly imported"):
+        for problem in problems:
+            if problem.imported:  # a warning: reported, not counted as skipped
                 if len(self.errors) < MAX_STORED_ERRORS:
-                    self.errors.append((line, reason))  # imported, with a warning: not counted as skipped
+                    self.errors.append((problem.line, problem.reason))
             else:
-                self.add_error(line, reason)
+                self.add_error(problem.line, problem.reason)
                 failed += 1
         self.imported += rows - failed
 
