@@ -175,24 +175,22 @@ def bench(duration_s: int = 15, connections: int = 64, bootstrap: str | None = N
     settings = Settings(kafka=KafkaSettings(bootstrap_servers=bootstrap), topics=TopicSettings(**topics))
     try:
         create_topics(settings)
-        null_port, coll_port = free_port(), free_port()
-        null = _serve([sys.executable, "-m", "loadtest.null_app", "--port", str(null_port)],
-                      f"http://127.0.0.1:{null_port}/i", work / "null.log")
-        try:
-            run_wrk(f"http://127.0.0.1:{null_port}", 2, connections)  # warm-up
-            baseline = run_wrk(f"http://127.0.0.1:{null_port}", duration_s, connections)
-        finally:
-            _stop(null)
+        coll_port = free_port()
+
+        def null_app(name: str, *flags: str) -> WrkResult:
+            port = free_port()
+            server = _serve([sys.executable, "-m", "loadtest.null_app", "--port", str(port), *flags],
+                            f"http://127.0.0.1:{port}/i", work / f"{name}.log")
+            try:
+                run_wrk(f"http://127.0.0.1:{port}", 2, connections)  # warm-up
+                return run_wrk(f"http://127.0.0.1:{port}", duration_s, connections)
+            finally:
+                _stop(server)
+
+        baseline = null_app("null")
         # the same null app answering only after an (instant, batched) acknowledgement: what the
         # answer-after-ack shape of the collector costs by itself
-        wait_port = free_port()
-        waiting = _serve([sys.executable, "-m", "loadtest.null_app", "--port", str(wait_port), "--wait"],
-                         f"http://127.0.0.1:{wait_port}/i", work / "null-wait.log")
-        try:
-            run_wrk(f"http://127.0.0.1:{wait_port}", 2, connections)
-            waiting_baseline = run_wrk(f"http://127.0.0.1:{wait_port}", duration_s, connections)
-        finally:
-            _stop(waiting)
+        waiting_baseline = null_app("null-wait", "--wait")
         config = {"kafka": {"bootstrap_servers": bootstrap}, "topics": topics, "log_level": "warn",
                   "collector": {"port": coll_port, "linger_ms": linger_ms},
                   "sites": [{"site_id": "bench", "allowed_origins": ["*"]}]}

@@ -68,13 +68,11 @@ def make_app(waiting: bool = False) -> HotPathStarlette:
                             hot_routes={r.path: (r.endpoint, frozenset(r.methods or ())) for r in routes})
 
 
-app = make_app()
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--wait", action="store_true", help="park each request until the next loop pass")
     args = parser.parse_args()
-    uvicorn.run(make_app(args.wait), host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning",
-                access_log=False, proxy_headers=False, server_header=False, date_header=False,
+    uvicorn.run(make_app(args.wait), host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
+                log_level="warning", access_log=False, proxy_headers=False, server_header=False, date_header=False,
                 timeout_keep_alive=30)
