@@ -256,8 +256,10 @@ class RecordRunner:
     async def expected_offset(self, partition: int) -> int:
         """The offset of the next record ``partition`` must apply."""
         done = self.progress(partition)
-        if done is not None:
-            return done + 1
+        return done + 1 if done is not None else await self._log_start(partition)
+
+    async def _log_start(self, partition: int) -> int:
+        """Where a partition without progress starts (see ``GapReader.start_offset``)."""
         if self.gap_reader is None:
             raise RuntimeError("a partition without progress needs the gap reader to find its start")
         return await asyncio.wait_for(self.gap_reader.start_offset(partition), 60)
@@ -290,7 +292,7 @@ class RecordRunner:
             self.stats.replayed_skipped += 1
             return
         if self.gap_reader is not None:
-            expected = await self.expected_offset(partition)
+            expected = done + 1 if done is not None else await self._log_start(partition)
             if offset > expected:
                 missing = await asyncio.wait_for(self.gap_reader.read(partition, expected, offset), 120)
                 self.stats.gap_events += 1
