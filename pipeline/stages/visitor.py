@@ -60,6 +60,7 @@ class _Visitor:
     key: str
     site: SiteSettings
     visitor_id: str | None
+    position: int  # the key's position among the record's visitor keys, applied ones included
     events: list[TrackedEvent] = field(default_factory=list)
 
 
@@ -92,7 +93,6 @@ class VisitorStage:
             self._bad(result, "schema_violation", f"pixel-events record {partition}:{offset} is not a "
                       f"CollectorBatch: {exc}", value, None)
             return result
-        self._positions: dict[str, int] = {}
         visitors = self._split(batch["payloads"], offset, states, result)
         if not visitors:
             return result
@@ -108,7 +108,7 @@ class VisitorStage:
 
         updates: list[tuple[VisitUpdate, bool, int]] = []
         for key, v in visitors.items():
-            position = self._positions[key] * 1000  # stable ids: a replay that skips keys keeps the others' ids
+            position = v.position * 1000  # stable ids: a replay that skips keys keeps the others' ids
             stored = states.get(key) or {}
             state = (VisitorState.from_dict(stored["vs"]) if stored.get("vs")
                      else VisitorState.new(v.site.site_id, v.visitor_id))
@@ -183,6 +183,7 @@ class VisitorStage:
     def _split(self, payloads: Sequence[Mapping[str, Any]], offset: int, states: StateView,
                result: HandlerResult) -> dict[str, _Visitor]:
         visitors: dict[str, _Visitor] = {}
+        positions: dict[str, int] = {}
         for payload in payloads:
             site = self.settings.site(payload["site_id"])
             if site is None:
@@ -197,12 +198,12 @@ class VisitorStage:
                 STAGE_EVENTS.labels(STAGE, "anonymous").inc(len(good))  # consent: nothing to attribute
                 continue
             key = f"{site.site_id}|{payload['visitor_id']}"
-            self._positions.setdefault(key, len(self._positions))
+            positions.setdefault(key, len(positions))
             if states.applied(key, offset):
                 continue
             v = visitors.get(key)
             if v is None:
-                v = visitors[key] = _Visitor(key, site, payload["visitor_id"])
+                v = visitors[key] = _Visitor(key, site, payload["visitor_id"], positions[key])
             v.events.extend(good)
         return visitors
 
