@@ -2,12 +2,20 @@
 
 Names follow Prometheus conventions (``leadstream_`` prefix, ``_total`` for
 counters, base units such as ``_seconds`` and ``_bytes``). Each process serves
-the default registry at ``/metrics``.
+the default registry at ``/metrics``, holding only its own metrics
+(:func:`serve_only`): a worker never exports the collector's gauges, whose
+default values would read as "broker down".
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from typing import Iterable
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+#: The metric name prefix that marks each process's own metrics; the worker owns the rest.
+PROCESS_PREFIXES = {"collector": "leadstream_collector_", "sinks": "leadstream_sink_"}
 
 # --- collector ------------------------------------------------------------------
 COLLECTOR_REQUESTS = Counter(
@@ -65,3 +73,34 @@ FILTERED = Counter(
     "leadstream_filtered_total", "Account evaluations a filter stopped, by filter.", ["site", "filter"])
 LEADS = Counter("leadstream_qualified_leads_total", "Qualified leads emitted, by site and tier.", ["site", "tier"])
 LEAD_SCORES = Counter("leadstream_lead_scores_total", "lead-scores updates emitted.", ["site"])
+
+
+def owner(metric_name: str) -> str:
+    """The process that exports ``metric_name``: collector, sinks, or worker (the stages)."""
+    for process, prefix in PROCESS_PREFIXES.items():
+        if metric_name.startswith(prefix):
+            return process
+    return "worker"
+
+
+def serve_only(process: str, sites: Iterable[str] = ()) -> None:
+    """Remove every other process's metrics from the default registry, and create the series of
+    every configured site at zero (call once at start-up): a counter whose series appears at its
+    first increment hides that increment from ``rate()`` and ``increase()``."""
+    for value in list(globals().values()):
+        if isinstance(value, MetricWrapperBase) and owner(value._name) != process:
+            try:
+                REGISTRY.unregister(value)
+            except KeyError:
+                pass  # already removed
+    for site in sites:
+        if process == "collector":
+            COLLECTOR_EVENTS.labels(site)
+        elif process == "worker":
+            LEAD_SCORES.labels(site)
+            for tier in TIERS:
+                LEADS.labels(site, tier)
+
+
+#: The lead tiers (HubSpot's grid, ``pipeline.core.qualify.tier_of``).
+TIERS = tuple(f"{letter}{digit}" for letter in "ABC" for digit in "123")

@@ -20,6 +20,7 @@ from types import FrameType
 
 import uvicorn
 
+from .. import metrics
 from ..settings import Settings
 from .app import create_app
 
@@ -81,6 +82,7 @@ def configure_logging(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     """Serve the collector until SIGINT/SIGTERM (blocks). Called by ``leadstream collector`` and ``up``."""
     configure_logging(settings)
+    metrics.serve_only("collector", [s.site_id for s in settings.sites])
     cfg = settings.collector
     if cfg.workers <= 1:
         log.info("collector listening on http://%s:%d", cfg.host, cfg.port)

@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 
+from .. import metrics
 from ..codec import make_codec
 from ..metrics import STAGE_GAPS, STAGE_RECORD_SECONDS, STAGE_RECORDS, STAGE_REPLAYED
 from ..settings import Settings
@@ -124,6 +125,7 @@ def run(settings: Settings) -> None:
 
     from .worker import run_worker
     app, _ = create_worker_app(settings)
+    metrics.serve_only("worker", [s.site_id for s in settings.sites])
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
     run_worker(app, loglevel=settings.log_level)
