@@ -135,11 +135,15 @@ def demo_traffic(url: Annotated[str, typer.Option(help="The collector on 127.0.0
 def import_(kind: Annotated[str, typer.Argument(help="companies | ip-ranges | asn-types | people | identities")],
             file: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON Lines (.jsonl); .gz accepted")],
             site: Annotated[Optional[str], typer.Option(help="Import into one site's namespace (default: all sites)")] = None,
-            check: Annotated[bool, typer.Option("--check", help="Validate only; write nothing")] = False,
+            check: Annotated[bool, typer.Option("--check", help="Validate only and say what would be imported; write nothing")] = False,
+            map_: Annotated[Optional[list[str]], typer.Option(
+                "--map", help="column=field: read a file's column as a field (repeatable), e.g. "
+                "--map 'Company Domain Name=domain'")] = None,
             progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
             config: ConfigOption = None) -> None:
-    """Load reference data into Redis, idempotently; every bad row is reported with its line number."""
-    from .ops.importer import KINDS, ImportFileError, import_file
+    """Load reference data into Redis, idempotently; every bad row is reported with its line number.
+    Unknown columns are ignored with a warning that names them."""
+    from .ops.importer import KINDS, ImportFileError, import_file, parse_column_map
     settings = _settings(config)
     _register_identity_kinds(settings)
     if kind not in KINDS:
@@ -148,6 +152,10 @@ def import_(kind: Annotated[str, typer.Argument(help="companies | ip-ranges | as
         _fail(f"no such file: {file}")
     if site is not None and settings.site(site) is None:
         _fail(f"unknown site {site!r}: add it under `sites:` in the settings file")
+    try:
+        column_map = parse_column_map(map_ or [])
+    except ValueError as exc:
+        _fail(str(exc))
     store = None
     if not check:
         if not settings.redis.url_value:
@@ -155,10 +163,12 @@ def import_(kind: Annotated[str, typer.Argument(help="companies | ip-ranges | as
         from .enrich.redis_store import ReferenceStore
         store = ReferenceStore.from_url(settings.redis.url_value)
     try:
-        report = import_file(kind, file, store, site=site, progress=progress)
+        report = import_file(kind, file, store, site=site, progress=progress, column_map=column_map)
     except ImportFileError as exc:
         _fail(f"{file}: {exc}")
     typer.echo(report.summary())
+    for warning in report.warnings:
+        typer.echo(f"  warning: {warning}", err=True)
     for line, reason in report.errors[:200]:
         typer.echo(f"  line {line}: {reason}", err=True)
     if len(report.errors) > 200:

@@ -225,6 +225,10 @@ class StageSettings(_Frozen):
         30.0, ge=0, description="Seconds a partition may hold undelivered records while its stage idles before the "
         "stall watchdog re-seeks it (0 disables; needs gap_repair)")
     web_port: int | None = Field(None, description="Faust's own web server port; unset disables it")
+    max_send_delay_days: float = Field(
+        7.0, ge=0, description="Event time: the longest delay between a tracker creating an event (dtm) and "
+        "sending it (stm) that is believed; a longer one is clamped to it (0: no limit). A true timestamp (ttm) "
+        "is never clamped")
 
 
 class Settings(BaseSettings):

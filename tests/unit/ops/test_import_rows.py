@@ -66,10 +66,19 @@ def test_csv_rows_carry_their_line_numbers_and_reasons(tmp_path: Path) -> None:
 
 
 def test_csv_header_problems_fail_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ImportFileError, match="unknown column.*employes"):
-        list(read_rows("companies", _write(tmp_path, "c.csv", "domain,name,employes\n")))
     with pytest.raises(ImportFileError, match="missing column.*name"):
         list(read_rows("companies", _write(tmp_path, "d.csv", "domain,industry\n")))
+    with pytest.raises(ImportFileError, match="more than one column for domain"):
+        list(read_rows("companies", _write(tmp_path, "e.csv", "domain,name,Domain\n")))
+
+
+def test_unknown_csv_columns_are_ignored_with_a_warning_naming_them(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    path = _write(tmp_path, "c.csv", "domain,name,employes,Owner Email\nacme.example,Acme,5,x@y.example\n")
+    [(line, row)] = list(read_rows("companies", path, warnings=warnings))
+    assert line == 2 and isinstance(row, CompanyRow) and row.employees is None
+    [warning] = warnings
+    assert "employes (did you mean employees?)" in warning and "Owner Email" in warning
 
 
 def test_csv_header_is_case_and_bom_tolerant(tmp_path: Path) -> None:
@@ -104,7 +113,7 @@ def test_jsonl_rows(tmp_path: Path) -> None:
     assert str(rows[3]).startswith("not valid JSON")
     assert rows[4] == "a line must hold one JSON object"
     assert str(rows[5]).startswith("type:")
-    assert rows[6] == "colour: unknown field"
+    assert rows[6] == AsnTypeRow(asn=64498, type="hosting")   # the unknown key is ignored
     assert str(rows[7]).startswith("asn:")
     assert rows[8] == AsnTypeRow(asn=64499, type="business")
 
