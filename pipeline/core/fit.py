@@ -4,6 +4,12 @@
 to 0-100. A rule whose attribute is unknown contributes nothing (and says so): missing
 data never counts as a match. Categorical rules compare case-insensitively; range rules
 (employees, revenue) are inclusive at both ends.
+
+**Requirements.** A rule that is required (``required: true``, or by default a rule on
+one of the model's ``required_attributes``: industry, employees, country) must match:
+a company that fails it, or whose value is unknown, is not a lead at any score.
+``FitScore.unmet`` names each failed requirement (``rule: why``); its contribution's
+detail starts with ``required:``. The score itself is unchanged by requirements.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ __all__ = ["FitScore", "score_fit"]
 class FitScore:
     score: float
     contributions: tuple[Contribution, ...]
+    unmet: tuple[str, ...] = ()      # failed requirements: "rule: why"
 
 
 def _value(rule: FitRule, company: Company | None, seniority: str | None,
@@ -59,20 +66,26 @@ def score_fit(company: Company | None, model: FitModel, *, seniority: str | None
     """Score ``company`` (and the best person's seniority / department) against the ICP
     rules; every rule appears in ``contributions`` with its points and why."""
     total = sum(r.weight for r in model.rules if r.weight > 0)
-    if total <= 0:
-        return FitScore(0.0, ())
     out: list[Contribution] = []
+    unmet: list[str] = []
     matched = 0.0
     for rule in model.rules:
+        required = model.is_required(rule)
+        tag = "required: " if required else ""
         value = _value(rule, company, seniority, department)
         if value is None:
-            out.append(Contribution(rule.name, 0.0, 0, f"{rule.attribute} unknown"))
-            continue
-        shown = ",".join(value) if isinstance(value, tuple) else str(value)
-        if _matches(rule, value):
-            matched += rule.weight
-            out.append(Contribution(rule.name, round(100.0 * rule.weight / total, 4), 1,
-                                    f"{rule.attribute} {shown} matches"))
+            detail = f"{tag}{rule.attribute} unknown"
+            out.append(Contribution(rule.name, 0.0, 0, detail))
         else:
-            out.append(Contribution(rule.name, 0.0, 0, f"{rule.attribute} {shown} does not match"))
-    return FitScore(round(min(max(100.0 * matched / total, 0.0), 100.0), 1), tuple(out))
+            shown = ",".join(value) if isinstance(value, tuple) else str(value)
+            if _matches(rule, value):
+                matched += rule.weight
+                points = round(100.0 * rule.weight / total, 4) if total > 0 else 0.0
+                out.append(Contribution(rule.name, points, 1, f"{tag}{rule.attribute} {shown} matches"))
+                continue
+            detail = f"{tag}{rule.attribute} {shown} does not match"
+            out.append(Contribution(rule.name, 0.0, 0, detail))
+        if required:
+            unmet.append(f"{rule.name}: {detail.removeprefix(tag)}")
+    score = round(min(max(100.0 * matched / total, 0.0), 100.0), 1) if total > 0 else 0.0
+    return FitScore(score, tuple(out), tuple(unmet))

@@ -1,7 +1,7 @@
 """Purchase intent (0-100) of an account over event time, and the account's state.
 
 Counting: every visit update adds activities to per-UTC-day counters (page views,
-sessions, repeat visits, page-signal hits, conversions, engaged time, deep scrolls)
+sessions, repeat visits, page-signal hits, actions, engaged time, deep scrolls)
 and refreshes a compact per-session record (for bounces and support-only visits) and
 the account's visitors (buying-group breadth). Bot visits are counted apart and score
 nothing.
@@ -18,6 +18,21 @@ Scoring at "now" = the latest event time the account has seen (never the wall cl
   page signals with negative points (careers) count the same way as positive ones;
 - breadth, not decayed but windowed: ``points_per_visitor * (min(n, max_visitors) - 1)``
   for ``n`` distinct visitors seen in the last ``breadth.window_days``;
+- actions (form submits, custom events) are classified per site
+  (:mod:`pipeline.core.actions`): a **conversion** scores ``conversion`` points (50), a
+  **non-conversion** (support, careers, downloads) ``non_conversion`` (0), any other
+  ``other_action`` (3); the latest conversions (rule, form id or event, page) are kept
+  for the lead's explanation;
+- **ambient cap**: everything that is not a buying signal (page views, sessions, repeat
+  visits, active days, engaged minutes, deep scrolls, other actions, breadth) adds up
+  to at most ``buying_stage.ambient_cap`` (20) raw points (contribution ``ambient_cap``);
+- **buying stage**: with ``D`` distinct UTC days and ``P`` distinct visitors having
+  positive page-signal hits in the last ``buying_stage.window_days``: when ``D <= 1``
+  and ``P <= 1`` the positive page-signal points count at most ``single_cap`` (20);
+  otherwise ``points_per_day * (min(D, max_days) - 1) + points_per_person *
+  (min(P, max_people) - 1)`` is added (contribution ``buying_stage``). So one person's
+  single visit needs a conversion to reach intent 50, while pricing, demo or contact
+  pages seen on two days or by two people get there;
 - ``score = 100 * (1 - exp(-max(raw, 0) / saturation_points))``, rounded to 0.1: a
   saturating map, monotonic, 0 for no or net-negative activity, approaching 100.
 
@@ -30,6 +45,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
+from .actions import classify_action
 from .pages import first_match, matches_any
 from .scoring_model import Activity, IntentModel
 from .sessions import DAY_MS
@@ -42,6 +58,9 @@ ACCOUNT_STATE_VERSION = 1
 _SIG = "sig:"
 _MAX_SIGNAL_PAGES = 5
 _MAX_PAGES = 50
+_MAX_CONVERSIONS = 10
+_AMBIENT = frozenset({"page_view", "session", "repeat_visit", "active_day", "engaged_minute", "deep_scroll",
+                      "other_action", "breadth"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +108,7 @@ class AccountState:
     seen: Mapping[str, Any] = field(default_factory=dict)    # latest human visit: ts, country, ip, nc, vis
     lead: Mapping[str, Any] = field(default_factory=dict)
     offset: int = -1
+    conversions: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def new(cls, site_id: str, account: str) -> "AccountState":
@@ -101,7 +121,8 @@ class AccountState:
                 "sigp": {k: list(v) for k, v in self.signal_pages.items()}, "pages": list(self.pages),
                 "co": dict(self.company) if self.company else None,
                 "ppl": {k: dict(v) for k, v in self.persons.items()}, "bots": self.bot_visits,
-                "seen": dict(self.seen), "lead": dict(self.lead), "off": self.offset}
+                "seen": dict(self.seen), "lead": dict(self.lead), "off": self.offset,
+                "conv": [dict(c) for c in self.conversions]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AccountState":
@@ -113,7 +134,8 @@ class AccountState:
                    signal_pages={k: tuple(v) for k, v in d.get("sigp", {}).items()},
                    pages=tuple(d.get("pages", ())), company=dict(d["co"]) if d.get("co") else None,
                    persons={k: dict(v) for k, v in d.get("ppl", {}).items()}, bot_visits=d.get("bots", 0),
-                   seen=dict(d.get("seen", {})), lead=dict(d.get("lead", {})), offset=d.get("off", -1))
+                   seen=dict(d.get("seen", {})), lead=dict(d.get("lead", {})), offset=d.get("off", -1),
+                   conversions=tuple(dict(c) for c in d.get("conv", ())))
 
 
 def decay_factor(age_days: int, half_life_days: float) -> float:
@@ -155,6 +177,7 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
     bots = state.bot_visits
     last_ts = state.last_ts
     seen: dict[str, Any] = dict(state.seen)
+    conversions = [dict(c) for c in state.conversions]
 
     def bump(ts: int, key: str, n: float = 1) -> None:
         c = days.setdefault(str(ts // DAY_MS), {})
@@ -177,8 +200,14 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
             if s.index > 1:
                 bump(s.start, "repeat_visit")
         for h in u.hits:
-            if h.kind == "conversion":
-                bump(h.tstamp, "conversion")
+            if h.kind in ("action", "conversion"):
+                form_id = h.form_id if h.kind == "action" else h.name
+                event = h.event if h.kind == "action" else h.name
+                cls = classify_action(form_id, event, h.url, model.conversions, model.non_conversions)
+                bump(h.tstamp, "other_action" if cls.kind == "other" else cls.kind)
+                if cls.kind == "conversion":
+                    conversions.append({"t": h.tstamp, "rule": cls.rule, "on": cls.matched_on, "f": form_id,
+                                        "e": event, "u": h.url, "vis": u.visitor_id})
                 continue
             bump(h.tstamp, "page_view")
             rec["hpv"] += 1
@@ -223,7 +252,8 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
     new = replace(state, last_ts=last_ts, days=days, sessions=sessions, visitors=visitors,
                   signal_pages={k: tuple(v) for k, v in signal_pages.items()},
                   pages=tuple(recent_pages[-_MAX_PAGES:]), company=company, persons=persons, bot_visits=bots, seen=seen,
-                  offset=offset if offset is not None else state.offset)
+                  offset=offset if offset is not None else state.offset,
+                  conversions=tuple(sorted(conversions, key=lambda c: int(c["t"]))[-_MAX_CONVERSIONS:]))
     new = _prune(new, model)
     return new, score_intent(new, model)
 
@@ -253,7 +283,8 @@ def score_intent(state: AccountState, model: IntentModel, now: int | None = None
         t[1] += count
 
     simple = {"page_view": model.page_view, "session": model.session, "repeat_visit": model.repeat_visit,
-              "conversion": model.conversion, "deep_scroll": model.deep_scroll}
+              "conversion": model.conversion, "deep_scroll": model.deep_scroll,
+              "non_conversion": model.non_conversion, "other_action": model.other_action}
     signals = {_SIG + s.name: s for s in model.page_signals}
     for day_key in sorted(state.days, key=int):
         day = int(day_key)
@@ -296,7 +327,33 @@ def score_intent(state: AccountState, model: IntentModel, now: int | None = None
     if n_visitors > 1:
         extra = min(n_visitors, b.max_visitors) - 1
         add("breadth", extra * b.points_per_visitor, n_visitors)
-    contributions = tuple(Contribution(rule, round(p, 4), round(c, 4)) for rule, (p, c) in sorted(totals.items()))
+    details: dict[str, str] = {}
+    bs = model.buying_stage
+    positive = {s.name for s in model.page_signals if s.points > 0}
+    signal_points = sum(p for rule, (p, _) in totals.items() if rule.startswith("page:") and rule[5:] in positive)
+    if signal_points > 0:
+        days_with = sum(1 for d, counters in state.days.items() if 0 <= now_day - int(d) <= bs.window_days
+                        and any(counters.get(_SIG + n, 0) > 0 for n in positive))
+        people = {str(r.get("vis")) for r in state.sessions.values()
+                  if r.get("sig", 0) and now_day - int(r.get("d", 0)) <= bs.window_days}
+        n_people = len(people)
+        if days_with <= 1 and n_people <= 1:
+            if bs.single_cap is not None and signal_points > bs.single_cap:
+                add("buying_stage", bs.single_cap - signal_points, 1)
+                details["buying_stage"] = (f"buying signals from one visitor on one day count at most "
+                                           f"{bs.single_cap:g} points")
+        else:
+            bonus = (bs.points_per_day * (min(days_with, bs.max_days) - 1)
+                     + bs.points_per_person * (min(max(n_people, 1), bs.max_people) - 1))
+            if bonus > 0:
+                add("buying_stage", bonus, days_with)
+                details["buying_stage"] = f"buying signals on {days_with} days from {n_people} visitors"
+    ambient = sum(p for rule, (p, _) in totals.items() if rule in _AMBIENT)
+    if bs.ambient_cap is not None and ambient > bs.ambient_cap:
+        add("ambient_cap", bs.ambient_cap - ambient, 1)
+        details["ambient_cap"] = f"activity that is not a buying signal counts at most {bs.ambient_cap:g} points"
+    contributions = tuple(Contribution(rule, round(p, 4), round(c, 4), details.get(rule, ""))
+                          for rule, (p, c) in sorted(totals.items()))
     raw = round(sum(c.points for c in contributions), 4)
     top = sorted(((r.get("sig", 0), r.get("end", 0), sid) for sid, r in state.sessions.items() if r.get("sig", 0)),
                  reverse=True)[:5]
@@ -337,5 +394,8 @@ def merge_accounts(into: AccountState, other: AccountState, model: IntentModel) 
                            company=company,
                            persons={**dict(other.persons), **dict(into.persons)},
                            bot_visits=into.bot_visits + other.bot_visits,
+                           conversions=tuple(sorted({(int(c["t"]), str(c.get("rule")), str(c.get("u"))): c for c in
+                                                     (*other.conversions, *into.conversions)}.values(),
+                                                    key=lambda c: int(c["t"]))[-_MAX_CONVERSIONS:]),
                            seen=into.seen if into.seen.get("ts", -1) >= other.seen.get("ts", -1) else other.seen)
     return _prune(merged_state, model)

@@ -14,7 +14,14 @@ from pipeline.core.scoring_model import (Qualification, SiteRules, Thresholds, T
 from .helpers import DAY, MIN, visit
 
 MODEL = default_scoring_model()
-RULES = effective_rules(MODEL)
+# Qualification mechanics on one warm visit: one visitor's single-day signals are not capped here
+# (the buying-stage rule has its own tests in test_intent.py).
+NO_SINGLE_CAP = {"buying_stage": {"single_cap": None}}
+RULES = effective_rules(MODEL, SiteRules(intent=NO_SINGLE_CAP))
+
+
+def site_rules(**sections: object) -> object:
+    return effective_rules(MODEL, SiteRules(intent=NO_SINGLE_CAP, **sections))  # type: ignore[arg-type]
 U = "https://www.acme-saas.com"
 ACME = Company("acme.com", name="Acme", industry="software", employees=300, revenue=2e7, country="GB")
 T1 = int(datetime(2024, 3, 10, 9, tzinfo=timezone.utc).timestamp() * 1000)
@@ -79,7 +86,7 @@ class TestThresholds:
         assert d.reasons == ("identity_below_minimum:company:0.5<0.6",)
 
     def test_person_level(self) -> None:
-        rules = effective_rules(MODEL, SiteRules(thresholds=Thresholds(identity_level="person", min_confidence=0.9)))
+        rules = site_rules(thresholds=Thresholds(identity_level="person", min_confidence=0.9))
         assert any(r.startswith("identity_below_minimum:person") for r in run([warm()], rules=rules).reasons)
         d = run([warm(person_id="p1", person_conf=1.0, seniority="vp")], rules=rules)
         assert d.qualified and d.lead is not None
@@ -120,7 +127,7 @@ class TestCooldownAndQuota:
         assert d2.tier == "A1" and d2.qualified and d2.lead is not None and d2.lead.sequence == 2
 
     def test_person_cooldown_is_per_person(self) -> None:
-        rules = effective_rules(MODEL, SiteRules(thresholds=Thresholds(identity_level="person")))
+        rules = site_rules(thresholds=Thresholds(identity_level="person"))
         d1 = run([warm(person_id="p1", person_conf=1.0)], rules=rules)
         assert d1.qualified
         d2 = run([warm(T1 + MIN, visitor="v2", sid="x2", person_id="p2", person_conf=1.0)], d1.state, rules=rules)
@@ -129,7 +136,7 @@ class TestCooldownAndQuota:
         assert d3.reasons[0].startswith("cooldown")
 
     def test_quota_by_event_time_month(self) -> None:
-        rules = effective_rules(MODEL, SiteRules(qualification=Qualification(monthly_quota=1)))
+        rules = site_rules(qualification=Qualification(monthly_quota=1))
         q = QuotaState("s1")
         d1 = run([warm()], rules=rules, quota=q)
         assert d1.qualified and d1.quota == QuotaState("s1", "2024-03", 1)
@@ -171,5 +178,5 @@ class TestReplay:
         assert len({json.loads(x)["lead_id"] for x in first}) == len(first)
 
     def test_model_version_changes_ids(self) -> None:
-        other = effective_rules(MODEL.model_copy(update={"version": "v-next"}))
+        other = effective_rules(MODEL.model_copy(update={"version": "v-next"}), SiteRules(intent=NO_SINGLE_CAP))
         assert run([warm()]).lead.lead_id != run([warm()], rules=other).lead.lead_id  # type: ignore[union-attr]
