@@ -65,11 +65,11 @@ def _by_page(rules: Sequence[ActionRule], page: str | None) -> ActionClass | Non
 def classify_action(form_id: str | None, event: str | None, page: str | None,
                     conversions: Sequence[ActionRule], non_conversions: Sequence[ActionRule]) -> ActionClass:
     """Classify one action (see the module doc). Pure and deterministic."""
-    for lookup in (lambda rules: _by_name(rules, form_id, event), lambda rules: _by_page(rules, page)):
-        non = lookup(non_conversions)
+    for level in ("name", "page"):
+        non = (_by_name(non_conversions, form_id, event) if level == "name" else _by_page(non_conversions, page))
         if non is not None:
             return ActionClass("non_conversion", non.rule, non.matched_on)
-        conv = lookup(conversions)
+        conv = _by_name(conversions, form_id, event) if level == "name" else _by_page(conversions, page)
         if conv is not None:
             return conv
     return ActionClass("other")

@@ -91,7 +91,7 @@ class AccountState:
 
     ``days``: {"<utc day>": {activity: count}}; ``sessions``: {session_id: record};
     ``visitors``: {visitor_id: last utc day}; ``company`` / ``persons``: best identity
-    seen; ``seen``: the latest human visit's country, IP and network class; ``lead``: qualification memory (``seq``, ``last_ts``, ``tier``, ``persons``);
+    seen (``company["idv"]``: an identified person's company evidence named it once); ``seen``: the latest human visit's country, IP and network class; ``lead``: qualification memory (``seq``, ``last_ts``, ``tier``, ``persons``);
     ``offset``: last input offset applied (-1: none).
     """
     site_id: str
@@ -238,9 +238,15 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
             bump(s.end, "deep_scroll")
         if _better_company(company, u):
             assert u.company is not None
+            verified = bool(company and company.get("idv") and company.get("domain") == u.company.domain)
             company = {**company_to_dict(u.company), "conf": u.company_confidence,
                        "ev": evidence_to_list(u.company_evidence), "nc": u.network_class.value,
                        "src": list(u.enrichment_sources)}
+            if verified:
+                company["idv"] = True
+        if (company is not None and u.company is not None and u.company.domain == company.get("domain")
+                and any(e.source == "identity" for e in u.company_evidence)):
+            company["idv"] = True   # an identified person works here: evidence on any network, for good
         if u.person_id is not None:
             persons[u.person_id] = {"conf": u.person_confidence, "sen": u.person_seniority,
                                     "dep": u.person_department, "eh": u.person_email_hash,
@@ -387,6 +393,9 @@ def merge_accounts(into: AccountState, other: AccountState, model: IntentModel) 
     company = into.company
     if other.company and (company is None or other.company.get("conf", 0) > company.get("conf", 0)):
         company = other.company
+    if company is not None and any(c and c.get("idv") and c.get("domain") == company.get("domain")
+                                   for c in (into.company, other.company)):
+        company = {**company, "idv": True}
     merged_state = replace(into, last_ts=max(into.last_ts, other.last_ts), days=days,
                            sessions=dict(sorted(sessions.items())), visitors=dict(sorted(visitors.items())),
                            signal_pages={k: tuple(v) for k, v in sorted(pages.items())},

@@ -119,12 +119,22 @@ class TestCooldownAndQuota:
         assert d3.lead.lead_id == lead_id("s1", "c:acme.com", MODEL.version, 2)
         assert d3.lead.explanation["previous_lead"]["tier"] == "A2"
 
-    def test_tier_rise_breaks_cooldown(self) -> None:
-        d1 = run([warm()])
+    def test_tier_rise_inside_cooldown_updates_the_same_lead(self) -> None:
+        q = QuotaState("s1")
+        d1 = run([warm()], quota=q)
+        assert d1.lead is not None and d1.lead.version == 1 and d1.lead.update_reason is None
         hot = visit(T1 + 40 * MIN, [f"{U}/demo"], conversions=["demo_request"], index=2, sid="s2", company=ACME,
                     company_conf=0.9)
-        d2 = run([hot], d1.state)
-        assert d2.tier == "A1" and d2.qualified and d2.lead is not None and d2.lead.sequence == 2
+        d2 = run([hot], d1.state, quota=d1.quota)
+        assert d2.tier == "A1" and d2.qualified and d2.lead is not None
+        assert d2.lead.lead_id == d1.lead.lead_id and d2.lead.sequence == 1      # one lead, not a second one
+        assert d2.lead.version == 2 and d2.lead.update_reason == "tier_rise:A2->A1"
+        assert d2.quota == d1.quota == QuotaState("s1", "2024-03", 1)             # the quota counts it once
+        d3 = run([visit(T1 + 2 * DAY, [f"{U}/blog"], index=3, sid="s3", company=ACME, company_conf=0.9)], d2.state)
+        assert d3.reasons == ("cooldown:A1->A1",)
+        # the cool-down runs from the lead's first issue, not from its update
+        later = run([warm(T1 + 30 * DAY + MIN, index=4, sid="s4")], d3.state)
+        assert later.qualified and later.lead is not None and later.lead.sequence == 2 and later.lead.version == 1
 
     def test_person_cooldown_is_per_person(self) -> None:
         rules = site_rules(thresholds=Thresholds(identity_level="person"))
@@ -175,7 +185,7 @@ class TestReplay:
 
         first, second = replay(), replay()
         assert first == second and len(first) >= 2
-        assert len({json.loads(x)["lead_id"] for x in first}) == len(first)
+        assert len({(json.loads(x)["lead_id"], json.loads(x)["version"]) for x in first}) == len(first)
 
     def test_model_version_changes_ids(self) -> None:
         other = effective_rules(MODEL.model_copy(update={"version": "v-next"}), SiteRules(intent=NO_SINGLE_CAP))
