@@ -287,3 +287,21 @@ class TestSiteMerge:
         with pytest.raises(ValueError) as exc:
             SiteRules.model_validate(doc)
         assert where in str(exc.value)
+
+
+# -- 6. one lead per cool-down, per person at identity level person ---------------------------------------------------
+
+def test_person_level_tier_rise_updates_that_persons_lead() -> None:
+    rules = effective_rules(MODEL, SiteRules(thresholds={"identity_level": "person"},
+                                             intent={"buying_stage": {"single_cap": None}}))
+    warm = [f"{U}/pricing", f"{U}/demo", f"{U}/contact"]
+    d1 = run([visit(T1, warm, company=ACME, company_conf=0.9, person_id="p1", person_conf=1.0)], rules=rules)
+    assert d1.lead is not None and d1.lead.version == 1
+    d2 = run([visit(T1 + MIN, warm, visitor="v2", sid="v2-1", company=ACME, company_conf=0.9, person_id="p2",
+                    person_conf=1.0)], d1.state, rules=rules)
+    assert d2.lead is not None and d2.lead.lead_id != d1.lead.lead_id and d2.lead.version == 1
+    assert d1.lead.tier == "A2"
+    hot = action(T1 + 2 * MIN, f"{U}/demo", form_id="demo-request", index=2, person_id="p1", person_conf=1.0)
+    d3 = run([hot], d2.state, rules=rules)     # p1's tier rises from A2: p1's lead is updated
+    assert d3.lead is not None and d3.lead.lead_id == d1.lead.lead_id and d3.lead.version == 2
+    assert d3.lead.update_reason == "tier_rise:A2->A1"
