@@ -101,6 +101,45 @@ class ActionRule(_Frozen):
         return self
 
 
+#: Form submits and custom events that are conversions, and that are not, when a model does
+#: not list its own (``default_model.yaml`` lists the same; a test keeps them equal).
+DEFAULT_CONVERSIONS: tuple[ActionRule, ...] = (
+    ActionRule(name='demo',
+               forms=('*demo*',),
+               events=('*demo*',),
+               pages=('/demo*', '/book-a-demo*', '/request-demo*',)),
+    ActionRule(name='contact',
+               forms=('*contact*', '*sales*', '*quote*',),
+               events=('*contact*', '*sales*', '*quote*',),
+               pages=('/contact*', '/talk-to-sales*', '/sales*',)),
+    ActionRule(name='trial',
+               forms=('*trial*', '*signup*', '*sign-up*', '*sign_up*',),
+               events=('*trial*', '*signup*', '*sign_up*', '*sign-up*',),
+               pages=('/trial*', '/signup*', '/sign-up*',)),
+)
+DEFAULT_NON_CONVERSIONS: tuple[ActionRule, ...] = (
+    ActionRule(name='support',
+               forms=('*support*', '*ticket*', '*help*', '*bug*',),
+               events=('*support*', '*ticket*',),
+               pages=('/support*', '/help*', '*/kb/*', 'support.*', 'help.*', '/status*', '/docs*',)),
+    ActionRule(name='careers',
+               forms=('*career*', '*job*', '*apply*', '*application*', '*candidate*', '*resume*',),
+               events=('*career*', '*job*', '*apply*', '*application*',),
+               pages=('/careers*', '/jobs*', '*/careers/*', 'jobs.*',)),
+    ActionRule(name='downloads',
+               forms=('*download*', '*whitepaper*', '*ebook*', '*report*', '*gated*', '*webinar*',),
+               events=('*download*', '*whitepaper*', '*ebook*', '*webinar*',),
+               pages=('/resources*', '/downloads*', '/whitepaper*', '/ebook*', '/reports*', '/webinar*',)),
+    ActionRule(name='newsletter',
+               forms=('*newsletter*', '*subscribe*',),
+               events=('*newsletter*', '*subscribe*',)),
+    ActionRule(name='login',
+               forms=('*login*', '*log-in*', '*signin*', '*sign-in*',),
+               events=('*login*', '*sign_in*', '*signin*',),
+               pages=('/login*', '/signin*', 'app.*',)),
+)
+
+
 class IntentModel(_Frozen):
     """Purchase intent. Raw points decay by half every ``half_life_days`` (per whole UTC
     day of age) and map to 0-100 as ``100 * (1 - exp(-raw / saturation_points))``.
@@ -122,8 +161,8 @@ class IntentModel(_Frozen):
     conversion: Activity = Activity(points=50, daily_cap=2)
     non_conversion: Activity = Activity(points=0, daily_cap=2)
     other_action: Activity = Activity(points=3, daily_cap=2)
-    conversions: tuple[ActionRule, ...] = ()
-    non_conversions: tuple[ActionRule, ...] = ()
+    conversions: tuple[ActionRule, ...] = DEFAULT_CONVERSIONS
+    non_conversions: tuple[ActionRule, ...] = DEFAULT_NON_CONVERSIONS
     buying_stage: BuyingStage = BuyingStage()
     bounce: Activity = Activity(points=-3, daily_cap=5)
     support_only: Activity = Activity(points=-5, daily_cap=3)

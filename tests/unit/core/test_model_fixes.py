@@ -305,3 +305,14 @@ def test_person_level_tier_rise_updates_that_persons_lead() -> None:
     d3 = run([hot], d2.state, rules=rules)     # p1's tier rises from A2: p1's lead is updated
     assert d3.lead is not None and d3.lead.lead_id == d1.lead.lead_id and d3.lead.version == 2
     assert d3.lead.update_reason == "tier_rise:A2->A1"
+
+
+def test_a_model_without_action_lists_uses_the_default_classification() -> None:
+    from pipeline.core.scoring_model import IntentModel, load_scoring_model
+    assert MODEL.intent.conversions == IntentModel().conversions        # the YAML and the class agree
+    assert MODEL.intent.non_conversions == IntentModel().non_conversions
+    assert MODEL.intent.buying_stage == IntentModel().buying_stage and MODEL.fit.required_attributes == \
+        FitModel().required_attributes
+    old = effective_rules(load_scoring_model({"version": "my-2024"}))   # a model file written before actions
+    assert points(run([action(T1, f"{U}/demo", form_id="demo-request")], rules=old), "conversion") == 50
+    assert points(run([action(T1, f"{U}/", form_id="support-ticket")], rules=old), "conversion") == 0
