@@ -26,13 +26,15 @@ Scoring at "now" = the latest event time the account has seen (never the wall cl
 - **ambient cap**: everything that is not a buying signal (page views, sessions, repeat
   visits, active days, engaged minutes, deep scrolls, other actions, breadth) adds up
   to at most ``buying_stage.ambient_cap`` (20) raw points (contribution ``ambient_cap``);
-- **buying stage**: with ``D`` distinct UTC days and ``P`` distinct visitors having
-  positive page-signal hits in the last ``buying_stage.window_days``: when ``D <= 1``
-  and ``P <= 1`` the positive page-signal points count at most ``single_cap`` (20);
-  otherwise ``points_per_day * (min(D, max_days) - 1) + points_per_person *
-  (min(P, max_people) - 1)`` is added (contribution ``buying_stage``). So one person's
-  single visit needs a conversion to reach intent 50, while pricing, demo or contact
-  pages seen on two days or by two people get there;
+- **buying stage**: with ``H`` hits of the buying signals (``buying_stage.signals``:
+  pricing, demo, contact) on ``D`` distinct UTC days from ``P`` distinct visitors in
+  the last ``buying_stage.window_days``: the account is in the buying stage when
+  ``H >= min_hits`` (3) and ``D >= 2`` or ``P >= 2``. Until then the positive
+  page-signal points count at most ``unstaged_cap`` (20); once there,
+  ``points_per_day * (min(D, max_days) - 1) + points_per_person * (min(P, max_people) - 1)``
+  is added (contribution ``buying_stage``). So one person's single visit or a
+  researcher's two pricing views need a conversion to reach intent 50, while pricing,
+  demo or contact pages seen three times on two days or by two people get there;
 - ``score = 100 * (1 - exp(-max(raw, 0) / saturation_points))``, rounded to 0.1: a
   saturating map, monotonic, 0 for no or net-negative activity, approaching 100.
 
@@ -223,6 +225,8 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
                     bump(h.tstamp, _SIG + sig.name)
                     if sig.points > 0:
                         rec["sig"] += 1
+                        if sig.name in model.buying_stage.signals:
+                            rec["bsig"] = rec.get("bsig", 0) + 1
                     pages = signal_pages.setdefault(sig.name, [])
                     if url in pages:
                         pages.remove(url)
@@ -338,22 +342,29 @@ def score_intent(state: AccountState, model: IntentModel, now: int | None = None
     positive = {s.name for s in model.page_signals if s.points > 0}
     signal_points = sum(p for rule, (p, _) in totals.items() if rule.startswith("page:") and rule[5:] in positive)
     if signal_points > 0:
-        days_with = sum(1 for d, counters in state.days.items() if 0 <= now_day - int(d) <= bs.window_days
-                        and any(counters.get(_SIG + n, 0) > 0 for n in positive))
+        buying = positive & set(bs.signals)
+        hits = days_with = 0
+        for d, counters in state.days.items():
+            if 0 <= now_day - int(d) <= bs.window_days:
+                n = sum(counters.get(_SIG + name, 0) for name in buying)
+                hits += int(n)
+                days_with += n > 0
         people = {str(r.get("vis")) for r in state.sessions.values()
-                  if r.get("sig", 0) and now_day - int(r.get("d", 0)) <= bs.window_days}
+                  if r.get("bsig", r.get("sig", 0)) and now_day - int(r.get("d", 0)) <= bs.window_days}
         n_people = len(people)
-        if days_with <= 1 and n_people <= 1:
-            if bs.single_cap is not None and signal_points > bs.single_cap:
-                add("buying_stage", bs.single_cap - signal_points, 1)
-                details["buying_stage"] = (f"buying signals from one visitor on one day count at most "
-                                           f"{bs.single_cap:g} points")
+        if hits < bs.min_hits or (days_with <= 1 and n_people <= 1):
+            if bs.unstaged_cap is not None and signal_points > bs.unstaged_cap:
+                add("buying_stage", bs.unstaged_cap - signal_points, 1)
+                details["buying_stage"] = (f"{hits} {'/'.join(sorted(buying))} hits on {days_with} days from "
+                                           f"{n_people} visitors: page signals count at most {bs.unstaged_cap:g} "
+                                           f"points until {bs.min_hits} hits on 2 days or from 2 people")
         else:
             bonus = (bs.points_per_day * (min(days_with, bs.max_days) - 1)
-                     + bs.points_per_person * (min(max(n_people, 1), bs.max_people) - 1))
+                     + bs.points_per_person * (min(n_people, bs.max_people) - 1))
             if bonus > 0:
-                add("buying_stage", bonus, days_with)
-                details["buying_stage"] = f"buying signals on {days_with} days from {n_people} visitors"
+                add("buying_stage", bonus, hits)
+                details["buying_stage"] = (f"{hits} {'/'.join(sorted(buying))} hits on {days_with} days from "
+                                           f"{n_people} visitors")
     ambient = sum(p for rule, (p, _) in totals.items() if rule in _AMBIENT)
     if bs.ambient_cap is not None and ambient > bs.ambient_cap:
         add("ambient_cap", bs.ambient_cap - ambient, 1)

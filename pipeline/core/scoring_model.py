@@ -66,16 +66,18 @@ class Breadth(_Frozen):
 
 
 class BuyingStage(_Frozen):
-    """Buying-stage behaviour (formula in ``pipeline.core.intent``): positive page-signal
-    hits spread over distinct UTC days and distinct visitors (within ``window_days``).
-    While they all come from one visitor on one day they count at most ``single_cap``
-    raw points; otherwise ``points_per_day`` / ``points_per_person`` are added for each
-    distinct day / visitor beyond the first (at most ``max_days`` / ``max_people``).
-    ``ambient_cap`` caps the raw points of everything that is not a buying signal (page
-    views, sessions, repeat visits, active days, engaged minutes, deep scrolls,
-    unclassified actions, breadth), so support-, docs- or careers-only reading and single
-    bounces stay far below a useful intent."""
-    single_cap: float | None = Field(default=20.0, ge=0, description="None: no cap")
+    """Buying-stage behaviour (formula in ``pipeline.core.intent``): at least ``min_hits``
+    hits of the buying ``signals`` (page-signal names) on 2+ distinct UTC days or from 2+
+    distinct visitors within ``window_days``. Until then the positive page-signal points
+    count at most ``unstaged_cap`` raw points; once there, ``points_per_day`` /
+    ``points_per_person`` are added for each distinct day / visitor beyond the first (at
+    most ``max_days`` / ``max_people``). ``ambient_cap`` caps the raw points of everything
+    that is not a buying signal (page views, sessions, repeat visits, active days, engaged
+    minutes, deep scrolls, unclassified actions, breadth), so support-, docs- or
+    careers-only reading and single bounces stay far below a useful intent."""
+    signals: tuple[str, ...] = ("pricing", "demo", "contact")
+    min_hits: int = Field(default=3, ge=1)
+    unstaged_cap: float | None = Field(default=20.0, ge=0, description="None: no cap")
     points_per_day: float = Field(default=10.0, ge=0)
     max_days: int = Field(default=3, ge=1)
     points_per_person: float = Field(default=10.0, ge=0)

@@ -179,6 +179,17 @@ class TestBuyingStage:
         assert points(d, "buying_stage") < 0 and not d.qualified
         assert any(r.startswith("intent_below_threshold") for r in d.reasons)
 
+    def test_a_researchers_two_pricing_views_are_no_buying_stage(self) -> None:
+        ups = [visit(T1, [f"{U}/pricing", f"{U}/compare", f"{U}/blog/a"], engaged_delta=5 * MIN, company=ACME,
+                     company_conf=0.9),
+               visit(T1 + 2 * DAY, [f"{U}/pricing", f"{U}/product", f"{U}/blog/b"], index=2, sid="v1-2",
+                     engaged_delta=5 * MIN, company=ACME, company_conf=0.9)]
+        d = run(ups)
+        assert points(d, "buying_stage") < 0 and not d.qualified
+        third = visit(T1 + 2 * DAY + 5 * MIN, [f"{U}/demo"], index=2, sid="v1-2", company=ACME, company_conf=0.9)
+        d = run([third], d.state)          # the third pricing/demo/contact hit, on a second day: buying stage
+        assert points(d, "buying_stage") == MODEL.intent.buying_stage.points_per_day and d.qualified
+
     def test_signals_on_two_days_qualify(self) -> None:
         ups = [visit(T1, [f"{U}/pricing"] * 2, company=ACME, company_conf=0.9),
                visit(T1 + DAY, [f"{U}/pricing", f"{U}/demo"], index=2, sid="v1-2", company=ACME, company_conf=0.9)]
@@ -293,7 +304,7 @@ class TestSiteMerge:
 
 def test_person_level_tier_rise_updates_that_persons_lead() -> None:
     rules = effective_rules(MODEL, SiteRules(thresholds={"identity_level": "person"},
-                                             intent={"buying_stage": {"single_cap": None}}))
+                                             intent={"buying_stage": {"unstaged_cap": None}}))
     warm = [f"{U}/pricing", f"{U}/demo", f"{U}/contact"]
     d1 = run([visit(T1, warm, company=ACME, company_conf=0.9, person_id="p1", person_conf=1.0)], rules=rules)
     assert d1.lead is not None and d1.lead.version == 1

@@ -16,7 +16,7 @@ from .helpers import DAY, MIN, visit
 MODEL = default_scoring_model()
 # Qualification mechanics on one warm visit: one visitor's single-day signals are not capped here
 # (the buying-stage rule has its own tests in test_intent.py).
-NO_SINGLE_CAP = {"buying_stage": {"single_cap": None}}
+NO_SINGLE_CAP = {"buying_stage": {"unstaged_cap": None}}
 RULES = effective_rules(MODEL, SiteRules(intent=NO_SINGLE_CAP))
 
 
