@@ -231,7 +231,8 @@ def qualify(state: AccountState, intent: IntentScore, rules: EffectiveRules, quo
 
     if update_of is not None:          # a tier rise inside the cool-down: the same lead, next version
         seq = int(update_of.get("seq", lead.get("seq", 1)))
-        lid = str(update_of.get("id") or lead_id(state.site_id, state.account, rules.model_version, seq))
+        lid = str(update_of.get("id") or update_of.get("last_id")
+                  or lead_id(state.site_id, state.account, rules.model_version, seq))
         version = int(update_of.get("ver", 1)) + 1
         update_reason: str | None = f"tier_rise:{last_tier}->{tier}"
         issued = int(last_ts) if last_ts is not None else now
@@ -243,11 +244,9 @@ def qualify(state: AccountState, intent: IntentScore, rules: EffectiveRules, quo
     if person is not None:
         persons_mem[person[0]] = {"ts": issued if person_level else now, "tier": tier, "id": lid, "seq": seq,
                                   "ver": version}
-    memory: dict[str, Any] = {"seq": new_seq, "last_ts": now, "tier": tier, "persons": persons_mem, "last_id": lid,
-                              "ver": version}
-    if not person_level:
-        memory["last_ts"] = issued if update_of is not None else now
-    new_state = replace(state, lead=memory)
+    # the account's cool-down runs from the lead's first issue; an update keeps that time
+    new_state = replace(state, lead={"seq": new_seq, "last_ts": now if person_level else issued, "tier": tier,
+                                     "persons": persons_mem, "last_id": lid, "ver": version})
     new_quota = replace(quota, count=quota.count + 1) if quota is not None and update_of is None else quota
     co = state.company or {}
     conversions = recent_conversions(state, rules)
