@@ -6,11 +6,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from .settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from .core.scoring_model import EffectiveRules
 
 app = typer.Typer(help="Leadstream: turn anonymous B2B website traffic into qualified, explainable leads.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -40,11 +43,41 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+SiteOption = Annotated[Optional[str], typer.Option("--site", help="A site id from the settings' `sites:`")]
+
+
+def _site_rules(settings: Settings, site_id: str) -> "EffectiveRules":
+    from .core.scoring_model import ScoringModelError, effective_rules
+    site = settings.site(site_id)
+    if site is None:
+        known = ", ".join(s.site_id for s in settings.sites) or "none configured"
+        _fail(f"unknown site {site_id!r} (sites: {known})")
+    try:
+        return effective_rules(settings.load_scoring_model(), site.rules, site.conversion_names)
+    except (ScoringModelError, ValueError) as exc:
+        _fail(f"site {site_id!r}: {exc}")
+
+
 @app.command()
-def config(config: ConfigOption = None) -> None:
-    """Print the effective settings (secrets masked) and exit; fails with the key path of any error."""
+def config(config: ConfigOption = None, site: SiteOption = None) -> None:
+    """Print the effective settings (secrets masked) and exit; fails with the key path of any error.
+
+    With --site S: the scoring rules that site runs with, the model's merged key by key with the
+    site's `rules:` (and its `conversion_names`)."""
     settings = _settings(config)
-    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    if site is None:
+        typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+        return
+    typer.echo(json.dumps({"site_id": site, **_site_rules(settings, site).model_dump(mode="json")}, indent=2))
+
+
+@app.command()
+def icp(site: Annotated[str, typer.Option("--site", help="A site id from the settings' `sites:`")],
+        config: ConfigOption = None) -> None:
+    """Print a site's ideal customer profile in plain words (its merged fit rules)."""
+    from .core.fit import describe_icp
+    settings = _settings(config)
+    typer.echo(describe_icp(_site_rules(settings, site).fit))
 
 
 @app.command()

@@ -141,11 +141,14 @@ class SiteSettings(_Frozen):
     hosts: list[str] = Field(default_factory=list,
                              description="The site's own hostnames (internal referrers); default: from allowed_origins")
     session_gap_minutes: int = Field(30, ge=1, le=24 * 60, description="Inactivity that ends a session (event time)")
-    conversion_names: list[str] = Field(default_factory=list,
-                                        description="track/structured event names that count as conversions")
+    conversion_names: list[str] = Field(
+        default_factory=list, description="Event names (track, structured, named link clicks) that count as "
+        "conversions; kept working as a conversion rule `conversion_names`. Prefer rules.intent.conversions")
     email_salt: SecretStr | None = Field(
         None, description="Salt for email hashes of this site; default: the top-level identity_salt")
-    rules: SiteRules | None = Field(None, description="ICP fit rules, thresholds, qualification, filters")
+    rules: SiteRules | None = Field(
+        None, description="ICP fit rules, intent (signals, conversions), thresholds, qualification, filters: "
+        "each merged key by key over the scoring model (`leadstream config --site S` shows the result)")
 
     @property
     def own_hosts(self) -> tuple[str, ...]:

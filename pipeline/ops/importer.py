@@ -101,6 +101,7 @@ class CompanyRow(_Row):
     tags: list[str] = Field(default_factory=list, max_length=50)
     aliases: list[str] = Field(default_factory=list, max_length=50)
     domains: list[str] = Field(default_factory=list, max_length=50)
+    customer: bool = False     # an existing customer: stored as the tag ``customer`` (never a new lead)
 
     _split = field_validator("tags", "aliases", "domains", mode="before")(_split_list)
 
@@ -149,7 +150,8 @@ class CompanyRow(_Row):
         company = Company(domain=self.domain, name=self.name, industry=self.industry, employees=employees,
                           employee_range=self.employee_range, revenue=self.revenue,
                           revenue_range=self.revenue_range, country=self.country, sector=self.sector,
-                          tags=tuple(self.tags))
+                          tags=tuple(self.tags) + (("customer",) if self.customer and "customer" not in
+                                                   {t.lower() for t in self.tags} else ()))
         return CompanyRecord(company=company, org_names=tuple(self.aliases), alias_domains=tuple(self.domains))
 
 

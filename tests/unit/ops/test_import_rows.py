@@ -189,3 +189,14 @@ def test_unknown_kind_and_missing_file(tmp_path: Path) -> None:
         import_file("people", tmp_path / "x.csv", None)
     with pytest.raises(FileNotFoundError):
         import_file("companies", tmp_path / "missing.csv", None)
+
+
+def test_customer_column_becomes_the_customer_tag(tmp_path: Path) -> None:
+    f = tmp_path / "crm.csv"
+    f.write_text("domain,name,tags,customer\nold.example,Old Client,saas,yes\nnew.example,Prospect,,\n"
+                 "both.example,Both,Customer,true\n")
+    rows = {r.domain: r.to_record().company.tags for _, r in read_rows("companies", f)  # type: ignore[union-attr]
+            if isinstance(r, CompanyRow)}
+    assert rows == {"old.example": ("saas", "customer"), "new.example": (), "both.example": ("Customer",)}
+    bad = [r for _, r in read_rows("companies", _write(tmp_path, "b.csv", "domain,name,customer\na.example,A,maybe\n"))]
+    assert isinstance(bad[0], str) and "customer" in bad[0]
