@@ -6,11 +6,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from .settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from .core.scoring_model import EffectiveRules
 
 app = typer.Typer(help="Leadstream: turn anonymous B2B website traffic into qualified, explainable leads.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -43,11 +46,41 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+SiteOption = Annotated[Optional[str], typer.Option("--site", help="A site id from the settings' `sites:`")]
+
+
+def _site_rules(settings: Settings, site_id: str) -> "EffectiveRules":
+    from .core.scoring_model import ScoringModelError, effective_rules
+    site = settings.site(site_id)
+    if site is None:
+        known = ", ".join(s.site_id for s in settings.sites) or "none configured"
+        _fail(f"unknown site {site_id!r} (sites: {known})")
+    try:
+        return effective_rules(settings.load_scoring_model(), site.rules, site.conversion_names)
+    except (ScoringModelError, ValueError) as exc:
+        _fail(f"site {site_id!r}: {exc}")
+
+
 @app.command()
-def config(config: ConfigOption = None) -> None:
-    """Print the effective settings (secrets masked) and exit; fails with the key path of any error."""
+def config(config: ConfigOption = None, site: SiteOption = None) -> None:
+    """Print the effective settings (secrets masked) and exit; fails with the key path of any error.
+
+    With --site S: the scoring rules that site runs with, the model's merged key by key with the
+    site's `rules:` (and its `conversion_names`)."""
     settings = _settings(config)
-    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    if site is None:
+        typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+        return
+    typer.echo(json.dumps({"site_id": site, **_site_rules(settings, site).model_dump(mode="json")}, indent=2))
+
+
+@app.command()
+def icp(site: Annotated[str, typer.Option("--site", help="A site id from the settings' `sites:`")],
+        config: ConfigOption = None) -> None:
+    """Print a site's ideal customer profile in plain words (its merged fit rules)."""
+    from .core.fit import describe_icp
+    settings = _settings(config)
+    typer.echo(describe_icp(_site_rules(settings, site).fit))
 
 
 @app.command()
@@ -138,11 +171,15 @@ def demo_traffic(url: Annotated[str, typer.Option(help="The collector on 127.0.0
 def import_(kind: Annotated[str, typer.Argument(help="companies | ip-ranges | asn-types | people | identities")],
             file: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON Lines (.jsonl); .gz accepted")],
             site: Annotated[Optional[str], typer.Option(help="Import into one site's namespace (default: all sites)")] = None,
-            check: Annotated[bool, typer.Option("--check", help="Validate only; write nothing")] = False,
+            check: Annotated[bool, typer.Option("--check", help="Validate only and say what would be imported; write nothing")] = False,
+            map_: Annotated[Optional[list[str]], typer.Option(
+                "--map", help="column=field: read a file's column as a field (repeatable), e.g. "
+                "--map 'Company Domain Name=domain'")] = None,
             progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
             config: ConfigOption = None) -> None:
-    """Load reference data into Redis, idempotently; every bad row is reported with its line number."""
-    from .ops.importer import KINDS, ImportFileError, import_file
+    """Load reference data into Redis, idempotently; every bad row is reported with its line number.
+    Unknown columns are ignored with a warning that names them."""
+    from .ops.importer import KINDS, ImportFileError, import_file, parse_column_map
     settings = _settings(config)
     _register_identity_kinds(settings)
     if kind not in KINDS:
@@ -151,6 +188,10 @@ def import_(kind: Annotated[str, typer.Argument(help="companies | ip-ranges | as
         _fail(f"no such file: {file}")
     if site is not None and settings.site(site) is None:
         _fail(f"unknown site {site!r}: add it under `sites:` in the settings file")
+    try:
+        column_map = parse_column_map(map_ or [])
+    except ValueError as exc:
+        _fail(str(exc))
     store = None
     if not check:
         if not settings.redis.url_value:
@@ -158,10 +199,12 @@ def import_(kind: Annotated[str, typer.Argument(help="companies | ip-ranges | as
         from .enrich.redis_store import ReferenceStore
         store = ReferenceStore.from_url(settings.redis.url_value)
     try:
-        report = import_file(kind, file, store, site=site, progress=progress)
+        report = import_file(kind, file, store, site=site, progress=progress, column_map=column_map)
     except ImportFileError as exc:
         _fail(f"{file}: {exc}")
     typer.echo(report.summary())
+    for warning in report.warnings:
+        typer.echo(f"  warning: {warning}", err=True)
     for line, reason in report.errors[:200]:
         typer.echo(f"  line {line}: {reason}", err=True)
     if len(report.errors) > 200:

@@ -141,11 +141,14 @@ class SiteSettings(_Frozen):
     hosts: list[str] = Field(default_factory=list,
                              description="The site's own hostnames (internal referrers); default: from allowed_origins")
     session_gap_minutes: int = Field(30, ge=1, le=24 * 60, description="Inactivity that ends a session (event time)")
-    conversion_names: list[str] = Field(default_factory=list,
-                                        description="track/structured event names that count as conversions")
+    conversion_names: list[str] = Field(
+        default_factory=list, description="Event names (track, structured, named link clicks) that count as "
+        "conversions; kept working as a conversion rule `conversion_names`. Prefer rules.intent.conversions")
     email_salt: SecretStr | None = Field(
         None, description="Salt for email hashes of this site; default: the top-level identity_salt")
-    rules: SiteRules | None = Field(None, description="ICP fit rules, thresholds, qualification, filters")
+    rules: SiteRules | None = Field(
+        None, description="ICP fit rules, intent (signals, conversions), thresholds, qualification, filters: "
+        "each merged key by key over the scoring model (`leadstream config --site S` shows the result)")
     api_tokens: list[str] = Field(
         default_factory=list, description="sha256:<hex> hashes of the tokens that may read this site's prospect "
         "list (`leadstream leads token --site S` makes one); never the tokens themselves")
@@ -244,6 +247,10 @@ class StageSettings(_Frozen):
         30.0, ge=0, description="Seconds a partition may hold undelivered records while its stage idles before the "
         "stall watchdog re-seeks it (0 disables; needs gap_repair)")
     web_port: int | None = Field(None, description="Faust's own web server port; unset disables it")
+    max_send_delay_days: float = Field(
+        7.0, ge=0, description="Event time: the longest delay between a tracker creating an event (dtm) and "
+        "sending it (stm) that is believed; a longer one is clamped to it (0: no limit). A true timestamp (ttm) "
+        "is never clamped")
 
 
 class Settings(BaseSettings):

@@ -10,6 +10,10 @@ fields present are set, fastavro fills the rest with their defaults.
 * ``GET /i`` / ``GET /ice.png`` and ``POST /com.snowplowanalytics.snowplow/tp2``:
   the Snowplow tracker protocol, re-implemented from its public specification.
 
+Snowplow fields without a typed ``Event`` field stay verbatim in ``extra``; among them
+``ua``, the user agent a server-side tracker forwards, which the core uses in place of the
+HTTP ``User-Agent`` (``pipeline.core.events.tracker_user_agent``).
+
 Every function here either returns groups or raises :class:`PayloadError`
 carrying the bad-row failure type, the HTTP status and a message that names
 the offending field. Nothing else escapes for any input (the fuzz tests hold

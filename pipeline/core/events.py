@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence, TypeGuard
 
 __all__ = [
     "EVENT_TYPES", "PAGE_EVENT_TYPES", "TimeConfig", "TrackedEvent", "BadEvent",
-    "derived_tstamp", "event_fingerprint", "validate_event", "build_event", "parse_payload",
+    "derived_tstamp", "tracker_user_agent", "event_fingerprint", "validate_event", "build_event", "parse_payload",
 ]
 
 EVENT_TYPES = frozenset({
@@ -34,12 +34,21 @@ class TimeConfig:
     """Clock-skew guards for :func:`derived_tstamp` (milliseconds).
 
     ``max_device_delay_ms``: longest plausible time between a tracker creating an event
-    and sending it (offline queues); longer offsets are clamped to it.
+    and sending it (offline queues); a longer delay is clamped to it, so such events get
+    the time ``collector_tstamp - max_device_delay_ms``. ``None``: no limit. The worker
+    sets it from ``stages.max_send_delay_days`` (default 7 days).
     ``max_future_ms``: a true timestamp further ahead of the collector than this is
     ignored as a broken clock.
     """
-    max_device_delay_ms: int = 7 * 24 * 3600 * 1000
+    max_device_delay_ms: int | None = 7 * 24 * 3600 * 1000
     max_future_ms: int = 60_000
+
+    @classmethod
+    def from_days(cls, max_send_delay_days: float | None) -> TimeConfig:
+        """From the ``stages.max_send_delay_days`` setting (``None`` or 0: no limit)."""
+        if not max_send_delay_days:
+            return cls(max_device_delay_ms=None)
+        return cls(max_device_delay_ms=int(max_send_delay_days * 86_400_000))
 
 
 DEFAULT_TIME = TimeConfig()
@@ -49,18 +58,23 @@ def derived_tstamp(collector_tstamp: int, dtm: int | None = None, stm: int | Non
                    ttm: int | None = None, cfg: TimeConfig = DEFAULT_TIME) -> int:
     """Event time in epoch ms, as Snowplow derives it.
 
-    1. ``ttm`` (true timestamp) when given and not more than ``max_future_ms`` ahead of the collector.
+    1. ``ttm`` (Snowplow's true timestamp, set by a tracker that knows when the event really
+       happened: a backfill, a server-side relay) when given and not more than
+       ``max_future_ms`` ahead of the collector. Never clamped: old ``ttm`` values are kept.
     2. ``collector_tstamp - (stm - dtm)`` when both device stamps are given: the device's
        send delay, measured on the device clock, applied to the trusted collector clock.
        A negative delay (sent before created: a broken clock) counts as 0; a delay longer
-       than ``max_device_delay_ms`` is clamped to it.
+       than ``max_device_delay_ms`` (``stages.max_send_delay_days``, 7 days by default)
+       is clamped to it.
     3. ``collector_tstamp`` otherwise.
     Never later than ``collector_tstamp`` except through a plausible ``ttm``.
     """
     if ttm is not None and ttm > 0 and ttm <= collector_tstamp + cfg.max_future_ms:
         return ttm
     if dtm is not None and stm is not None:
-        delay = min(max(stm - dtm, 0), cfg.max_device_delay_ms)
+        delay = max(stm - dtm, 0)
+        if cfg.max_device_delay_ms is not None:
+            delay = min(delay, cfg.max_device_delay_ms)
         return collector_tstamp - delay
     return collector_tstamp
 
@@ -85,9 +99,10 @@ class TrackedEvent:
     email: str | None = None
     email_click_id: str | None = None
     client_ip: str | None = None
-    user_agent: str | None = None
+    user_agent: str | None = None         # the tracker's ``ua`` field, else the HTTP User-Agent (see tracker_user_agent)
     accept_language: str | None = None
     anonymous: bool = False
+    ua_relayed: bool = False              # user_agent came from ``ua`` and differs from the HTTP User-Agent
     platform: str | None = None
     language: str | None = None
     screen_resolution: str | None = None
@@ -203,6 +218,22 @@ def _int(v: Any) -> int | None:
     return v if _is_int(v) else None
 
 
+def tracker_user_agent(event: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """The visitor's user agent and whether it was relayed: ``(ua, relayed)``.
+
+    As Snowplow does, the tracker protocol's ``ua`` field (kept in the event's ``extra``)
+    stands in for the HTTP ``User-Agent``: a server-side tracker or a server-side tag
+    manager sends its own User-Agent header and forwards the browser's in ``ua``.
+    ``relayed`` is true when ``ua`` is given and differs from the header.
+    """
+    header = _str(payload.get("user_agent"))
+    extra = event.get("extra")
+    field_ua = _str(extra.get("ua")) if isinstance(extra, Mapping) else None
+    if field_ua is None or not field_ua.strip():
+        return header, False
+    return field_ua, field_ua != header
+
+
 def build_event(event: Mapping[str, Any], payload: Mapping[str, Any],
                 time_cfg: TimeConfig = DEFAULT_TIME) -> TrackedEvent:
     """A :class:`TrackedEvent` from one valid event dict and its payload dict.
@@ -219,6 +250,7 @@ def build_event(event: Mapping[str, Any], payload: Mapping[str, Any],
     headers = payload.get("headers") or {}
     extra = event.get("extra") or {}
     sev = event.get("se_value")
+    user_agent, ua_relayed = tracker_user_agent(event, payload)
     return TrackedEvent(
         site_id=site_id, visitor_id=visitor, event_id=str(event["event_id"]),
         event_type=str(event["event_type"]),
@@ -231,7 +263,7 @@ def build_event(event: Mapping[str, Any], payload: Mapping[str, Any],
         user_id=_str(event.get("user_id")), identify_user_id=_str(event.get("identify_user_id")),
         email=_str(event.get("email")), email_click_id=_str(event.get("email_click_id")),
         client_ip=None if anonymous else _str(payload.get("client_ip")),
-        user_agent=_str(payload.get("user_agent")), accept_language=_str(payload.get("accept_language")),
+        user_agent=user_agent, ua_relayed=ua_relayed, accept_language=_str(payload.get("accept_language")),
         anonymous=anonymous, platform=_str(event.get("platform")), language=_str(event.get("language")),
         screen_resolution=_str(event.get("screen_resolution")), viewport=_str(event.get("viewport")),
         engaged_ms=_int(event.get("engaged_ms")), scroll_depth=_int(event.get("scroll_depth")),

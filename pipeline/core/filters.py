@@ -81,7 +81,9 @@ def sector_filter(company: Company | None, network_class: NetworkClass, f: Filte
 def resolution_filter(company: Company | None, evidence_sources: Iterable[str], network_class: NetworkClass,
                       f: Filters) -> FilterResult:
     """Unresolved traffic and ISP traffic: with ``exclude_isp`` a visit from an isp or
-    mobile network passes only when identity named its company; with
+    mobile network passes only when identity named its company (an ``identity`` source in
+    ``evidence_sources``: any evidence, not only the winning one, and for the account
+    once an identified person's company named it on any visit); with
     ``exclude_unresolved`` a visit without a company fails."""
     name = "resolution"
     from_identity = any(s == "identity" or s.startswith("identity:") for s in evidence_sources)

@@ -1,7 +1,7 @@
 """Purchase intent (0-100) of an account over event time, and the account's state.
 
 Counting: every visit update adds activities to per-UTC-day counters (page views,
-sessions, repeat visits, page-signal hits, conversions, engaged time, deep scrolls)
+sessions, repeat visits, page-signal hits, actions, engaged time, deep scrolls)
 and refreshes a compact per-session record (for bounces and support-only visits) and
 the account's visitors (buying-group breadth). Bot visits are counted apart and score
 nothing.
@@ -18,6 +18,23 @@ Scoring at "now" = the latest event time the account has seen (never the wall cl
   page signals with negative points (careers) count the same way as positive ones;
 - breadth, not decayed but windowed: ``points_per_visitor * (min(n, max_visitors) - 1)``
   for ``n`` distinct visitors seen in the last ``breadth.window_days``;
+- actions (form submits, custom events) are classified per site
+  (:mod:`pipeline.core.actions`): a **conversion** scores ``conversion`` points (50), a
+  **non-conversion** (support, careers, downloads) ``non_conversion`` (0), any other
+  ``other_action`` (3); the latest conversions (rule, form id or event, page) are kept
+  for the lead's explanation;
+- **ambient cap**: everything that is not a buying signal (page views, sessions, repeat
+  visits, active days, engaged minutes, deep scrolls, other actions, breadth) adds up
+  to at most ``buying_stage.ambient_cap`` (20) raw points (contribution ``ambient_cap``);
+- **buying stage**: with ``H`` hits of the buying signals (``buying_stage.signals``:
+  pricing, demo, contact) on ``D`` distinct UTC days from ``P`` distinct visitors in
+  the last ``buying_stage.window_days``: the account is in the buying stage when
+  ``H >= min_hits`` (3) and ``D >= 2`` or ``P >= 2``. Until then the positive
+  page-signal points count at most ``unstaged_cap`` (20); once there,
+  ``points_per_day * (min(D, max_days) - 1) + points_per_person * (min(P, max_people) - 1)``
+  is added (contribution ``buying_stage``). So one person's single visit or a
+  researcher's two pricing views need a conversion to reach intent 50, while pricing,
+  demo or contact pages seen three times on two days or by two people get there;
 - ``score = 100 * (1 - exp(-max(raw, 0) / saturation_points))``, rounded to 0.1: a
   saturating map, monotonic, 0 for no or net-negative activity, approaching 100.
 
@@ -30,6 +47,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
+from .actions import classify_action
 from .pages import first_match, matches_any
 from .scoring_model import Activity, IntentModel
 from .sessions import DAY_MS
@@ -42,6 +60,9 @@ ACCOUNT_STATE_VERSION = 1
 _SIG = "sig:"
 _MAX_SIGNAL_PAGES = 5
 _MAX_PAGES = 50
+_MAX_CONVERSIONS = 10
+_AMBIENT = frozenset({"page_view", "session", "repeat_visit", "active_day", "engaged_minute", "deep_scroll",
+                      "other_action", "breadth"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +93,7 @@ class AccountState:
 
     ``days``: {"<utc day>": {activity: count}}; ``sessions``: {session_id: record};
     ``visitors``: {visitor_id: last utc day}; ``company`` / ``persons``: best identity
-    seen; ``seen``: the latest human visit's country, IP and network class; ``lead``: qualification memory (``seq``, ``last_ts``, ``tier``, ``persons``);
+    seen (``company["idv"]``: an identified person's company evidence named it once); ``seen``: the latest human visit's country, IP and network class; ``lead``: qualification memory (``seq``, ``last_ts``, ``tier``, ``persons``);
     ``offset``: last input offset applied (-1: none).
     """
     site_id: str
@@ -89,6 +110,7 @@ class AccountState:
     seen: Mapping[str, Any] = field(default_factory=dict)    # latest human visit: ts, country, ip, nc, vis
     lead: Mapping[str, Any] = field(default_factory=dict)
     offset: int = -1
+    conversions: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def new(cls, site_id: str, account: str) -> "AccountState":
@@ -101,7 +123,8 @@ class AccountState:
                 "sigp": {k: list(v) for k, v in self.signal_pages.items()}, "pages": list(self.pages),
                 "co": dict(self.company) if self.company else None,
                 "ppl": {k: dict(v) for k, v in self.persons.items()}, "bots": self.bot_visits,
-                "seen": dict(self.seen), "lead": dict(self.lead), "off": self.offset}
+                "seen": dict(self.seen), "lead": dict(self.lead), "off": self.offset,
+                "conv": [dict(c) for c in self.conversions]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AccountState":
@@ -113,7 +136,8 @@ class AccountState:
                    signal_pages={k: tuple(v) for k, v in d.get("sigp", {}).items()},
                    pages=tuple(d.get("pages", ())), company=dict(d["co"]) if d.get("co") else None,
                    persons={k: dict(v) for k, v in d.get("ppl", {}).items()}, bot_visits=d.get("bots", 0),
-                   seen=dict(d.get("seen", {})), lead=dict(d.get("lead", {})), offset=d.get("off", -1))
+                   seen=dict(d.get("seen", {})), lead=dict(d.get("lead", {})), offset=d.get("off", -1),
+                   conversions=tuple(dict(c) for c in d.get("conv", ())))
 
 
 def decay_factor(age_days: int, half_life_days: float) -> float:
@@ -155,6 +179,7 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
     bots = state.bot_visits
     last_ts = state.last_ts
     seen: dict[str, Any] = dict(state.seen)
+    conversions = [dict(c) for c in state.conversions]
 
     def bump(ts: int, key: str, n: float = 1) -> None:
         c = days.setdefault(str(ts // DAY_MS), {})
@@ -177,8 +202,14 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
             if s.index > 1:
                 bump(s.start, "repeat_visit")
         for h in u.hits:
-            if h.kind == "conversion":
-                bump(h.tstamp, "conversion")
+            if h.kind in ("action", "conversion"):
+                form_id = h.form_id if h.kind == "action" else h.name
+                event = h.event if h.kind == "action" else h.name
+                cls = classify_action(form_id, event, h.url, model.conversions, model.non_conversions)
+                bump(h.tstamp, "other_action" if cls.kind == "other" else cls.kind)
+                if cls.kind == "conversion":
+                    conversions.append({"t": h.tstamp, "rule": cls.rule, "on": cls.matched_on, "f": form_id,
+                                        "e": event, "u": h.url, "vis": u.visitor_id})
                 continue
             bump(h.tstamp, "page_view")
             rec["hpv"] += 1
@@ -194,6 +225,8 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
                     bump(h.tstamp, _SIG + sig.name)
                     if sig.points > 0:
                         rec["sig"] += 1
+                        if sig.name in model.buying_stage.signals:
+                            rec["bsig"] = rec.get("bsig", 0) + 1
                     pages = signal_pages.setdefault(sig.name, [])
                     if url in pages:
                         pages.remove(url)
@@ -209,9 +242,15 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
             bump(s.end, "deep_scroll")
         if _better_company(company, u):
             assert u.company is not None
+            verified = bool(company and company.get("idv") and company.get("domain") == u.company.domain)
             company = {**company_to_dict(u.company), "conf": u.company_confidence,
                        "ev": evidence_to_list(u.company_evidence), "nc": u.network_class.value,
                        "src": list(u.enrichment_sources)}
+            if verified:
+                company["idv"] = True
+        if (company is not None and u.company is not None and u.company.domain == company.get("domain")
+                and any(e.source == "identity" for e in u.company_evidence)):
+            company["idv"] = True   # an identified person works here: evidence on any network, for good
         if u.person_id is not None:
             persons[u.person_id] = {"conf": u.person_confidence, "sen": u.person_seniority,
                                     "dep": u.person_department, "eh": u.person_email_hash,
@@ -223,7 +262,8 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
     new = replace(state, last_ts=last_ts, days=days, sessions=sessions, visitors=visitors,
                   signal_pages={k: tuple(v) for k, v in signal_pages.items()},
                   pages=tuple(recent_pages[-_MAX_PAGES:]), company=company, persons=persons, bot_visits=bots, seen=seen,
-                  offset=offset if offset is not None else state.offset)
+                  offset=offset if offset is not None else state.offset,
+                  conversions=tuple(sorted(conversions, key=lambda c: int(c["t"]))[-_MAX_CONVERSIONS:]))
     new = _prune(new, model)
     return new, score_intent(new, model)
 
@@ -253,7 +293,8 @@ def score_intent(state: AccountState, model: IntentModel, now: int | None = None
         t[1] += count
 
     simple = {"page_view": model.page_view, "session": model.session, "repeat_visit": model.repeat_visit,
-              "conversion": model.conversion, "deep_scroll": model.deep_scroll}
+              "conversion": model.conversion, "deep_scroll": model.deep_scroll,
+              "non_conversion": model.non_conversion, "other_action": model.other_action}
     signals = {_SIG + s.name: s for s in model.page_signals}
     for day_key in sorted(state.days, key=int):
         day = int(day_key)
@@ -296,7 +337,40 @@ def score_intent(state: AccountState, model: IntentModel, now: int | None = None
     if n_visitors > 1:
         extra = min(n_visitors, b.max_visitors) - 1
         add("breadth", extra * b.points_per_visitor, n_visitors)
-    contributions = tuple(Contribution(rule, round(p, 4), round(c, 4)) for rule, (p, c) in sorted(totals.items()))
+    details: dict[str, str] = {}
+    bs = model.buying_stage
+    positive = {s.name for s in model.page_signals if s.points > 0}
+    signal_points = sum(p for rule, (p, _) in totals.items() if rule.startswith("page:") and rule[5:] in positive)
+    if signal_points > 0:
+        buying = positive & set(bs.signals)
+        hits = days_with = 0
+        for d, counters in state.days.items():
+            if 0 <= now_day - int(d) <= bs.window_days:
+                n = sum(counters.get(_SIG + name, 0) for name in buying)
+                hits += int(n)
+                days_with += n > 0
+        people = {str(r.get("vis")) for r in state.sessions.values()
+                  if r.get("bsig", r.get("sig", 0)) and now_day - int(r.get("d", 0)) <= bs.window_days}
+        n_people = len(people)
+        if hits < bs.min_hits or (days_with <= 1 and n_people <= 1):
+            if bs.unstaged_cap is not None and signal_points > bs.unstaged_cap:
+                add("buying_stage", bs.unstaged_cap - signal_points, 1)
+                details["buying_stage"] = (f"{hits} {'/'.join(sorted(buying))} hits on {days_with} days from "
+                                           f"{n_people} visitors: page signals count at most {bs.unstaged_cap:g} "
+                                           f"points until {bs.min_hits} hits on 2 days or from 2 people")
+        else:
+            bonus = (bs.points_per_day * (min(days_with, bs.max_days) - 1)
+                     + bs.points_per_person * (min(n_people, bs.max_people) - 1))
+            if bonus > 0:
+                add("buying_stage", bonus, hits)
+                details["buying_stage"] = (f"{hits} {'/'.join(sorted(buying))} hits on {days_with} days from "
+                                           f"{n_people} visitors")
+    ambient = sum(p for rule, (p, _) in totals.items() if rule in _AMBIENT)
+    if bs.ambient_cap is not None and ambient > bs.ambient_cap:
+        add("ambient_cap", bs.ambient_cap - ambient, 1)
+        details["ambient_cap"] = f"activity that is not a buying signal counts at most {bs.ambient_cap:g} points"
+    contributions = tuple(Contribution(rule, round(p, 4), round(c, 4), details.get(rule, ""))
+                          for rule, (p, c) in sorted(totals.items()))
     raw = round(sum(c.points for c in contributions), 4)
     top = sorted(((r.get("sig", 0), r.get("end", 0), sid) for sid, r in state.sessions.items() if r.get("sig", 0)),
                  reverse=True)[:5]
@@ -330,6 +404,9 @@ def merge_accounts(into: AccountState, other: AccountState, model: IntentModel) 
     company = into.company
     if other.company and (company is None or other.company.get("conf", 0) > company.get("conf", 0)):
         company = other.company
+    if company is not None and any(c and c.get("idv") and c.get("domain") == company.get("domain")
+                                   for c in (into.company, other.company)):
+        company = {**company, "idv": True}
     merged_state = replace(into, last_ts=max(into.last_ts, other.last_ts), days=days,
                            sessions=dict(sorted(sessions.items())), visitors=dict(sorted(visitors.items())),
                            signal_pages={k: tuple(v) for k, v in sorted(pages.items())},
@@ -337,5 +414,8 @@ def merge_accounts(into: AccountState, other: AccountState, model: IntentModel) 
                            company=company,
                            persons={**dict(other.persons), **dict(into.persons)},
                            bot_visits=into.bot_visits + other.bot_visits,
+                           conversions=tuple(sorted({(int(c["t"]), str(c.get("rule")), str(c.get("u"))): c for c in
+                                                     (*other.conversions, *into.conversions)}.values(),
+                                                    key=lambda c: int(c["t"]))[-_MAX_CONVERSIONS:]),
                            seen=into.seen if into.seen.get("ts", -1) >= other.seen.get("ts", -1) else other.seen)
     return _prune(merged_state, model)

@@ -5,9 +5,13 @@ intent signals (weights, URL patterns, daily caps, half-life), fit rules, thresh
 tiers, cool-down, quota, the identity level required and the filters. Replays apply a
 different model to history; every lead names the model ``version`` and ``digest``.
 
-``SiteRules`` is what each site may override (ICP fit rules, thresholds, filters,
-qualification): a field left unset uses the model's value; a field that is set
-replaces the model's value as a whole. :func:`effective_rules` merges the two.
+``SiteRules`` is what each site may override (ICP fit rules, intent, thresholds,
+filters, qualification). :func:`effective_rules` merges a site's sections **key by
+key** over the model's: a key the site leaves out keeps the model's value (a site
+that sets ``filters: {countries_allow: [DE]}`` keeps the model's careers page
+exclusion); nested mappings (``qualification.tiers``) merge the same way; a list
+replaces the model's list, except ``intent.page_signals``, merged by ``name`` (a
+site's signal replaces the model's signal of that name, new names are added).
 
 Every model is frozen and rejects unknown keys, so a typo fails at load with its path.
 """
@@ -25,9 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .model import Sector
 
-__all__ = ["ScoringModelError", "Activity", "PageSignal", "Breadth", "IntentModel", "FitRule", "FitModel",
+__all__ = ["ScoringModelError", "Activity", "PageSignal", "Breadth", "BuyingStage", "ActionRule", "IntentModel",
+           "FitRule", "FitModel",
            "Thresholds", "Tiering", "Qualification", "Filters", "ScoringModel", "SiteRules", "EffectiveRules",
-           "load_scoring_model", "default_scoring_model", "effective_rules"]
+           "load_scoring_model", "default_scoring_model", "effective_rules", "merge_section"]
 
 
 class ScoringModelError(ValueError):
@@ -60,9 +65,91 @@ class Breadth(_Frozen):
     window_days: int = Field(default=30, ge=1)
 
 
+class BuyingStage(_Frozen):
+    """Buying-stage behaviour (formula in ``pipeline.core.intent``): at least ``min_hits``
+    hits of the buying ``signals`` (page-signal names) on 2+ distinct UTC days or from 2+
+    distinct visitors within ``window_days``. Until then the positive page-signal points
+    count at most ``unstaged_cap`` raw points; once there, ``points_per_day`` /
+    ``points_per_person`` are added for each distinct day / visitor beyond the first (at
+    most ``max_days`` / ``max_people``). ``ambient_cap`` caps the raw points of everything
+    that is not a buying signal (page views, sessions, repeat visits, active days, engaged
+    minutes, deep scrolls, unclassified actions, breadth), so support-, docs- or
+    careers-only reading and single bounces stay far below a useful intent."""
+    signals: tuple[str, ...] = ("pricing", "demo", "contact")
+    min_hits: int = Field(default=3, ge=1)
+    unstaged_cap: float | None = Field(default=20.0, ge=0, description="None: no cap")
+    points_per_day: float = Field(default=10.0, ge=0)
+    max_days: int = Field(default=3, ge=1)
+    points_per_person: float = Field(default=10.0, ge=0)
+    max_people: int = Field(default=3, ge=1)
+    window_days: int = Field(default=30, ge=1)
+    ambient_cap: float | None = Field(default=20.0, ge=0, description="None: no cap")
+
+
+class ActionRule(_Frozen):
+    """One class of form submits and custom events (``pipeline.core.actions``): by form id
+    (``forms``), event name (``events``; the structured event's action counts too) or the
+    page it happened on (``pages``, ``pipeline.core.pages`` grammar). Form ids and event
+    names are case-insensitive shell-style patterns (``*demo*``)."""
+    name: str = Field(min_length=1)
+    forms: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    pages: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _some(self) -> "ActionRule":
+        if not (self.forms or self.events or self.pages):
+            raise ValueError(f"action rule {self.name!r} needs forms, events or pages")
+        return self
+
+
+#: Form submits and custom events that are conversions, and that are not, when a model does
+#: not list its own (``default_model.yaml`` lists the same; a test keeps them equal).
+DEFAULT_CONVERSIONS: tuple[ActionRule, ...] = (
+    ActionRule(name="demo",
+               forms=("*demo*",),
+               events=("*demo*",),
+               pages=("/demo*", "/book-a-demo*", "/request-demo*")),
+    ActionRule(name="contact",
+               forms=("*contact*", "*sales*", "*quote*"),
+               events=("*contact*", "*sales*", "*quote*"),
+               pages=("/contact*", "/talk-to-sales*", "/sales*")),
+    ActionRule(name="trial",
+               forms=("*trial*", "*signup*", "*sign-up*", "*sign_up*"),
+               events=("*trial*", "*signup*", "*sign_up*", "*sign-up*"),
+               pages=("/trial*", "/signup*", "/sign-up*")),
+)
+DEFAULT_NON_CONVERSIONS: tuple[ActionRule, ...] = (
+    ActionRule(name="support",
+               forms=("*support*", "*ticket*", "*help*", "*bug*"),
+               events=("*support*", "*ticket*"),
+               pages=("/support*", "/help*", "*/kb/*", "support.*", "help.*", "/status*", "/docs*")),
+    ActionRule(name="careers",
+               forms=("*career*", "*job*", "*apply*", "*application*", "*candidate*", "*resume*"),
+               events=("*career*", "*job*", "*apply*", "*application*"),
+               pages=("/careers*", "/jobs*", "*/careers/*", "jobs.*")),
+    ActionRule(name="downloads",
+               forms=("*download*", "*whitepaper*", "*ebook*", "*report*", "*gated*", "*webinar*"),
+               events=("*download*", "*whitepaper*", "*ebook*", "*webinar*"),
+               pages=("/resources*", "/downloads*", "/whitepaper*", "/ebook*", "/reports*", "/webinar*")),
+    ActionRule(name="newsletter",
+               forms=("*newsletter*", "*subscribe*"),
+               events=("*newsletter*", "*subscribe*")),
+    ActionRule(name="login",
+               forms=("*login*", "*log-in*", "*signin*", "*sign-in*"),
+               events=("*login*", "*sign_in*", "*signin*"),
+               pages=("/login*", "/signin*", "app.*")),
+)
+
+
 class IntentModel(_Frozen):
     """Purchase intent. Raw points decay by half every ``half_life_days`` (per whole UTC
-    day of age) and map to 0-100 as ``100 * (1 - exp(-raw / saturation_points))``."""
+    day of age) and map to 0-100 as ``100 * (1 - exp(-raw / saturation_points))``.
+
+    Form submits and custom events are classified by ``conversions`` and
+    ``non_conversions`` (``pipeline.core.actions``): only a conversion scores
+    ``conversion`` points; a non-conversion scores ``non_conversion``; any other scores
+    ``other_action``."""
     half_life_days: float = Field(default=14.0, gt=0)
     window_days: int = Field(default=90, ge=1, description="Activity older than this is forgotten")
     saturation_points: float = Field(default=60.0, gt=0, description="raw points giving a score of 63")
@@ -74,6 +161,11 @@ class IntentModel(_Frozen):
     deep_scroll: Activity = Activity(points=2, daily_cap=5)
     deep_scroll_percent: int = Field(default=75, ge=1, le=100)
     conversion: Activity = Activity(points=50, daily_cap=2)
+    non_conversion: Activity = Activity(points=0, daily_cap=2)
+    other_action: Activity = Activity(points=3, daily_cap=2)
+    conversions: tuple[ActionRule, ...] = DEFAULT_CONVERSIONS
+    non_conversions: tuple[ActionRule, ...] = DEFAULT_NON_CONVERSIONS
+    buying_stage: BuyingStage = BuyingStage()
     bounce: Activity = Activity(points=-3, daily_cap=5)
     support_only: Activity = Activity(points=-5, daily_cap=3)
     support_patterns: tuple[str, ...] = ("/support*", "/help*", "*/kb/*", "support.*", "help.*")
@@ -85,9 +177,10 @@ class IntentModel(_Frozen):
 
     @model_validator(mode="after")
     def _unique_signals(self) -> "IntentModel":
-        names = [s.name for s in self.page_signals]
-        if len(names) != len(set(names)):
-            raise ValueError("page_signals: names must be unique")
+        for key in ("page_signals", "conversions", "non_conversions"):
+            names = [s.name for s in getattr(self, key)]
+            if len(names) != len(set(names)):
+                raise ValueError(f"{key}: names must be unique")
         return self
 
 
@@ -97,13 +190,18 @@ _RANGE_ATTRS = frozenset({"employees", "revenue"})
 
 class FitRule(_Frozen):
     """One ICP rule: ``values`` (case-insensitive list) for categorical attributes,
-    ``min``/``max`` (inclusive) for employees and revenue. A negative weight penalises."""
+    ``min``/``max`` (inclusive) for employees and revenue. A negative weight penalises.
+
+    ``required: true``: a company that does not match (or whose value is unknown) is
+    not a lead at any score. Unset (``null``): required when the rule's attribute is in
+    the model's ``fit.required_attributes`` and its weight is positive."""
     name: str = Field(min_length=1)
     attribute: FitAttribute
     values: tuple[str, ...] = ()
     min: float | None = None
     max: float | None = None
     weight: float
+    required: bool | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> "FitRule":
@@ -118,8 +216,18 @@ class FitRule(_Frozen):
 
 
 class FitModel(_Frozen):
-    """Fit = 100 x (sum of weights of matched rules) / (sum of positive weights), clamped 0-100."""
+    """Fit = 100 x (sum of weights of matched rules) / (sum of positive weights), clamped 0-100.
+
+    ``required_attributes``: rules on these attributes are requirements unless a rule
+    says ``required: false`` (what a user listing "software, 50-1000 employees, in DE"
+    expects: a retailer in DE is not a lead however well it matches the rest)."""
     rules: tuple[FitRule, ...] = ()
+    required_attributes: tuple[FitAttribute, ...] = ("industry", "employees", "country")
+
+    def is_required(self, rule: FitRule) -> bool:
+        if rule.required is not None:
+            return rule.required
+        return rule.weight > 0 and rule.attribute in self.required_attributes
 
 
 class Thresholds(_Frozen):
@@ -139,7 +247,12 @@ class Tiering(_Frozen):
 
 
 class Qualification(_Frozen):
+    """``cooldown_days``: one lead per account (or person) per cool-down; a tier rise inside
+    it updates that lead (same id, next ``version``). ``customer_tags``: a company carrying
+    one of these tags (``import companies`` with ``customer: true`` adds ``customer``) is an
+    existing customer: never a new lead, an ``expansion`` signal instead."""
     cooldown_days: float = Field(default=30, ge=0)
+    customer_tags: tuple[str, ...] = ("customer",)
     monthly_quota: int | None = Field(default=None, ge=0, description="Leads per site per event-time month; None: no quota")
     tiers: Tiering = Tiering()
 
@@ -200,12 +313,78 @@ class ScoringModel(_Frozen):
         return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
 
+_SECTIONS: dict[str, type[_Frozen]] = {}   # SiteRules field -> section model (filled below)
+_NAMED_LISTS = frozenset({"page_signals"})  # lists merged by item ``name``
+
+
+def _plain(value: Any) -> Any:
+    """A section value as plain data: a model gives only the keys that were set."""
+    if isinstance(value, BaseModel):
+        return {k: _plain(getattr(value, k)) for k in value.model_fields_set}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def merge_section(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged key by key onto ``base`` (both plain data): mappings recurse, lists
+    replace, except the named lists (``page_signals``) merged by ``name``."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            out[key] = merge_section(old, value)
+        elif key in _NAMED_LISTS and isinstance(value, (list, tuple)) and isinstance(old, (list, tuple)):
+            items = [dict(i) for i in old]
+            index = {i.get("name"): n for n, i in enumerate(items)}
+            for item in value:
+                item = dict(item)
+                if item.get("name") in index:
+                    items[index[item["name"]]] = item
+                else:
+                    items.append(item)
+            out[key] = items
+        else:
+            out[key] = value
+    return out
+
+
 class SiteRules(_Frozen):
-    """Per-site overrides, embedded under each site in the settings file."""
-    icp: FitModel | None = None
-    thresholds: Thresholds | None = None
-    qualification: Qualification | None = None
-    filters: Filters | None = None
+    """Per-site overrides, embedded under each site in the settings file (``rules:``).
+
+    Each section holds only the keys the site sets (a model instance passed in code
+    contributes the fields it was built with); :func:`effective_rules` merges them key
+    by key over the model. Validated at load: a typo or bad value fails with its path.
+    """
+    icp: dict[str, Any] | None = None
+    intent: dict[str, Any] | None = None
+    thresholds: dict[str, Any] | None = None
+    qualification: dict[str, Any] | None = None
+    filters: dict[str, Any] | None = None
+
+    @field_validator("icp", "intent", "thresholds", "qualification", "filters", mode="before")
+    @classmethod
+    def _partial(cls, value: Any) -> Any:
+        return None if value is None else _plain(value)
+
+    @model_validator(mode="after")
+    def _valid_over_defaults(self) -> "SiteRules":
+        errors: list[str] = []
+        for name, section in _SECTIONS.items():
+            over = getattr(self, name)
+            if over is None:
+                continue
+            try:
+                section.model_validate(merge_section(section().model_dump(), over))
+            except ValidationError as exc:
+                for err in exc.errors():
+                    loc = ".".join(str(p) for p in (name, *err["loc"]))
+                    errors.append(f"{loc}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
 
 
 class EffectiveRules(_Frozen):
@@ -219,12 +398,31 @@ class EffectiveRules(_Frozen):
     filters: Filters
 
 
-def effective_rules(model: ScoringModel, site: SiteRules | None = None) -> EffectiveRules:
-    """Merge ``site`` over ``model`` (a set section replaces the model's section)."""
+def effective_rules(model: ScoringModel, site: SiteRules | None = None,
+                    conversion_names: tuple[str, ...] | list[str] = ()) -> EffectiveRules:
+    """Merge ``site`` over ``model`` key by key (see the module doc).
+
+    ``conversion_names`` (the site setting of that name, kept working) adds a conversion
+    rule ``conversion_names`` matching those event names, ahead of the others."""
     s = site or SiteRules()
-    return EffectiveRules(model_version=model.version, model_digest=model.digest, intent=model.intent,
-                          fit=s.icp or model.fit, thresholds=s.thresholds or model.thresholds,
-                          qualification=s.qualification or model.qualification, filters=s.filters or model.filters)
+
+    def merged(section: _Frozen, over: dict[str, Any] | None) -> dict[str, Any]:
+        return merge_section(section.model_dump(), over or {})
+
+    intent = merged(model.intent, s.intent)
+    if conversion_names:
+        intent["conversions"] = [{"name": "conversion_names", "events": list(conversion_names)},
+                                 *[c for c in intent.get("conversions", ()) if c.get("name") != "conversion_names"]]
+    return EffectiveRules(model_version=model.version, model_digest=model.digest,
+                          intent=IntentModel.model_validate(intent),
+                          fit=FitModel.model_validate(merged(model.fit, s.icp)),
+                          thresholds=Thresholds.model_validate(merged(model.thresholds, s.thresholds)),
+                          qualification=Qualification.model_validate(merged(model.qualification, s.qualification)),
+                          filters=Filters.model_validate(merged(model.filters, s.filters)))
+
+
+_SECTIONS.update({"icp": FitModel, "intent": IntentModel, "thresholds": Thresholds,
+                  "qualification": Qualification, "filters": Filters})
 
 
 def _format(exc: ValidationError) -> str:

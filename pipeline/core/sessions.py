@@ -158,19 +158,29 @@ class SessionSummary:
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """An activity intent scoring counts: a page view or a conversion, at event time."""
+    """An activity intent scoring counts, at event time: a page view, or an action (a form
+    submit or custom event, classified per site by ``pipeline.core.actions``). ``url`` is
+    the page; an action carries its ``form_id`` or ``event`` name. Kind ``conversion`` is
+    an action written before actions were classified (read as an action)."""
     tstamp: int
-    kind: str                 # "page_view" | "conversion"
+    kind: str                 # "page_view" | "action" | "conversion" (older records)
     url: str | None = None
     name: str | None = None
     scroll: int = 0
+    form_id: str | None = None
+    event: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"t": self.tstamp, "k": self.kind, "u": self.url, "n": self.name, "s": self.scroll}
+        d: dict[str, Any] = {"t": self.tstamp, "k": self.kind, "u": self.url, "n": self.name, "s": self.scroll}
+        if self.form_id is not None:
+            d["f"] = self.form_id
+        if self.event is not None:
+            d["e"] = self.event
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Hit":
-        return cls(d["t"], d["k"], d.get("u"), d.get("n"), d.get("s", 0))
+        return cls(d["t"], d["k"], d.get("u"), d.get("n"), d.get("s", 0), d.get("f"), d.get("e"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +248,25 @@ class VisitorOutputs:
     skipped: bool = False
 
 
-def _is_conversion(e: TrackedEvent, cfg: SessionConfig) -> bool:
+_CUSTOM_EVENTS = frozenset({"track", "structured", "self_describing"})
+
+
+def _is_action(e: TrackedEvent, cfg: SessionConfig) -> bool:
+    """A form submit or transaction, a named custom event, or a link click named in
+    ``conversion_names``: the account stage classifies it (``pipeline.core.actions``)."""
     if e.event_type in cfg.conversion_event_types:
         return True
-    if cfg.conversion_names and e.event_type in ("track", "structured", "self_describing", "link_click"):
+    if e.event_type in _CUSTOM_EVENTS:
+        return bool(e.name or e.se_action)
+    if cfg.conversion_names and e.event_type == "link_click":
         return (e.name in cfg.conversion_names) or (e.se_action in cfg.conversion_names)
     return False
+
+
+def _action_hit(e: TrackedEvent) -> Hit:
+    form_id = e.name if e.event_type == "form_submit" else None
+    event = None if e.event_type == "form_submit" else (e.name or e.se_action or e.event_type)
+    return Hit(e.tstamp, "action", e.url, e.name or e.se_action or e.event_type, form_id=form_id, event=event)
 
 
 class _Touch:
@@ -298,9 +321,9 @@ def _add(s: SessionState, e: TrackedEvent, cfg: SessionConfig, touch: _Touch) ->
         in_window = sum(1 for t in recent if e.tstamp - cfg.rate_window_ms < t <= e.tstamp)
         s.peak_ppm = max(s.peak_ppm, in_window)
         touch.hits.append(Hit(e.tstamp, "page_view", e.url, e.page_title, e.scroll_depth or 0))
-    if _is_conversion(e, cfg):
+    if _is_action(e, cfg):
         s.conversions += 1
-        touch.hits.append(Hit(e.tstamp, "conversion", e.url, e.name or e.se_action or e.event_type))
+        touch.hits.append(_action_hit(e))
 
 
 def apply_events(state: VisitorState, events: Sequence[TrackedEvent], cfg: SessionConfig = SessionConfig(),

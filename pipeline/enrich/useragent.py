@@ -7,8 +7,10 @@ Rust-backed resolver when ``ua-parser-rs`` is installed). A visit is a bot when 
 2. a headless or automation browser: ``HeadlessChrome``, ``PhantomJS``, ``SlimerJS``, or
    ``Electron/`` without a known desktop app token (Nightmare.js and similar drivers);
 3. ua-parser's device family is ``Spider``;
-4. crawlerdetect (the CrawlerDetect / crawler-user-agents pattern list) matches: search
-   engines, SEO tools, monitors, HTTP libraries (curl, python-requests, Go-http-client, ...);
+4. crawlerdetect (the CrawlerDetect pattern list) matches: search engines, SEO tools,
+   monitors, HTTP libraries (curl, python-requests, Go-http-client, ...);
+4b. the maintained ``crawler-user-agents`` list matches (``pipeline.enrich.crawler_list``:
+   CDN and feed fetchers, fediverse servers, link previewers ... that crawlerdetect misses);
 5. a request header says so: ``Sec-CH-UA`` naming ``HeadlessChrome``.
 
 Everything derived from the UA string is cached (bounded LRU), since a site sees few
@@ -27,7 +29,9 @@ from dataclasses import dataclass, replace
 import ua_parser
 from crawlerdetect import CrawlerDetect
 
+from pipeline.core.bots import ELECTRON_APPS as _ELECTRON_APPS
 from pipeline.core.model import Device
+from pipeline.enrich.crawler_list import crawler_match as _crawler_list_match
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +40,6 @@ MAX_UA_CHARS = 2_048  # longer strings are cut before parsing (regex cost grows 
 
 _HEADLESS = re.compile(r"HeadlessChrome|PhantomJS|SlimerJS|\bNightmare\b", re.IGNORECASE)
 _ELECTRON = re.compile(r"\bElectron/\d")
-# Electron desktop apps that real people use; without one of these, Electron means automation.
-_ELECTRON_APPS = re.compile(
-    r"\b(?:Slack|Discord|Teams|Code|Notion|Figma|Obsidian|Spotify|WhatsApp|Signal|Zoom|Mattermost|"
-    r"Postman|Linear|Loom|Miro|Asana|ClickUp|1Password|Bitwarden|Cursor)/", re.IGNORECASE)
 
 _TABLET_FAMILIES = frozenset({"iPad", "Kindle", "Kindle Fire", "Nexus 7", "Nexus 9", "Nexus 10", "Xoom",
                               "Galaxy Tab", "Surface", "Generic Tablet", "BlackBerry Playbook"})
@@ -61,7 +61,7 @@ def _crawler_match(user_agent: str) -> str | None:
     with _crawler_lock:
         if _crawler.is_crawler(user_agent):
             return _crawler.get_matches() or "crawler"
-        return None
+    return _crawler_list_match(user_agent)
 
 
 def _version(major: str | None, minor: str | None) -> str | None:
@@ -91,7 +91,7 @@ class UserAgentInfo:
     ``pipeline.core.bots.BotSignals`` takes (``ua_is_crawler``, ``ua_crawler_name``,
     ``ua_device_family``)."""
     device: Device
-    is_crawler: bool = False           # crawlerdetect matched
+    is_crawler: bool = False           # crawlerdetect or the crawler-user-agents list matched
     crawler_name: str | None = None    # the pattern it matched, e.g. "Googlebot", "curl"
     device_family: str | None = None   # ua-parser's device family ("Spider" for known bots)
 

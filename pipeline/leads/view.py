@@ -65,7 +65,8 @@ def domain_of(account: str) -> str:
 def status_of(score: Mapping[str, Any]) -> tuple[str, str | None]:
     """(status, the filter that stopped it) of a ``LeadScore``."""
     failed = [f["name"] for f in score.get("filters") or () if not f.get("passed")]
-    if any(r.startswith("customer") for r in score.get("reasons") or ()):
+    if score.get("expansion") or any(r.startswith(("existing_customer", "customer"))
+                                     for r in score.get("reasons") or ()):
         return "customer", None
     if failed:
         return "filtered", failed[0]
@@ -137,7 +138,7 @@ def reason_line(score: Mapping[str, Any]) -> str:
     if status == "filtered":
         parts.append(f"filtered: {filtered_by}")
     if status == "customer":
-        parts.append("existing customer")
+        parts.append(f"existing customer{': ' + str(score['expansion_reason']) if score.get('expansion_reason') else ''}")
     return ", ".join(parts) or "no activity yet"
 
 

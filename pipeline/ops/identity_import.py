@@ -86,7 +86,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -367,7 +367,8 @@ IMPORT_KINDS: dict[str, IdentityImportKind] = {
 
 
 def import_identity_file(kind: str, path: Path | str, store: SyncIdentityStore | None, *, site_id: str,
-                         salt: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ImportReport:
+                         salt: str, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                         column_map: Mapping[str, str] | None = None) -> ImportReport:
     """Validate and import a ``people`` or ``identities`` file (CSV or JSON Lines, optionally
     gzipped) with :func:`pipeline.ops.importer.import_file`; ``store`` None validates only.
     Idempotent; bad rows and rows the identity rules refuse are reported with their line numbers."""
@@ -379,7 +380,8 @@ def import_identity_file(kind: str, path: Path | str, store: SyncIdentityStore |
         return spec.import_rows(rows, target, site_id, salt)
 
     reader_kind = importer.ImportKind(spec.name, spec.row_model, write, spec.description)
-    return importer.import_file(reader_kind, path, store, site=site_id, progress=False, chunk_rows=chunk_rows)
+    return importer.import_file(reader_kind, path, store, site=site_id, progress=False, chunk_rows=chunk_rows,
+                                column_map=column_map)
 
 
 def _importer_kind(spec: IdentityImportKind, settings: Settings) -> ImportKind:

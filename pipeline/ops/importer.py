@@ -3,7 +3,10 @@
 ``import_file(kind, path, store)`` reads a CSV (header row) or JSON Lines file, optionally
 gzipped, validates every row with the kind's pydantic model, and upserts the valid rows in
 chunks (one or two pipelined round trips per chunk). A bad row never stops the import: it
-is reported with its line number and the reason. Importing the same file twice leaves
+is reported with its line number and the reason. Columns (CSV) and keys (JSON Lines) that
+the kind does not know are ignored with a warning that names them (CRM exports always carry
+extra columns); ``column_map`` maps a file's column to a field (``--map "Company Domain=domain"``).
+Importing the same file twice leaves
 Redis in the same state. The formats are documented in ``IMPORT_FORMATS.md`` next to
 this module.
 
@@ -22,9 +25,10 @@ import io
 import ipaddress
 import json
 import logging
+import difflib
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
@@ -97,6 +101,7 @@ class CompanyRow(_Row):
     tags: list[str] = Field(default_factory=list, max_length=50)
     aliases: list[str] = Field(default_factory=list, max_length=50)
     domains: list[str] = Field(default_factory=list, max_length=50)
+    customer: bool = False     # an existing customer: stored as the tag ``customer`` (never a new lead)
 
     _split = field_validator("tags", "aliases", "domains", mode="before")(_split_list)
 
@@ -145,7 +150,8 @@ class CompanyRow(_Row):
         company = Company(domain=self.domain, name=self.name, industry=self.industry, employees=employees,
                           employee_range=self.employee_range, revenue=self.revenue,
                           revenue_range=self.revenue_range, country=self.country, sector=self.sector,
-                          tags=tuple(self.tags))
+                          tags=tuple(self.tags) + (("customer",) if self.customer and "customer" not in
+                                                   {t.lower() for t in self.tags} else ()))
         return CompanyRecord(company=company, org_names=tuple(self.aliases), alias_domains=tuple(self.domains))
 
 
@@ -283,6 +289,8 @@ class ImportReport:
     skipped: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
     duration_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)   # about the file, e.g. ignored columns; not errors
+    check: bool = False                                 # validated only (no store): nothing was written
 
     @property
     def ok(self) -> bool:
@@ -306,8 +314,9 @@ class ImportReport:
         self.imported += rows - failed
 
     def summary(self) -> str:
-        return (f"{self.kind}: {self.imported} imported, {self.skipped} skipped from {self.path} "
-                f"({self.format}, {self.duration_s:.1f}s)")
+        done = f"would import {self.imported}" if self.check else f"{self.imported} imported"
+        return (f"{self.kind}: {done}, {self.skipped} skipped from {self.path} "
+                f"({self.format}, {self.duration_s:.1f}s)" + (" - nothing written (--check)" if self.check else ""))
 
 
 class ImportFileError(ValueError):
@@ -373,25 +382,78 @@ def _format_validation(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _header(kind: ImportKind, row: list[str]) -> list[str]:
-    columns = [c.strip().lower().replace(" ", "_") for c in row]
+def column_name(text: str) -> str:
+    """A header cell or key as a field name: case-insensitive, spaces and dashes as ``_``."""
+    return text.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def parse_column_map(items: Sequence[str]) -> dict[str, str]:
+    """``["Company Domain=domain", ...]`` (the CLI's ``--map``) as {column name: field}; ValueError if malformed."""
+    mapping: dict[str, str] = {}
+    for item in items:
+        column, sep, target = item.partition("=")
+        if not sep or not column.strip() or not target.strip():
+            raise ValueError(f"--map {item!r}: write it as column=field, e.g. 'Company Domain=domain'")
+        mapping[column_name(column)] = column_name(target)
+    return mapping
+
+
+Warn = Callable[[str], None]
+
+
+def _ignored(kind: ImportKind, names: Sequence[str], what: str) -> str:
+    """The warning for unknown columns or keys, with a suggestion for likely typos."""
+    known = list(kind.row_model.model_fields)
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return f"ignored unknown {what}(s): {', '.join(parts)} (known: {', '.join(known)}; map one with --map column=field)"
+
+
+def _check_map(kind: ImportKind, column_map: Mapping[str, str]) -> None:
     known = set(kind.row_model.model_fields)
-    unknown = [c for c in columns if c not in known]
+    wrong = [target for target in column_map.values() if target not in known]
+    if wrong:
+        raise ImportFileError(f"--map to unknown field(s) {', '.join(wrong)} (fields of {kind.name}: "
+                              f"{', '.join(kind.row_model.model_fields)})")
+
+
+def _header(kind: ImportKind, row: list[str], column_map: Mapping[str, str], warn: Warn) -> list[str | None]:
+    """The field each column fills, None for an ignored column (reported through ``warn``)."""
+    _check_map(kind, column_map)
+    known = set(kind.row_model.model_fields)
+    named = [column_name(c) for c in row]
+    columns: list[str | None] = []
+    unknown: list[str] = []
+    for original, name in zip(row, named):
+        target = column_map.get(name, name)
+        if target in known:
+            columns.append(target)
+        else:
+            columns.append(None)
+            if name:
+                unknown.append(original.strip())
+    used = [c for c in columns if c is not None]
     required = [name for name, f in kind.row_model.model_fields.items() if f.is_required()]
-    missing = [c for c in required if c not in columns]
+    missing = [c for c in required if c not in used]
     problems = []
-    if unknown:
-        problems.append(f"unknown column(s) {', '.join(unknown)}")
     if missing:
         problems.append(f"missing column(s) {', '.join(missing)}")
-    if len(set(columns)) != len(columns):
-        problems.append("a column appears twice")
+    twice = sorted({c for c in used if used.count(c) > 1})
+    if twice:
+        problems.append(f"more than one column for {', '.join(twice)}")
     if problems:
-        raise ImportFileError(f"{'; '.join(problems)} (expected columns: {', '.join(known)})")
+        hint = f"; ignored: {', '.join(unknown)}" if unknown else ""
+        raise ImportFileError(f"{'; '.join(problems)} (expected columns: {', '.join(known)}{hint}; "
+                              "map a column with --map column=field)")
+    if unknown:
+        warn(_ignored(kind, unknown, "column"))
     return columns
 
 
-def _csv_rows(kind: ImportKind, stream: IO[bytes]) -> Iterator[tuple[int, BaseModel | str]]:
+def _csv_rows(kind: ImportKind, stream: IO[bytes], column_map: Mapping[str, str],
+              warn: Warn) -> Iterator[tuple[int, BaseModel | str]]:
     reader = csv.reader(_lines(stream))
     try:
         header_row = next(reader)
@@ -399,7 +461,7 @@ def _csv_rows(kind: ImportKind, stream: IO[bytes]) -> Iterator[tuple[int, BaseMo
         return
     except csv.Error as exc:
         raise ImportFileError(f"not a CSV file: {exc}") from None
-    columns = _header(kind, header_row)
+    columns = _header(kind, header_row, column_map, warn)
     while True:
         start = reader.line_num + 1
         try:
@@ -417,14 +479,27 @@ def _csv_rows(kind: ImportKind, stream: IO[bytes]) -> Iterator[tuple[int, BaseMo
         if len(row) > len(columns):
             yield start, f"{len(row)} values for {len(columns)} columns"
             continue
-        data = {col: cell for col, cell in zip(columns, row) if cell.strip()}
+        data = {col: cell for col, cell in zip(columns, row) if col is not None and cell.strip()}
         try:
             yield start, kind.row_model.model_validate(data)
         except ValidationError as exc:
             yield start, _format_validation(exc)
 
 
-def _jsonl_rows(kind: ImportKind, stream: IO[bytes]) -> Iterator[tuple[int, BaseModel | str]]:
+def _jsonl_rows(kind: ImportKind, stream: IO[bytes], column_map: Mapping[str, str],
+                warn: Warn) -> Iterator[tuple[int, BaseModel | str]]:
+    _check_map(kind, column_map)
+    known = set(kind.row_model.model_fields)
+    unknown: dict[str, None] = {}
+    try:
+        yield from _jsonl_lines(kind, stream, column_map, known, unknown)
+    finally:
+        if unknown:
+            warn(_ignored(kind, list(unknown), "key"))
+
+
+def _jsonl_lines(kind: ImportKind, stream: IO[bytes], column_map: Mapping[str, str], known: set[str],
+                 unknown: dict[str, None]) -> Iterator[tuple[int, BaseModel | str]]:
     for number, line in enumerate(_lines(stream), start=1):
         if not line.strip():
             continue
@@ -439,7 +514,16 @@ def _jsonl_rows(kind: ImportKind, stream: IO[bytes]) -> Iterator[tuple[int, Base
         if not isinstance(data, dict):
             yield number, "a line must hold one JSON object"
             continue
-        data = {k: v for k, v in data.items() if v is not None and v != ""}
+        fields: dict[str, Any] = {}
+        for key, value in data.items():
+            name = column_map.get(column_name(str(key)), str(key))
+            if name not in known:
+                name = column_name(name)
+            if name not in known:
+                unknown.setdefault(str(key)[:80])
+            elif value is not None and value != "":
+                fields[name] = value
+        data = fields
         try:
             yield number, kind.row_model.model_validate(data)
         except ValidationError as exc:
@@ -455,16 +539,18 @@ def _kind(kind: str | ImportKind) -> ImportKind:
         raise ValueError(f"unknown import kind {kind!r}; one of {', '.join(sorted(KINDS))}") from None
 
 
-def read_rows(kind: str | ImportKind, path: Path | str, *,
-              fmt: FileFormat | None = None) -> Iterator[tuple[int, BaseModel | str]]:
+def read_rows(kind: str | ImportKind, path: Path | str, *, fmt: FileFormat | None = None,
+              column_map: Mapping[str, str] | None = None,
+              warnings: list[str] | None = None) -> Iterator[tuple[int, BaseModel | str]]:
     """Each data row of ``path`` as ``(line, validated row)`` or ``(line, reason)``. No I/O besides
-    reading the file; raises ImportFileError when the file as a whole is unreadable."""
+    reading the file; raises ImportFileError when the file as a whole is unreadable. Ignored
+    columns or keys are reported on ``warnings`` (when given)."""
     spec = _kind(kind)
     p = Path(path)
     raw, stream = _open(p)
     try:
         rows = _csv_rows if (fmt or detect_format(p)) == "csv" else _jsonl_rows
-        yield from rows(spec, stream)
+        yield from rows(spec, stream, column_map or {}, (warnings if warnings is not None else []).append)
     finally:
         stream.close()
         raw.close()
@@ -472,8 +558,13 @@ def read_rows(kind: str | ImportKind, path: Path | str, *,
 
 def import_file(kind: str | ImportKind, path: Path | str, store: Any | None, *,
                 site: str | None = None, progress: bool = True,
-                chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ImportReport:
-    """Validate and write every row of ``path`` to ``store`` with the kind's writer (``None``: validate only).
+                chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                column_map: Mapping[str, str] | None = None) -> ImportReport:
+    """Validate and write every row of ``path`` to ``store`` with the kind's writer (``None``: validate
+    only, the report says "would import").
+
+    Unknown columns (keys) are ignored and named in ``report.warnings``; ``column_map``
+    ({column: field}, see :func:`parse_column_map`) maps a column to a field.
 
     Idempotent: importing a file again gives the same Redis state. Bad rows, and rows the
     writer refuses, are reported with their line numbers and skipped; the rest is imported.
@@ -487,7 +578,7 @@ def import_file(kind: str | ImportKind, path: Path | str, store: Any | None, *,
     if not p.is_file():
         raise FileNotFoundError(f"no such file: {p}")
     fmt = detect_format(p)
-    report = ImportReport(kind=spec.name, path=str(p), format=fmt)
+    report = ImportReport(kind=spec.name, path=str(p), format=fmt, check=store is None)
     started = time.monotonic()
     console = Console(stderr=True)
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
@@ -505,7 +596,7 @@ def import_file(kind: str | ImportKind, path: Path | str, store: Any | None, *,
         with bar:
             task = bar.add_task(f"import {spec.name}", total=p.stat().st_size)
             rows = _csv_rows if fmt == "csv" else _jsonl_rows
-            for line, row in rows(spec, stream):
+            for line, row in rows(spec, stream, column_map or {}, report.warnings.append):
                 if isinstance(row, str):
                     report.add_error(line, row)
                     continue
@@ -526,6 +617,8 @@ def import_file(kind: str | ImportKind, path: Path | str, store: Any | None, *,
         store.record_import(spec.name, {"path": str(p), "imported": report.imported, "skipped": report.skipped,
                                         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, site=site)
     log.info("import %s", report.summary())
+    for warning in report.warnings:
+        log.warning("import %s: %s", spec.name, warning)
     for line, reason in report.errors[:20]:
         log.warning("import %s: line %d: %s", spec.name, line, reason)
     return report

@@ -57,7 +57,8 @@ class AccountStage:
         self.codec = codec
         self.topics = topics
         self.quota = quota
-        self.rules: dict[str, EffectiveRules] = {s.site_id: effective_rules(model, s.rules) for s in settings.sites}
+        self.rules: dict[str, EffectiveRules] = {s.site_id: effective_rules(model, s.rules, s.conversion_names)
+                                                 for s in settings.sites}
         self.default_rules = effective_rules(model, None)
         self.limit = settings.collector.bad_row_payload_limit
 
@@ -112,7 +113,9 @@ class AccountStage:
             new_state = decision.state
             result.states[key] = {"a": new_state.to_dict(), "src": seen}
             score = lead_score_record(new_state, intent, decision.fit, decision.filters, decision.tier,
-                                      decision.qualified, decision.reasons, rules.model_version, rules.model_digest)
+                                      decision.qualified, decision.reasons, rules.model_version, rules.model_digest,
+                                      expansion=decision.expansion, expansion_reason=decision.expansion_reason,
+                                      fit_min=rules.thresholds.fit_min, intent_min=rules.thresholds.intent_min)
             LEAD_SCORES.labels(site_id).inc()
             result.outputs.append(Output(self.topics.lead_scores,
                                          partition_for(key, self.topics.lead_scores_partitions), key.encode(),

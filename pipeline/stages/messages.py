@@ -74,8 +74,8 @@ def visit_to_record(u: VisitUpdate, update_id: str, backfill: bool = False) -> d
         "update_id": update_id, "site_id": u.site_id, "account": u.account, "visitor_id": u.visitor_id,
         "tstamp": tstamp, "new_session": u.new_session, "backfill": backfill,
         "engaged_ms_delta": int(u.engaged_ms_delta), "session": _session(u.session),
-        "hits": [{"tstamp": h.tstamp, "kind": h.kind, "url": h.url, "name": h.name, "scroll": h.scroll}
-                 for h in u.hits],
+        "hits": [{"tstamp": h.tstamp, "kind": h.kind, "url": h.url, "name": h.name, "scroll": h.scroll,
+                  "form_id": h.form_id, "event": h.event} for h in u.hits],
         "company": _company(u.company) if u.company else None, "company_confidence": float(u.company_confidence),
         "company_evidence": _evidence(u.company_evidence), "network_class": u.network_class.value,
         "country": u.country, "client_ip": u.client_ip, "person_id": u.person_id,
@@ -90,7 +90,8 @@ def visit_from_record(r: Mapping[str, Any]) -> VisitUpdate:
     return VisitUpdate(
         site_id=r["site_id"], account=r["account"], visitor_id=r.get("visitor_id"),
         session=_session_from(r["session"]),
-        hits=tuple(Hit(h["tstamp"], h["kind"], h.get("url"), h.get("name"), h.get("scroll", 0)) for h in r["hits"]),
+        hits=tuple(Hit(h["tstamp"], h["kind"], h.get("url"), h.get("name"), h.get("scroll", 0), h.get("form_id"),
+                       h.get("event")) for h in r["hits"]),
         engaged_ms_delta=r["engaged_ms_delta"], new_session=r["new_session"],
         company=_company_from(r["company"]) if r.get("company") else None,
         company_confidence=r.get("company_confidence", 0.0), company_evidence=_evidence_from(r.get("company_evidence")),
@@ -112,7 +113,8 @@ def _filters(results: tuple[FilterResult, ...]) -> list[dict[str, Any]]:
 
 def lead_score_record(state: AccountState, intent: IntentScore, fit: FitScore, filters: tuple[FilterResult, ...],
                       tier: str, qualified: bool, reasons: tuple[str, ...], model_version: str,
-                      model_digest: str) -> dict[str, Any]:
+                      model_digest: str, *, expansion: bool = False, expansion_reason: str | None = None,
+                      fit_min: float | None = None, intent_min: float | None = None) -> dict[str, Any]:
     co = state.company or {}
     person = best_person(state)
     return {
@@ -127,6 +129,9 @@ def lead_score_record(state: AccountState, intent: IntentScore, fit: FitScore, f
         "visitors": len(state.visitors), "fit_contributions": _contrib(fit.contributions),
         "intent_contributions": _contrib(intent.contributions), "filters": _filters(filters),
         "last_lead_id": state.lead.get("last_id"),
+        "expansion": expansion, "expansion_reason": expansion_reason,
+        "fit_min": float(fit_min) if fit_min is not None else None,
+        "intent_min": float(intent_min) if intent_min is not None else None,
         "company": ({"industry": co.get("industry"), "employees": co.get("employees"),
                      "revenue": (float(co["revenue"]) if co.get("revenue") is not None else None),
                      "country": co.get("country"), "sector": co.get("sector") or "private"} if co else None),
@@ -192,7 +197,17 @@ def qualified_lead_record(lead: QualifiedLead, state: AccountState) -> dict[str,
         "thresholds": {k: str(v) for k, v in ex["thresholds"].items()},
         "enrichment_sources": list(ex.get("enrichment_sources") or ()),
         "previous_tier": prev.get("tier"), "previous_tstamp": prev.get("tstamp"),
+        "version": int(lead.version), "update_reason": lead.update_reason, "cause": ex.get("cause"),
+        "conversions": [{"tstamp": int(c["tstamp"]), "rule": c.get("rule"), "matched_on": c.get("matched_on"),
+                         "form_id": c.get("form_id"), "event": c.get("event"), "page": c.get("page"),
+                         "visitor_id": c.get("visitor_id")} for c in ex.get("conversions") or ()],
+        "fit_min": _number(ex["thresholds"].get("fit_min")), "intent_min": _number(ex["thresholds"].get("intent_min")),
+        "min_confidence": _number(ex["thresholds"].get("min_confidence")),
     }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def bad_row(stage: str, failure_type: str, message: str, payload: Any, *, site_id: str | None = None,

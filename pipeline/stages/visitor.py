@@ -16,7 +16,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from ..codec import Codec, CodecError
 from ..core.bots import BotConfig, BotSignals, bot_verdict
 from ..core.company import resolve_company
-from ..core.events import BadEvent, TrackedEvent, parse_payload
+from ..core.events import BadEvent, TimeConfig, TrackedEvent, parse_payload
 from ..core.identity import (IdentityResult, IdentitySnapshot, IdType, Identifier, apply_identity_events,
                              identifiers_from_event, resolve_visitor)
 from ..core.model import NetworkInfo, PersonResolution
@@ -83,6 +83,7 @@ class VisitorStage:
                                      conversion_names=frozenset(s.conversion_names), page_classes=classes)
             for s in settings.sites}
         self.limit = settings.collector.bad_row_payload_limit
+        self.time_cfg = TimeConfig.from_days(settings.stages.max_send_delay_days)
 
     # -- the handler ------------------------------------------------------------------------
     async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:
@@ -139,13 +140,14 @@ class VisitorStage:
             company = resolve_company(network, lookups)
 
             last = v.events[-1]
-            ua = analyze_user_agent(last.user_agent)
+            ua = analyze_user_agent(last.user_agent or "")
             peak = max((u.summary.peak_pages_per_minute for u in out.updates), default=0)
             verdict = bot_verdict(BotSignals(
                 user_agent=last.user_agent, ua_is_crawler=ua.is_crawler, ua_crawler_name=ua.crawler_name,
                 ua_device_family=ua.device_family, accept_language=last.accept_language,
                 screen_resolution=last.screen_resolution, viewport=last.viewport,
-                webdriver=last.extra.get("webdriver") in ("1", "true"), network=network, pages_per_minute=peak),
+                webdriver=last.extra.get("webdriver") in ("1", "true"), network=network, pages_per_minute=peak,
+                relayed=last.ua_relayed),
                 self.bot_config)
             if verdict.is_bot:
                 BOTS.labels((verdict.reason or "unknown").split(":")[0]).inc()
@@ -190,7 +192,7 @@ class VisitorStage:
                 self._bad(result, "site_violation", f"site {payload['site_id']!r} is not configured in the "
                           "worker's settings (replay this row after adding it)", payload, payload["site_id"])
                 continue
-            good, bad = parse_payload(payload)
+            good, bad = parse_payload(payload, self.time_cfg)
             for b in bad:
                 self._bad(result, "schema_violation", "; ".join(b.reasons), _bad_event_dict(b, payload),
                           site.site_id)

@@ -74,10 +74,20 @@ def test_bad_rows_are_reported_by_line_and_the_rest_imported(store: ReferenceSto
 
 def test_a_bad_header_imports_nothing(store: ReferenceStore, tmp_path: Path) -> None:
     path = tmp_path / "companies.csv"
-    path.write_text("domain,name,employes\nacme.example,Acme,5\n")
+    path.write_text("domain,company_name,employees\nacme.example,Acme,5\n")
     report = import_file("companies", path, store, progress=False)
-    assert report.imported == 0 and report.errors[0][0] == 1 and "employes" in report.errors[0][1]
+    assert report.imported == 0 and report.errors[0][0] == 1 and "missing column(s) name" in report.errors[0][1]
     assert not store.exists("ls:global:company:acme.example")
+
+
+def test_a_crm_export_with_extra_columns_imports_with_a_warning(store: ReferenceStore, tmp_path: Path) -> None:
+    path = tmp_path / "crm.csv.gz"
+    path.write_bytes(gzip.compress("\ufeffRecord ID,Name,Owner,Domain,Notes\r\n"
+                                   '7,Acme,jane,acme.example,"two\nlines"\r\n'.encode()))
+    report = import_file("companies", path, store, progress=False)
+    assert report.imported == 1 and report.ok and not report.check
+    assert report.warnings and all(c in report.warnings[0] for c in ("Record ID", "Owner", "Notes"))
+    assert store.exists("ls:global:company:acme.example")
 
 
 def test_rows_are_written_in_pipelined_chunks(store: ReferenceStore, tmp_path: Path) -> None:

@@ -75,12 +75,15 @@ def test_pixel_hits_become_one_explained_qualified_lead(pipeline: Pipeline) -> N
                f"lead scores for {expected_accounts} (have {sorted(scores_by_account(p))})")
     leads = p.leads()
     assert {lead["account"] for lead in leads} == {"c:brightpath-analytics.example"}, leads
-    # a repeat lead inside the cool-down only when the tier rose
+    # one lead per cool-down: a tier rise re-sends the same lead with the next version
     from pipeline.core.qualify import tier_rank
-    assert [lead["sequence"] for lead in leads] == list(range(1, len(leads) + 1))
+    assert {lead["lead_id"] for lead in leads} == {leads[0]["lead_id"]}
+    assert [lead["version"] for lead in leads] == list(range(1, len(leads) + 1))
+    assert {lead["sequence"] for lead in leads} == {1}
     for before, after in zip(leads, leads[1:]):
         assert tier_rank(after["tier"]) < tier_rank(before["tier"]), (before["tier"], after["tier"])
         assert after["previous_tier"] == before["tier"]
+        assert after["update_reason"] == f"tier_rise:{before['tier']}->{after['tier']}"
 
     lead = leads[-1]
     assert lead["site_id"] == "acme"

@@ -109,3 +109,21 @@ def test_trusted_proxies_from_comma_list_in_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("LEADSTREAM_COLLECTOR__TRUSTED_PROXIES", '["10.0.0.0/8","192.0.2.1/32"]')
     settings = load_settings(write(tmp_path, {}))
     assert [str(n) for n in settings.collector.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
+
+
+def test_the_event_time_clamp_is_a_stage_setting_the_visitor_stage_uses(tmp_path: Path) -> None:
+    from pipeline.codec import SingleObjectCodec
+    from pipeline.core.events import TimeConfig
+    from pipeline.core.scoring_model import default_scoring_model
+    from pipeline.stages.visitor import VisitorStage, VisitorTopics
+
+    assert load_settings(write(tmp_path, {})).stages.max_send_delay_days == 7
+    settings = load_settings(write(tmp_path, {"stages": {"max_send_delay_days": 30}}))
+    stage = VisitorStage(settings, SingleObjectCodec(), VisitorTopics("visits", 1, "bad"), default_scoring_model(),
+                         None, None, None)
+    assert stage.time_cfg == TimeConfig(max_device_delay_ms=30 * 86_400_000)
+    unlimited = load_settings(write(tmp_path, {"stages": {"max_send_delay_days": 0}}))
+    assert VisitorStage(unlimited, SingleObjectCodec(), VisitorTopics("visits", 1, "bad"), default_scoring_model(),
+                        None, None, None).time_cfg.max_device_delay_ms is None
+    with pytest.raises(SettingsError, match="max_send_delay_days"):
+        load_settings(write(tmp_path, {"stages": {"max_send_delay_days": -1}}))

@@ -335,3 +335,14 @@ def test_parsers_raise_only_payload_errors_on_garbage() -> None:
             for group in groups:
                 for event in group.events:
                     assert_avro_event(event)
+
+
+def test_snowplow_ua_field_is_kept_for_the_core_to_stand_in_for_the_header() -> None:
+    browser = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0.0.0 Safari/537.36"
+    query = urlencode({"e": "pv", "aid": "acme", "url": "https://www.acme.example/", "ua": browser})
+    [group] = parse_snowplow_get(query, Limits())
+    assert group.events[0]["extra"]["ua"] == browser
+    body = json.dumps({"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+                       "data": [{"e": "pv", "aid": "acme", "url": "https://www.acme.example/", "ua": browser}]})
+    [post] = parse_snowplow_post(body.encode(), Limits())
+    assert post.events[0]["extra"]["ua"] == browser

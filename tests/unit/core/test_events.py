@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pipeline.core.events import (TimeConfig, build_event, derived_tstamp, event_fingerprint, parse_payload,
-                                  validate_event)
+                                  tracker_user_agent, validate_event)
 
 from .helpers import T0, payload, raw
 
@@ -27,6 +27,33 @@ class TestDerivedTstamp:
 
     def test_future_true_tstamp_ignored(self) -> None:
         assert derived_tstamp(T0, dtm=T0 - 300, stm=T0, ttm=T0 + 3_600_000) == T0 - 300
+
+    def test_default_clamp_is_seven_days_of_send_delay(self) -> None:
+        week = 7 * 86_400_000
+        assert derived_tstamp(T0, dtm=T0 - 3 * 86_400_000, stm=T0) == T0 - 3 * 86_400_000
+        assert derived_tstamp(T0, dtm=T0 - 30 * 86_400_000, stm=T0) == T0 - week
+
+    def test_clamp_from_the_setting_in_days(self) -> None:
+        thirty = TimeConfig.from_days(30)
+        assert thirty.max_device_delay_ms == 30 * 86_400_000
+        assert derived_tstamp(T0, dtm=T0 - 20 * 86_400_000, stm=T0, cfg=thirty) == T0 - 20 * 86_400_000
+        assert derived_tstamp(T0, dtm=T0 - 40 * 86_400_000, stm=T0, cfg=thirty) == T0 - 30 * 86_400_000
+
+    def test_zero_days_means_no_limit(self) -> None:
+        unlimited = TimeConfig.from_days(0)
+        assert unlimited.max_device_delay_ms is None
+        assert derived_tstamp(T0, dtm=T0 - 400 * 86_400_000, stm=T0, cfg=unlimited) == T0 - 400 * 86_400_000
+
+    def test_an_old_true_tstamp_is_honoured_not_clamped(self) -> None:
+        backfill = T0 - 60 * 86_400_000
+        assert derived_tstamp(T0, dtm=T0 - 10, stm=T0, ttm=backfill) == backfill
+        e = raw(device_created_tstamp=T0 - 10, device_sent_tstamp=T0, true_tstamp=backfill)
+        assert build_event(e, payload([e])).tstamp == backfill
+
+    def test_parse_payload_applies_the_time_config(self) -> None:
+        e = raw(device_created_tstamp=T0 - 10 * 86_400_000, device_sent_tstamp=T0)
+        assert parse_payload(payload([e]))[0][0].tstamp == T0 - 7 * 86_400_000
+        assert parse_payload(payload([e]), TimeConfig.from_days(0))[0][0].tstamp == T0 - 10 * 86_400_000
 
 
 class TestFingerprint:
@@ -101,6 +128,25 @@ class TestBuild:
         assert build_event(e, payload([e], visitor_id=None)).visitor_id == "d1"
         e2 = raw()
         assert build_event(e2, payload([e2], visitor_id=None)).visitor_id == "n1"
+
+    def test_tracker_ua_field_stands_in_for_the_http_user_agent(self) -> None:
+        browser = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0.0.0 Safari/537.36"
+        e = raw(extra={"ua": browser})
+        t = build_event(e, payload([e], user_agent="python-requests/2.32.3", accept_language=None))
+        assert t.user_agent == browser and t.ua_relayed
+        assert tracker_user_agent(e, payload([e], user_agent="python-requests/2.32.3")) == (browser, True)
+
+    def test_without_ua_field_the_header_is_the_user_agent(self) -> None:
+        e = raw()
+        t = build_event(e, payload([e], user_agent="Mozilla/5.0 Header"))
+        assert t.user_agent == "Mozilla/5.0 Header" and not t.ua_relayed
+        blank = raw(extra={"ua": "  "})
+        assert build_event(blank, payload([blank], user_agent="H")).user_agent == "H"
+
+    def test_ua_field_equal_to_the_header_is_not_relayed(self) -> None:
+        e = raw(extra={"ua": "Mozilla/5.0 Same"})
+        t = build_event(e, payload([e], user_agent="Mozilla/5.0 Same"))
+        assert t.user_agent == "Mozilla/5.0 Same" and not t.ua_relayed
 
     def test_anonymous_consent_drops_ip_and_ids(self) -> None:
         e = raw(domain_user_id="d1")

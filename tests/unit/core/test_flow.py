@@ -44,6 +44,9 @@ def run_all() -> list[str]:
     for i, path in enumerate(["/", "/pricing", "/demo", "/contact"]):
         e = raw(url=U + path, device_created_tstamp=T0 + i * MIN, device_sent_tstamp=T0 + i * MIN)
         records.append(payload([e], collector_tstamp=T0 + i * MIN, client_ip="198.51.100.20", user_agent=CHROME))
+    form = raw("form_submit", name="demo-request", url=U + "/demo", device_created_tstamp=T0 + 4 * MIN,
+               device_sent_tstamp=T0 + 4 * MIN)
+    records.append(payload([form], collector_tstamp=T0 + 4 * MIN, client_ip="198.51.100.20", user_agent=CHROME))
     ident = raw("identify", email="cto@acme.com", device_created_tstamp=T0 + 5 * MIN,
                 device_sent_tstamp=T0 + 5 * MIN)
     records.append(payload([ident, {"event_type": "junk"}], collector_tstamp=T0 + 5 * MIN,

@@ -71,8 +71,9 @@ class TestCapsAndSignals:
                                            engaged_delta=3 * MIN, scroll=80)], model)
         got = {c.rule: c.points for c in s.contributions}
         assert got == {"active_day": 5, "conversion": 50, "deep_scroll": 2, "engaged_minute": 3,
-                       "page:demo": 15, "page:pricing": 10, "page_view": 2, "session": 3}
-        assert s.raw == 90 and s.score == saturate(90, 60) == 77.7
+                       "page:demo": 15, "page:pricing": 10, "page_view": 2, "session": 3,
+                       "buying_stage": -5}    # one visitor, one day: page signals count at most 20
+        assert s.raw == 85 and s.score == saturate(85, 60) == 75.7
         assert s.top_pages == {"demo": (f"{U}/demo",), "pricing": (f"{U}/pricing",)}
         assert s.top_sessions[0]["session_id"] == "v1-1"
 

@@ -68,27 +68,81 @@ class TestBots:
         ({"user_agent": ""}, "ua_missing"),
         ({"user_agent": CHROME.replace("Chrome/", "HeadlessChrome/")}, "headless:headlesschrome"),
         ({"user_agent": "python-requests/2.31"}, "headless:python-requests"),
+        ({"user_agent": CHROME + " Electron/28.1.0"}, "headless:electron"),
         ({"webdriver": True}, "webdriver"),
+        ({"network": NetworkInfo(user_type="search_engine_spider")}, "spider_network"),
+        ({"pages_per_minute": 31}, "page_rate:31/min"),
+    ])
+    def test_a_strong_signal_alone_is_a_bot(self, kw: dict[str, object], reason: str) -> None:
+        v = bot_verdict(self.human(**kw))
+        assert v.is_bot and v.reason == reason
+
+    @pytest.mark.parametrize("kw, signal", [
         ({"screen_resolution": "0x0"}, "screen:0x0"),
         ({"screen_resolution": "big"}, "screen:malformed"),
         ({"screen_resolution": "20000x1080"}, "screen:20000x1080"),
         ({"viewport": "5000x3000"}, "viewport_larger_than_screen:5000x3000>1920x1080"),
         ({"accept_language": None}, "no_accept_language"),
+        ({"accept_language": "  "}, "no_accept_language"),
         ({"network": NetworkInfo(asn=16509, network_class=N.hosting)}, "hosting_network:AS16509"),
-        ({"network": NetworkInfo(user_type="search_engine_spider")}, "spider_network"),
-        ({"pages_per_minute": 31}, "page_rate:31/min"),
     ])
-    def test_signals(self, kw: dict[str, object], reason: str) -> None:
+    def test_a_weak_signal_alone_is_not_a_bot_but_is_reported(self, kw: dict[str, object], signal: str) -> None:
+        v = bot_verdict(self.human(**kw))
+        assert not v.is_bot and v.reason is None and v.weak == (signal,)
+
+    @pytest.mark.parametrize("kw, reason", [
+        ({"accept_language": None, "network": NetworkInfo(asn=16509, network_class=N.hosting)},
+         "weak:no_accept_language+hosting_network:AS16509"),
+        ({"accept_language": None, "screen_resolution": "0x0"}, "weak:no_accept_language+screen:0x0"),
+        ({"network": NetworkInfo(network_class=N.hosting), "viewport": "5000x3000"},
+         "weak:hosting_network+viewport_larger_than_screen:5000x3000>1920x1080"),
+    ])
+    def test_weak_signals_together_are_a_bot_and_the_reason_names_each(self, kw: dict[str, object],
+                                                                        reason: str) -> None:
         v = bot_verdict(self.human(**kw))
         assert v.is_bot and v.reason == reason
 
+    def test_a_strong_verdict_still_lists_the_weak_signals(self) -> None:
+        v = bot_verdict(self.human(webdriver=True, accept_language=None))
+        assert v.is_bot and v.reason == "webdriver" and v.weak == ("no_accept_language",)
+
+    def test_weak_signals_needed_is_configurable(self) -> None:
+        s = self.human(accept_language=None)
+        assert bot_verdict(s, BotConfig(weak_signals_for_bot=1)).reason == "weak:no_accept_language"
+        both = self.human(accept_language=None, network=NetworkInfo(network_class=N.hosting))
+        assert not bot_verdict(both, BotConfig(weak_signals_for_bot=3)).is_bot
+
+    def test_server_side_tracked_human_is_not_a_bot(self) -> None:
+        # A server-side tracker forwards the browser's UA in `ua`, sends no Accept-Language and
+        # no screen, from its own (here: hosting) network: one weak signal at most, a person.
+        s = BotSignals(user_agent=CHROME, relayed=True,
+                       network=NetworkInfo(asn=16509, network_class=N.hosting))
+        v = bot_verdict(s)
+        assert not v.is_bot and v.weak == ("hosting_network:AS16509",)
+        assert not bot_verdict(BotSignals(user_agent=CHROME, relayed=True)).is_bot
+
+    def test_a_relayed_ua_does_not_count_the_relays_missing_accept_language(self) -> None:
+        hosting = NetworkInfo(network_class=N.hosting)
+        assert bot_verdict(BotSignals(user_agent=CHROME, network=hosting)).reason == \
+            "weak:no_accept_language+hosting_network"
+        assert not bot_verdict(BotSignals(user_agent=CHROME, network=hosting, relayed=True)).is_bot
+
+    def test_a_relayed_crawler_ua_is_still_a_bot(self) -> None:
+        assert bot_verdict(BotSignals(user_agent="curl/8.4.0", relayed=True)).reason == "headless:curl"
+
     def test_mobile_ua_without_accept_language_not_flagged(self) -> None:
         ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148"
-        assert not bot_verdict(self.human(user_agent=ua, accept_language=None)).is_bot
+        v = bot_verdict(self.human(user_agent=ua, accept_language=None, network=NetworkInfo(network_class=N.hosting)))
+        assert not v.is_bot
+
+    def test_electron_desktop_apps_people_use_are_not_automation(self) -> None:
+        assert not bot_verdict(self.human(user_agent=CHROME + " Slack/4.36.140 Electron/28.0.0")).is_bot
 
     def test_hosting_configurable(self) -> None:
-        s = self.human(network=NetworkInfo(network_class=N.hosting))
-        assert not bot_verdict(s, BotConfig(hosting_is_bot=False)).is_bot
+        s = self.human(accept_language=None, network=NetworkInfo(network_class=N.hosting))
+        assert bot_verdict(s).is_bot
+        v = bot_verdict(s, BotConfig(hosting_is_bot=False))
+        assert not v.is_bot and v.weak == ("no_accept_language",)
 
     def test_page_rate_at_limit_is_human(self) -> None:
         assert not bot_verdict(self.human(pages_per_minute=30)).is_bot

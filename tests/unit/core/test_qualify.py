@@ -14,7 +14,14 @@ from pipeline.core.scoring_model import (Qualification, SiteRules, Thresholds, T
 from .helpers import DAY, MIN, visit
 
 MODEL = default_scoring_model()
-RULES = effective_rules(MODEL)
+# Qualification mechanics on one warm visit: one visitor's single-day signals are not capped here
+# (the buying-stage rule has its own tests in test_intent.py).
+NO_SINGLE_CAP = {"buying_stage": {"unstaged_cap": None}}
+RULES = effective_rules(MODEL, SiteRules(intent=NO_SINGLE_CAP))
+
+
+def site_rules(**sections: object) -> object:
+    return effective_rules(MODEL, SiteRules(intent=NO_SINGLE_CAP, **sections))  # type: ignore[arg-type]
 U = "https://www.acme-saas.com"
 ACME = Company("acme.com", name="Acme", industry="software", employees=300, revenue=2e7, country="GB")
 T1 = int(datetime(2024, 3, 10, 9, tzinfo=timezone.utc).timestamp() * 1000)
@@ -79,7 +86,7 @@ class TestThresholds:
         assert d.reasons == ("identity_below_minimum:company:0.5<0.6",)
 
     def test_person_level(self) -> None:
-        rules = effective_rules(MODEL, SiteRules(thresholds=Thresholds(identity_level="person", min_confidence=0.9)))
+        rules = site_rules(thresholds=Thresholds(identity_level="person", min_confidence=0.9))
         assert any(r.startswith("identity_below_minimum:person") for r in run([warm()], rules=rules).reasons)
         d = run([warm(person_id="p1", person_conf=1.0, seniority="vp")], rules=rules)
         assert d.qualified and d.lead is not None
@@ -112,15 +119,25 @@ class TestCooldownAndQuota:
         assert d3.lead.lead_id == lead_id("s1", "c:acme.com", MODEL.version, 2)
         assert d3.lead.explanation["previous_lead"]["tier"] == "A2"
 
-    def test_tier_rise_breaks_cooldown(self) -> None:
-        d1 = run([warm()])
+    def test_tier_rise_inside_cooldown_updates_the_same_lead(self) -> None:
+        q = QuotaState("s1")
+        d1 = run([warm()], quota=q)
+        assert d1.lead is not None and d1.lead.version == 1 and d1.lead.update_reason is None
         hot = visit(T1 + 40 * MIN, [f"{U}/demo"], conversions=["demo_request"], index=2, sid="s2", company=ACME,
                     company_conf=0.9)
-        d2 = run([hot], d1.state)
-        assert d2.tier == "A1" and d2.qualified and d2.lead is not None and d2.lead.sequence == 2
+        d2 = run([hot], d1.state, quota=d1.quota)
+        assert d2.tier == "A1" and d2.qualified and d2.lead is not None
+        assert d2.lead.lead_id == d1.lead.lead_id and d2.lead.sequence == 1      # one lead, not a second one
+        assert d2.lead.version == 2 and d2.lead.update_reason == "tier_rise:A2->A1"
+        assert d2.quota == d1.quota == QuotaState("s1", "2024-03", 1)             # the quota counts it once
+        d3 = run([visit(T1 + 2 * DAY, [f"{U}/blog"], index=3, sid="s3", company=ACME, company_conf=0.9)], d2.state)
+        assert d3.reasons == ("cooldown:A1->A1",)
+        # the cool-down runs from the lead's first issue, not from its update
+        later = run([warm(T1 + 30 * DAY + MIN, index=4, sid="s4")], d3.state)
+        assert later.qualified and later.lead is not None and later.lead.sequence == 2 and later.lead.version == 1
 
     def test_person_cooldown_is_per_person(self) -> None:
-        rules = effective_rules(MODEL, SiteRules(thresholds=Thresholds(identity_level="person")))
+        rules = site_rules(thresholds=Thresholds(identity_level="person"))
         d1 = run([warm(person_id="p1", person_conf=1.0)], rules=rules)
         assert d1.qualified
         d2 = run([warm(T1 + MIN, visitor="v2", sid="x2", person_id="p2", person_conf=1.0)], d1.state, rules=rules)
@@ -129,7 +146,7 @@ class TestCooldownAndQuota:
         assert d3.reasons[0].startswith("cooldown")
 
     def test_quota_by_event_time_month(self) -> None:
-        rules = effective_rules(MODEL, SiteRules(qualification=Qualification(monthly_quota=1)))
+        rules = site_rules(qualification=Qualification(monthly_quota=1))
         q = QuotaState("s1")
         d1 = run([warm()], rules=rules, quota=q)
         assert d1.qualified and d1.quota == QuotaState("s1", "2024-03", 1)
@@ -168,8 +185,8 @@ class TestReplay:
 
         first, second = replay(), replay()
         assert first == second and len(first) >= 2
-        assert len({json.loads(x)["lead_id"] for x in first}) == len(first)
+        assert len({(json.loads(x)["lead_id"], json.loads(x)["version"]) for x in first}) == len(first)
 
     def test_model_version_changes_ids(self) -> None:
-        other = effective_rules(MODEL.model_copy(update={"version": "v-next"}))
+        other = effective_rules(MODEL.model_copy(update={"version": "v-next"}), SiteRules(intent=NO_SINGLE_CAP))
         assert run([warm()]).lead.lead_id != run([warm()], rules=other).lead.lead_id  # type: ignore[union-attr]

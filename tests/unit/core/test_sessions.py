@@ -85,9 +85,10 @@ class TestSummary:
         assert run([ev(T0), ev(T0 + 10_001, "page_ping", engaged_ms=0)])[1].updates[0].summary.engaged
         assert not run([ev(T0), ev(T0 + 10_000, "page_ping", engaged_ms=0)])[1].updates[0].summary.engaged
         assert run([ev(T0), ev(T0 + 1000, url=f"{U}/b")])[1].updates[0].summary.engaged
-        conv = run([ev(T0), ev(T0 + 1000, "form_submit")])[1].updates[0]
+        conv = run([ev(T0), ev(T0 + 1000, "form_submit", name="demo-request")])[1].updates[0]
         assert conv.summary.engaged and conv.summary.conversions == 1
-        assert [h.kind for h in conv.hits] == ["page_view", "conversion"]
+        assert [h.kind for h in conv.hits] == ["page_view", "action"]
+        assert conv.hits[1].form_id == "demo-request" and conv.hits[1].event is None and conv.hits[1].url
 
     def test_named_conversion(self) -> None:
         cfg = replace(CFG, conversion_names=frozenset({"demo_request"}))

@@ -55,7 +55,8 @@ def test_status() -> None:
     assert status_of(score(last_lead_id="x")) == ("qualified", None)
     assert status_of(score(intent=45.0)) == ("warming", None)
     assert status_of(score(intent=10.0)) == ("cold", None)
-    assert status_of(score(reasons=["customer:expansion"], last_lead_id="x"))[0] == "customer"
+    assert status_of(score(reasons=["existing_customer"], last_lead_id="x"))[0] == "customer"
+    assert status_of(score(expansion=True, expansion_reason="3 visitors on pricing"))[0] == "customer"
 
 
 def test_trend_is_the_change_over_seven_days() -> None:

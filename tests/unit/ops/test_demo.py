@@ -15,7 +15,7 @@ from loadtest.simulator import (GOOGLEBOT, HEADLESS_CHROME, PERSONAS, _schedule,
                                 run_simulation)
 from pipeline.collector.protocol import Limits, parse_collect
 from pipeline.core.events import derived_tstamp
-from pipeline.core.scoring_model import SiteRules
+from pipeline.core.scoring_model import SiteRules, default_scoring_model, effective_rules
 from pipeline.ops.demo import DEMO_SITE, DEMO_SITE_RULES, demo_site
 from pipeline.ops.geoip_build import demo_network_rows
 from pipeline.settings import SiteSettings
@@ -25,8 +25,7 @@ def test_demo_site_accepts_any_origin_and_carries_rules_every_filter_can_trip() 
     site = demo_site()
     assert site.site_id == DEMO_SITE and site.allowed_origins == ["*"] and site.capture_forms
     assert "demo_request" in site.conversion_names
-    rules = SiteRules.model_validate(DEMO_SITE_RULES)
-    assert rules.filters is not None and rules.thresholds is not None
+    rules = effective_rules(default_scoring_model(), SiteRules.model_validate(DEMO_SITE_RULES))
     assert "JP" in rules.filters.countries_deny
     assert {s.value for s in rules.filters.exclude_sectors} >= {"government", "public_sector", "education"}
     assert any(p.startswith("/careers") for p in rules.filters.pages_exclude)
@@ -38,7 +37,7 @@ def test_demo_site_keeps_rules_the_user_set() -> None:
                        rules=SiteRules.model_validate({"thresholds": {"fit_min": 90}}))
     site = demo_site(own)
     assert site.allowed_origins == ["*"]
-    assert site.rules is not None and site.rules.thresholds is not None and site.rules.thresholds.fit_min == 90
+    assert site.rules is not None and effective_rules(default_scoring_model(), site.rules).thresholds.fit_min == 90
 
 
 def test_the_simulator_only_talks_to_loopback() -> None:

@@ -66,10 +66,19 @@ def test_csv_rows_carry_their_line_numbers_and_reasons(tmp_path: Path) -> None:
 
 
 def test_csv_header_problems_fail_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ImportFileError, match="unknown column.*employes"):
-        list(read_rows("companies", _write(tmp_path, "c.csv", "domain,name,employes\n")))
     with pytest.raises(ImportFileError, match="missing column.*name"):
         list(read_rows("companies", _write(tmp_path, "d.csv", "domain,industry\n")))
+    with pytest.raises(ImportFileError, match="more than one column for domain"):
+        list(read_rows("companies", _write(tmp_path, "e.csv", "domain,name,Domain\n")))
+
+
+def test_unknown_csv_columns_are_ignored_with_a_warning_naming_them(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    path = _write(tmp_path, "c.csv", "domain,name,employes,Owner Email\nacme.example,Acme,5,x@y.example\n")
+    [(line, row)] = list(read_rows("companies", path, warnings=warnings))
+    assert line == 2 and isinstance(row, CompanyRow) and row.employees is None
+    [warning] = warnings
+    assert "employes (did you mean employees?)" in warning and "Owner Email" in warning
 
 
 def test_csv_header_is_case_and_bom_tolerant(tmp_path: Path) -> None:
@@ -104,7 +113,7 @@ def test_jsonl_rows(tmp_path: Path) -> None:
     assert str(rows[3]).startswith("not valid JSON")
     assert rows[4] == "a line must hold one JSON object"
     assert str(rows[5]).startswith("type:")
-    assert rows[6] == "colour: unknown field"
+    assert rows[6] == AsnTypeRow(asn=64498, type="hosting")   # the unknown key is ignored
     assert str(rows[7]).startswith("asn:")
     assert rows[8] == AsnTypeRow(asn=64499, type="business")
 
@@ -180,3 +189,14 @@ def test_unknown_kind_and_missing_file(tmp_path: Path) -> None:
         import_file("people", tmp_path / "x.csv", None)
     with pytest.raises(FileNotFoundError):
         import_file("companies", tmp_path / "missing.csv", None)
+
+
+def test_customer_column_becomes_the_customer_tag(tmp_path: Path) -> None:
+    f = tmp_path / "crm.csv"
+    f.write_text("domain,name,tags,customer\nold.example,Old Client,saas,yes\nnew.example,Prospect,,\n"
+                 "both.example,Both,Customer,true\n")
+    rows = {r.domain: r.to_record().company.tags for _, r in read_rows("companies", f)  # type: ignore[union-attr]
+            if isinstance(r, CompanyRow)}
+    assert rows == {"old.example": ("saas", "customer"), "new.example": (), "both.example": ("Customer",)}
+    bad = [r for _, r in read_rows("companies", _write(tmp_path, "b.csv", "domain,name,customer\na.example,A,maybe\n"))]
+    assert isinstance(bad[0], str) and "customer" in bad[0]
