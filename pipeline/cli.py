@@ -20,7 +20,10 @@ app = typer.Typer(help="Leadstream: turn anonymous B2B website traffic into qual
 topics_app = typer.Typer(help="Create and describe the Kafka topics.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks, each reported as a ratio against a baseline measured in the same run.",
                         no_args_is_help=True)
+leads_app = typer.Typer(help="The prospect list: ranked accounts, the people seen and why (see README).",
+                        invoke_without_command=True)
 app.add_typer(topics_app, name="topics")
+app.add_typer(leads_app, name="leads")
 app.add_typer(bench_app, name="bench")
 
 ConfigOption = Annotated[Optional[Path], typer.Option(
@@ -270,6 +273,84 @@ def bench_pipeline(
     typer.echo(json.dumps(report, indent=2))
     if not report["pass"]:
         raise typer.Exit(1)
+
+
+@leads_app.callback()
+def leads(ctx: typer.Context,
+          site: Annotated[Optional[str], typer.Option(help="Site id (default: the only configured site)")] = None,
+          tier: Annotated[Optional[str], typer.Option(
+              help="Only this status: qualified, warming, cold, filtered, customer, not_seen")] = None,
+          min_fit: Annotated[Optional[float], typer.Option(help="Fit at least")] = None,
+          min_intent: Annotated[Optional[float], typer.Option(help="Intent at least")] = None,
+          country: Annotated[Optional[str], typer.Option(help="ISO country code, e.g. DE")] = None,
+          seen: Annotated[Optional[bool], typer.Option("--seen/--not-seen", help="Only seen / not-yet-seen accounts")] = None,
+          limit: Annotated[int, typer.Option(help="Rows to show")] = 50,
+          as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+          as_csv: Annotated[bool, typer.Option("--csv", help="CSV instead of a table")] = False,
+          config: ConfigOption = None) -> None:
+    """The ranked prospect list of a site (read from the view that `leads serve` keeps current)."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"site": site, "config": config}
+        return
+    from .leads.report import as_csv as to_csv, as_json as to_json, fetch_rows, table
+    from .leads.view import Filter
+    settings = _settings(config)
+    site_id = _leads_site(settings, site)
+    try:
+        f = Filter(status=tier, min_fit=min_fit, min_intent=min_intent, country=country, seen=seen)
+    except ValueError as exc:
+        _fail(str(exc))
+    rows = fetch_rows(_redis_url(settings), site_id, f, limit)
+    typer.echo(to_json(rows) if as_json else to_csv(rows) if as_csv else table(rows, site_id), nl=False)
+
+
+def _leads_site(settings: Settings, site: str | None) -> str:
+    if site is None:
+        if len(settings.sites) != 1:
+            _fail("several sites are configured: choose one with --site")
+        return settings.sites[0].site_id
+    if settings.site(site) is None:
+        _fail(f"unknown site {site!r}: add it under `sites:` in the settings file")
+    return site
+
+
+def _redis_url(settings: Settings) -> str:
+    if settings.redis.url is None:
+        _fail("redis.url is not set (LEADSTREAM_REDIS__URL): the prospect list lives in Redis")
+    return settings.redis.url.get_secret_value()
+
+
+@leads_app.command("show")
+def leads_show(ctx: typer.Context, domain: Annotated[str, typer.Argument(help="The account's domain")],
+               as_json: Annotated[bool, typer.Option("--json", help="JSON instead of text")] = False) -> None:
+    """One account in full: rule contributions, people, sessions, pages, identity, filters, model."""
+    from .leads.report import account_text, fetch_account
+    settings = _settings(ctx.obj["config"])
+    site_id = _leads_site(settings, ctx.obj["site"])
+    account = fetch_account(_redis_url(settings), site_id, domain)
+    if account is None:
+        _fail(f"no account {domain!r} in {site_id}'s list")
+    typer.echo(json.dumps(account, indent=2) if as_json else account_text(account))
+
+
+@leads_app.command("serve")
+def leads_serve(ctx: typer.Context) -> None:
+    """Keep the list current from lead-scores and serve its API and page on leads.port."""
+    from .leads.service import serve
+    settings = _settings(ctx.obj["config"])
+    if not settings.kafka.bootstrap_servers:
+        _fail("kafka.bootstrap_servers is not set (LEADSTREAM_KAFKA__BOOTSTRAP_SERVERS)")
+    _redis_url(settings)
+    serve(settings)
+
+
+@leads_app.command("token")
+def leads_token(ctx: typer.Context) -> None:
+    """Make a new API token for a site: prints the token (give it to the user) and the hash to add
+    to the site's `api_tokens` in the settings file."""
+    from .leads.api import new_token
+    token, digest = new_token()
+    typer.echo(f"token: {token}\nadd to the site's api_tokens: {digest}")
 
 
 def main() -> None:

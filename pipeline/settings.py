@@ -149,6 +149,18 @@ class SiteSettings(_Frozen):
     rules: SiteRules | None = Field(
         None, description="ICP fit rules, intent (signals, conversions), thresholds, qualification, filters: "
         "each merged key by key over the scoring model (`leadstream config --site S` shows the result)")
+    api_tokens: list[str] = Field(
+        default_factory=list, description="sha256:<hex> hashes of the tokens that may read this site's prospect "
+        "list (`leadstream leads token --site S` makes one); never the tokens themselves")
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_hashes(cls, value: list[str]) -> list[str]:
+        for h in value:
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", h):
+                raise ValueError("each api_tokens entry is sha256:<64 hex digits>, the hash that "
+                                 "`leadstream leads token` prints, not the token itself")
+        return value
 
     @property
     def own_hosts(self) -> tuple[str, ...]:
@@ -214,6 +226,13 @@ class CollectorSettings(_Frozen):
         return value
 
 
+class LeadsSettings(_Frozen):
+    """The prospect list's process (`leadstream leads serve`): its API and page, and the view updater."""
+    host: str = Field("127.0.0.1", description="Address the leads API binds (0.0.0.0 in containers)")
+    port: int = Field(8090, ge=0, le=65535, description="The leads API and page; apart from the public ingest port")
+    seed_interval_s: float = Field(300.0, gt=0, description="How often imported ICP companies are (re)listed as not yet seen")
+
+
 class StageSettings(_Frozen):
     """The stream workers (Faust app running the visitor and account stages)."""
     app_id: str = Field("leadstream", description="Faust app id: consumer group and changelog topic prefix")
@@ -246,6 +265,7 @@ class Settings(BaseSettings):
     geoip: GeoIPSettings = GeoIPSettings()
     collector: CollectorSettings = CollectorSettings()
     stages: StageSettings = StageSettings()
+    leads: LeadsSettings = LeadsSettings()
     sites: list[SiteSettings] = Field(default_factory=list)
     data_dir: Path = Field(Path(".leadstream"), description="Local state: Faust tables, embedded brokers")
     log_level: Literal["debug", "info", "warn", "error"] = "info"

@@ -132,7 +132,27 @@ def lead_score_record(state: AccountState, intent: IntentScore, fit: FitScore, f
         "expansion": expansion, "expansion_reason": expansion_reason,
         "fit_min": float(fit_min) if fit_min is not None else None,
         "intent_min": float(intent_min) if intent_min is not None else None,
+        "company": ({"industry": co.get("industry"), "employees": co.get("employees"),
+                     "revenue": (float(co["revenue"]) if co.get("revenue") is not None else None),
+                     "country": co.get("country"), "sector": co.get("sector") or "private"} if co else None),
+        "country": state.seen.get("country"),
+        "first_seen": _first_seen(state),
+        "persons": [{"person_id": pid, "confidence": float(p.get("conf", 0.0)), "seniority": p.get("sen"),
+                     "department": p.get("dep"), "last_seen": int(p.get("ts", 0))}
+                    for pid, p in sorted(state.persons.items(),
+                                         key=lambda kv: (-float(kv[1].get("conf", 0)), -int(kv[1].get("ts", 0)),
+                                                         kv[0]))],
+        "sessions": [{"session_id": str(s["session_id"]), "visitor_id": s.get("visitor_id"),
+                      "page_views": int(s.get("page_views") or 0), "end": int(s.get("end") or 0),
+                      "signal_pages": int(s.get("signal_pages") or 0)} for s in intent.top_sessions],
+        "pages": {k: list(v) for k, v in intent.top_pages.items()},
     }
+
+
+def _first_seen(state: AccountState) -> int | None:
+    """Start of the first UTC day of the account's kept activity (epoch ms)."""
+    first_day = min((int(d) for d in state.days), default=None)
+    return first_day * DAY_MS if first_day is not None else None
 
 
 def _ev_list(items: Any) -> list[dict[str, Any]]:
@@ -145,8 +165,7 @@ def qualified_lead_record(lead: QualifiedLead, state: AccountState) -> dict[str,
     ident = ex["identity"]
     company = ident.get("company")
     person = ident.get("person")
-    first_day = min((int(d) for d in state.days), default=None)  # UTC day numbers of kept activity
-    first_seen = first_day * DAY_MS if first_day is not None else None
+    first_seen = _first_seen(state)
     prev = ex.get("previous_lead") or {}
     return {
         "lead_id": lead.lead_id, "site_id": lead.site_id, "account": lead.account, "sequence": lead.sequence,
