@@ -150,6 +150,18 @@ def prepare(settings: Settings, stack: Stack, real_kafka: bool = False) -> Setti
     return effective
 
 
+def _with_leads_token(settings: Settings) -> tuple[Settings, str | None]:
+    """Give the first site an API token for the prospect list when it has none (printed once)."""
+    if not settings.sites or settings.sites[0].api_tokens:
+        return settings, None
+    from ..leads.api import new_token
+    from ..settings import with_overrides
+    token, digest = new_token()
+    sites = [s.model_dump() for s in settings.sites]
+    sites[0]["api_tokens"] = [digest]
+    return with_overrides(settings, sites=sites), token
+
+
 def write_config(settings: Settings, path: Path) -> Path:
     """The effective settings as YAML for the child processes (secrets included: the file is 0600)."""
     data = settings.model_dump(mode="python")
@@ -259,6 +271,7 @@ def run_up(settings: Settings, demo: bool = False, real_kafka: bool = False) -> 
             effective = prepare_demo(effective, data_dir / "demo")
             print(f"demo       synthetic companies, networks and people loaded; GeoIP databases in {data_dir / 'demo'}",
                   flush=True)
+        effective, leads_token = _with_leads_token(effective)
         config = write_config(effective, data_dir / "up.yaml")
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -272,6 +285,11 @@ def run_up(settings: Settings, demo: bool = False, real_kafka: bool = False) -> 
         print(f"collector  {base}  (metrics: {base}/metrics)", flush=True)
         if effective.metrics_port:
             print(f"worker     metrics on http://127.0.0.1:{effective.metrics_port}/metrics", flush=True)
+        spawn(stack, "leads", ["leads", "serve"], config, logs)
+        leads_url = f"http://{effective.leads.host}:{effective.leads.port}/"
+        if leads_token:
+            leads_url += f"#site={site}&token={leads_token}"
+        print(f"leads      {leads_url}  (the prospect list; API on the same port)", flush=True)
         print(f"config     {config}", flush=True)
         print(f"logs       {logs}/", flush=True)
         print(f"\nPaste this into the pages of site {site!r}:\n\n{snippet(effective, site)}\n", flush=True)
