@@ -40,6 +40,13 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _require_salt(settings: Settings) -> None:
+    """Refuse to run without a salt for email hashes (`up` generates and keeps one)."""
+    problem = settings.missing_salt()
+    if problem:
+        _fail(problem)
+
+
 @app.command()
 def config(config: ConfigOption = None) -> None:
     """Print the effective settings (secrets masked) and exit; fails with the key path of any error."""
@@ -66,6 +73,7 @@ def collector(config: ConfigOption = None) -> None:
     if not settings.kafka.bootstrap_servers:
         _fail("kafka.bootstrap_servers is not set (LEADSTREAM_KAFKA__BOOTSTRAP_SERVERS); "
               "use `leadstream up` to run with an embedded broker")
+    _require_salt(settings)
     serve(settings)
 
 
@@ -77,6 +85,7 @@ def worker(config: ConfigOption = None) -> None:
     if not settings.kafka.bootstrap_servers:
         _fail("kafka.bootstrap_servers is not set (LEADSTREAM_KAFKA__BOOTSTRAP_SERVERS); "
               "use `leadstream up` to run with an embedded broker")
+    _require_salt(settings)
     run(settings)
 
 
@@ -148,6 +157,8 @@ def import_(kind: Annotated[str, typer.Argument(help="companies | ip-ranges | as
         _fail(f"no such file: {file}")
     if site is not None and settings.site(site) is None:
         _fail(f"unknown site {site!r}: add it under `sites:` in the settings file")
+    if kind in ("people", "identities"):
+        _require_salt(settings)
     store = None
     if not check:
         if not settings.redis.url_value:
