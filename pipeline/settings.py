@@ -266,8 +266,8 @@ class CollectorSettings(_Frozen):
         2048, ge=1, description="Connections and requests served at once per worker process; more get 503")
     signature_window_s: int = Field(
         300, ge=1, description="How far a signed request's X-Leadstream-Timestamp may be from the collector's clock")
-    rate_limit_ip_per_s: float = Field(50.0, ge=0, description="Requests per second per client IP (0: no limit)")
-    rate_limit_ip_burst: int = Field(500, ge=1, description="Requests a client IP may send at once")
+    rate_limit_ip_per_s: float = Field(100.0, ge=0, description="Requests per second per client IP (0: no limit)")
+    rate_limit_ip_burst: int = Field(1000, ge=1, description="Requests a client IP may send at once")
     rate_limit_site_per_s: float = Field(5000.0, ge=0, description="Requests per second per site (0: no limit)")
     rate_limit_site_burst: int = Field(20_000, ge=1, description="Requests a site may receive at once")
     rate_limit_max_clients: int = Field(100_000, ge=100, description="Client IPs tracked at once (oldest evicted)")
