@@ -12,6 +12,7 @@ as ``**********`` in logs, reprs and ``leadstream config``.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import os
 import re
@@ -151,6 +152,11 @@ class IdentityTrustSettings(_Frozen):
         return self
 
 
+@functools.lru_cache(maxsize=64)
+def _trust_config(browser: float, verified: float) -> IdentityConfig:
+    return trust_config(browser, verified)  # built once per pair: the visitor stage asks per record
+
+
 class RequireMode(str, Enum):
     none = "none"            # any request (an Origin, when sent, must still be allowed)
     origin = "origin"        # an allowed Origin header, or a valid signature
@@ -197,7 +203,7 @@ class SiteSettings(_Frozen):
 
     def identity_config(self) -> IdentityConfig:
         """The identity rules with this site's confidences per link source."""
-        return trust_config(self.identity.browser_confidence, self.identity.verified_confidence)
+        return _trust_config(self.identity.browser_confidence, self.identity.verified_confidence)
 
     @property
     def own_hosts(self) -> tuple[str, ...]:

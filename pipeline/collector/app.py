@@ -12,16 +12,21 @@ ingest path with a method it does not take (405), goes through Starlette.
 
 For every request the collector:
 
-1. parses the protocol (:mod:`pipeline.collector.protocol`); malformed input,
+1. checks every header's length (431) and, for an unsigned request, the
+   client IP's rate limit (429 + ``Retry-After``, no bad row); reads the body
+   within ``collector.body_timeout_s`` (408);
+2. parses the protocol (:mod:`pipeline.collector.protocol`); malformed input,
    protocol and size violations get a 4xx with a JSON message and a ``BadRow``;
-2. checks the site id and the Origin (403 + ``site_violation`` /
-   ``origin_violation`` bad row);
-3. applies the site's consent policy: ``drop`` answers as if accepted and
+3. checks the site id, then either the signature (:mod:`.signing`: a signed
+   request is verified and may set the client IP with the ``ip`` field) or
+   the Origin and the site's ``require`` (403 + ``site_violation`` /
+   ``origin_violation`` bad row), then the site's rate limit (429);
+4. applies the site's consent policy: ``drop`` answers as if accepted and
    writes nothing (a metric counts it), ``anonymize`` keeps the events without
-   IP, cookie ids or user ids and sets no cookie;
-4. reads the client IP (XFF only through trusted proxies) and the network
+   any personal field (:func:`~.request.anonymize_event`) and sets no cookie;
+5. reads the client IP (XFF only through trusted proxies) and the network
    user id cookie (set or refreshed on the answer);
-5. queues one payload per (site, tracker visitor) under the key
+6. queues one payload per (site, tracker visitor) under the key
    ``site_id|visitor_id`` (the payload id when anonymous) and waits for the
    acknowledgement: 200 (or the GIF), else 503 with ``Retry-After``.
 
