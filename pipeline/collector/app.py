@@ -219,6 +219,7 @@ class Collector:
         self._site_buckets = TokenBuckets(self.cfg.rate_limit_site_per_s, self.cfg.rate_limit_site_burst,
                                           max(len(self._sites), 1) + 1)
         self._limited: dict[tuple[str, str], Any] = {}
+        self._cors_grants: dict[tuple[str, str | None], tuple[bool, bool]] = {}
 
     # ---- metrics (children cached: labels() takes a lock and a dict lookup) ----------------
 
@@ -254,12 +255,21 @@ class Collector:
         """
         if not origin:
             return False, False
-        candidates = list(self._sites.values()) if sites is None else sites
-        if any(site.lists_origin(origin) for site in candidates):
-            return True, True
-        if any("*" in site.allowed_origins for site in candidates):
-            return True, False
-        return False, False
+        key = (origin, None if sites is None else sites[0].site_id if len(sites) == 1 else
+               "|".join(site.site_id for site in sites))
+        grant = self._cors_grants.get(key)
+        if grant is None:
+            candidates = list(self._sites.values()) if sites is None else sites
+            if any(site.lists_origin(origin) for site in candidates):
+                grant = (True, True)
+            elif any("*" in site.allowed_origins for site in candidates):
+                grant = (True, False)
+            else:
+                grant = (False, False)
+            if len(self._cors_grants) >= 4096:  # origins are few; a client inventing them cannot grow this
+                self._cors_grants.clear()
+            self._cors_grants[key] = grant
+        return grant
 
     def _cors(self, headers: list[tuple[bytes, bytes]], origin: str | None,
               sites: list[SiteSettings] | None = None) -> None:
