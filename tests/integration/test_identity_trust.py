@@ -101,3 +101,53 @@ def test_claimed_and_signed_identities_end_to_end(trust_pipeline: Pipeline, redi
         time.sleep(0.2)
     bad = p.decoded("bad_events")
     assert [b["failure_type"] for b in bad] == ["origin_violation"] and "signature" in bad[0]["message"]
+
+
+@pytest.fixture
+def guarded_collector(kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path,
+                      unique_name: Callable[[str], str]) -> Iterator[Pipeline]:
+    """The real collector process for a site that requires an Origin, with small rate limits."""
+    p = Pipeline(kafka_broker, redis_server.url, tmp_path, unique_name("guard"))
+    p.config["sites"][0].update({"allowed_origins": ["https://www.acme.example"], "require": "origin",
+                                 "write_keys": [WRITE_KEY]})
+    p.config["collector"].update({"rate_limit_ip_per_s": 1, "rate_limit_ip_burst": 5, "body_timeout_s": 1})
+    p.config_path.write_text(yaml.safe_dump(p.config))
+    p.settings = load_settings(p.config_path)
+    p.create_topics()
+    p.start_collector()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def test_the_real_collector_refuses_floods_and_forgeries(guarded_collector: Pipeline) -> None:
+    p = guarded_collector
+    page = {"site_id": "acme", "visitor_id": "v-1", "events": [{"type": "page_view",
+                                                                 "url": "https://www.acme.example/"}]}
+    with httpx.Client(base_url=p.url, timeout=10) as http:
+        origin = {"Origin": "https://www.acme.example", "X-Forwarded-For": "198.51.100.50"}
+        r = http.get("/p.gif?site_id=acme", headers={"X-Forwarded-For": "198.51.100.51"})   # curl / <img>: no Origin
+        assert r.status_code == 403 and "requires an Origin" in r.json()["message"]
+        r = http.post("/collect", json=page, headers={**origin, "Origin": "https://evil.example"})
+        assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
+        r = http.get("/p.gif?site_id=acme", headers={**origin, "sec-ch-ua": "x" * 60_000})
+        assert r.status_code == 431
+        r = http.get("/p.gif?site_id=acme&props=" + "[" * 5000, headers=origin)
+        assert r.status_code == 400 and "nested too deeply" in r.json()["message"]
+        body = json.dumps(page).encode()
+        r = http.post("/collect", content=body, headers={**sign_headers(WRITE_KEY, body),
+                                                         "X-Forwarded-For": "198.51.100.52"})
+        assert r.status_code == 200                                           # a signed server call
+        statuses = [http.post("/collect", json=page, headers=origin).status_code for _ in range(8)]
+        # burst 5: the forged origin and the deep JSON took one token each (the 431 came before the limit)
+        assert statuses[:3] == [200] * 3 and statuses[3] == 429 and statuses[-1] == 429, statuses
+        limited = http.post("/collect", json=page, headers=origin)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert limited.headers["access-control-allow-origin"] == "https://www.acme.example"
+        metrics = http.get("/metrics").text
+        assert 'leadstream_collector_rate_limited_total{scope="ip",site=""}' in metrics
+    log = "\n".join(proc.log_tail(200) for proc in p.processes)
+    assert "Traceback" not in log and "RecursionError" not in log
+    kinds = [row["failure_type"] for row in p.decoded("bad_events")]
+    assert kinds.count("origin_violation") == 2 and "size_violation" in kinds and "rate_limited" not in kinds
