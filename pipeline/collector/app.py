@@ -65,7 +65,7 @@ from .protocol import (EventGroup, Limits, PayloadError, fast_uuid4, parse_colle
                        parse_snowplow_get, parse_snowplow_post)
 from .request import (ANONYMOUS_HEADERS, CookiePolicy, ConsentSignals, TokenBuckets, anonymize_event, client_ip,
                       consent_action, kept_headers, oversized_header, read_cookie, read_headers, retry_after,
-                      scrub_url, _parse_ip)
+                      parse_ip, scrub_url)
 from .signing import Verdict, verify
 from .snippet import demo_page
 
@@ -559,7 +559,7 @@ def _take_ip_field(group: EventGroup) -> str | None:
         if extra and "ip" in extra:
             value = extra.pop("ip")
             if found is None and isinstance(value, str):
-                address = _parse_ip(value)
+                address = parse_ip(value)
                 found = str(address) if address is not None else None
     return found
 

@@ -95,6 +95,10 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
     return address
 
 
+#: An address from a header value or a tracker's ``ip`` field (public name for :func:`_parse_ip`).
+parse_ip = _parse_ip
+
+
 def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Sequence[IPNetwork]) -> bool:
     return any(address.version == net.version and address in net for net in trusted)
 
