@@ -424,9 +424,10 @@ class Collector:
                 verdict = verify(self._write_keys[site.site_id], body if kind.reads_body else scope.get(
                     "query_string", b""), headers.get("x-leadstream-timestamp"), headers.get("x-leadstream-signature"),
                     window_s=self.cfg.signature_window_s)
-                if verdict is not Verdict.valid:
-                    if self._ip_buckets.enabled and self._ip_buckets.take(ip or ""):
-                        return await self._limited_answer(send, "ip", "", 1.0, origin)
+                if verdict is not Verdict.valid:  # a failed signature counts against the client IP's limit
+                    wait = self._ip_buckets.take(ip or "") if self._ip_buckets.enabled else 0.0
+                    if wait:
+                        return await self._limited_answer(send, "ip", "", wait, origin)
                     refused = PayloadError("origin_violation", _SIGNATURE_PROBLEM[verdict].format(
                         site=site.site_id, window=self.cfg.signature_window_s), 403)
                     return await self._reject(send, kind, refused, scope, body, origin, site.site_id)

@@ -361,3 +361,13 @@ def test_no_predictable_salt() -> None:
     assert Settings(sites=[SiteSettings(site_id="acme")], identity_salt="s" * 16).missing_salt() is None  # type: ignore[arg-type]
     own = Settings(sites=[SiteSettings(site_id="acme", email_salt=SecretStr("x" * 16))])
     assert own.missing_salt() is None and own.email_salt(own.sites[0]) == "x" * 16
+
+
+async def test_failed_signatures_count_against_the_client_ip(make_client: MakeClient) -> None:
+    http, sink = await make_client(make_settings(sites=[SIGNED], rate_limit_ip_per_s=0.25, rate_limit_ip_burst=2))
+    content = body()
+    bad = sign_headers("w" * 32, content)
+    statuses = [(await http.post("/collect", content=content, headers=bad)).status_code for _ in range(3)]
+    assert statuses == [403, 403, 429] and len(sink.bad_rows) == 2
+    r = await http.post("/collect", content=content, headers=bad)
+    assert r.status_code == 429 and r.headers["retry-after"] == "4"
