@@ -191,8 +191,11 @@ def bench(duration_s: int = 15, connections: int = 64, bootstrap: str | None = N
         # the same null app answering only after an (instant, batched) acknowledgement: what the
         # answer-after-ack shape of the collector costs by itself
         waiting_baseline = null_app("null-wait", "--wait")
+        # one load generator is one client: the rate limits are off, the hot path is what is measured
         config = {"kafka": {"bootstrap_servers": bootstrap}, "topics": topics, "log_level": "warn",
-                  "collector": {"port": coll_port, "linger_ms": linger_ms},
+                  "identity_salt": "bench",
+                  "collector": {"port": coll_port, "linger_ms": linger_ms, "rate_limit_ip_per_s": 0,
+                                "rate_limit_site_per_s": 0},
                   "sites": [{"site_id": "bench", "allowed_origins": ["*"]}]}
         (work / "collector.yaml").write_text(yaml.safe_dump(config))
         collector = _serve([sys.executable, "-m", "pipeline.cli", "collector", "-c", str(work / "collector.yaml")],

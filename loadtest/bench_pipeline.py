@@ -48,7 +48,8 @@ def _settings_doc(bootstrap: str, redis_url: str, geoip: dict[str, str], name: s
     return {"kafka": {"bootstrap_servers": bootstrap}, "redis": {"url": redis_url}, "topics": topics,
             "geoip": geoip, "identity_salt": "bench", "data_dir": str(work / f"{name}-data"), "log_level": "warn",
             "metrics_port": metrics_port,
-            "collector": {"port": port, "trusted_proxies": ["127.0.0.1/32"]},
+            "collector": {"port": port, "trusted_proxies": ["127.0.0.1/32"], "rate_limit_ip_per_s": 0,
+                          "rate_limit_site_per_s": 0},  # one load generator, one site: throughput is measured
             "stages": {"app_id": f"{name}-app", "commit_interval_s": 1.0},
             "sites": [{"site_id": "acme", "allowed_origins": ["*"], "hosts": ["www.acme.example"]}]}
 

@@ -61,6 +61,13 @@ def _site_rules(settings: Settings, site_id: str) -> "EffectiveRules":
         _fail(f"site {site_id!r}: {exc}")
 
 
+def _require_salt(settings: Settings) -> None:
+    """Refuse to run without a salt for email hashes (`up` generates and keeps one)."""
+    problem = settings.missing_salt()
+    if problem:
+        _fail(problem)
+
+
 @app.command()
 def config(config: ConfigOption = None, site: SiteOption = None) -> None:
     """Print the effective settings (secrets masked) and exit; fails with the key path of any error.
@@ -102,6 +109,7 @@ def collector(config: ConfigOption = None) -> None:
     if not settings.kafka.bootstrap_servers:
         _fail("kafka.bootstrap_servers is not set (LEADSTREAM_KAFKA__BOOTSTRAP_SERVERS); "
               "use `leadstream up` to run with an embedded broker")
+    _require_salt(settings)
     serve(settings)
 
 
@@ -113,6 +121,7 @@ def worker(config: ConfigOption = None) -> None:
     if not settings.kafka.bootstrap_servers:
         _fail("kafka.bootstrap_servers is not set (LEADSTREAM_KAFKA__BOOTSTRAP_SERVERS); "
               "use `leadstream up` to run with an embedded broker")
+    _require_salt(settings)
     run(settings)
 
 
@@ -192,6 +201,8 @@ def import_(kind: Annotated[str, typer.Argument(help="companies | ip-ranges | as
         column_map = parse_column_map(map_ or [])
     except ValueError as exc:
         _fail(str(exc))
+    if kind in ("people", "identities"):
+        _require_salt(settings)
     store = None
     if not check:
         if not settings.redis.url_value:

@@ -40,6 +40,10 @@ COLLECTOR_CONSENT = Counter(
     "Requests whose privacy signal the site's policy honoured, by signal (gpc, dnt, anonymous_header) and "
     "action (anonymize, drop). Dropped requests are recorded here only, never written anywhere.",
     ["site", "signal", "action"])
+COLLECTOR_RATE_LIMITED = Counter(
+    "leadstream_collector_rate_limited_total",
+    "Requests answered 429 by the collector's rate limits, by scope (ip: per client IP, site: per site) and "
+    "site (empty for the per-IP limit, checked before the site is known).", ["scope", "site"])
 
 # --- stream stages ----------------------------------------------------------------
 STAGE_RECORDS = Counter(

@@ -12,6 +12,7 @@ as ``**********`` in logs, reprs and ``leadstream config``.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import os
 import re
@@ -24,6 +25,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Vali
                       field_validator, model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .core.identity import IdentityConfig, trust_config
 from .core.scoring_model import ScoringModel, SiteRules, default_scoring_model, load_scoring_model
 
 CONFIG_ENV = "LEADSTREAM_CONFIG"
@@ -34,6 +36,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class SettingsError(Exception):
     """The configuration is invalid; the message names each bad key path and what is wrong."""
+
+
+MISSING_SALT = ("identity_salt is not set: set a long random secret as identity_salt in the settings file or "
+                "LEADSTREAM_IDENTITY_SALT (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`), "
+                "and keep it: changing it unlinks every known email. `leadstream up` generates one for you.")
 
 
 class _Frozen(BaseModel):
@@ -130,6 +137,32 @@ class ConsentSettings(_Frozen):
 _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+class IdentityTrustSettings(_Frozen):
+    """How far the site trusts each identity source (README 'Trust model')."""
+    browser_confidence: float = Field(
+        0.5, ge=0, le=1, description="Confidence of an identity the browser claims (identify, login, form)")
+    verified_confidence: float = Field(
+        1.0, ge=0, le=1, description="Confidence of a verified identity: the owner's import, an email click, "
+        "a server-side call signed with a write key")
+
+    @model_validator(mode="after")
+    def _order(self) -> "IdentityTrustSettings":
+        if self.browser_confidence > self.verified_confidence:
+            raise ValueError("browser_confidence must not exceed verified_confidence")
+        return self
+
+
+@functools.lru_cache(maxsize=64)
+def _trust_config(browser: float, verified: float) -> IdentityConfig:
+    return trust_config(browser, verified)  # built once per pair: the visitor stage asks per record
+
+
+class RequireMode(str, Enum):
+    none = "none"            # any request (an Origin, when sent, must still be allowed)
+    origin = "origin"        # an allowed Origin header, or a valid signature
+    signature = "signature"  # a valid signature (server-side trackers only)
+
+
 class SiteSettings(_Frozen):
     site_id: str
     name: str = ""
@@ -161,6 +194,31 @@ class SiteSettings(_Frozen):
                 raise ValueError("each api_tokens entry is sha256:<64 hex digits>, the hash that "
                                  "`leadstream leads token` prints, not the token itself")
         return value
+    identity: IdentityTrustSettings = IdentityTrustSettings()
+    write_keys: list[SecretStr] = Field(
+        default_factory=list, description="Secrets a server-side tracker signs its requests with (HMAC-SHA256); "
+        "several for rotation")
+    require: RequireMode = Field(
+        RequireMode.none, description="What a request must carry: none | origin (an allowed Origin or a "
+        "signature) | signature")
+
+    @field_validator("write_keys")
+    @classmethod
+    def _keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("a write key must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _signature_needs_a_key(self) -> "SiteSettings":
+        if self.require is RequireMode.signature and not self.write_keys:
+            raise ValueError("require: signature needs at least one entry in write_keys")
+        return self
+
+    def identity_config(self) -> IdentityConfig:
+        """The identity rules with this site's confidences per link source."""
+        return _trust_config(self.identity.browser_confidence, self.identity.verified_confidence)
 
     @property
     def own_hosts(self) -> tuple[str, ...]:
@@ -190,11 +248,16 @@ class SiteSettings(_Frozen):
 
     def allows_origin(self, origin: str | None) -> bool:
         """True when ``origin`` may send for this site. A missing Origin (an <img> pixel,
-        a server-side tracker) is allowed: the browser sends Origin on every CORS request."""
+        a server-side tracker) is allowed here; ``require`` decides whether one is needed."""
         if origin is None or "*" in self.allowed_origins:
             return True
+        return self.lists_origin(origin)
+
+    def lists_origin(self, origin: str) -> bool:
+        """True when ``origin`` matches one of the site's own origins (not only the ``*`` wildcard)."""
         origin = origin.lower()
-        return any(origin == allowed or fnmatch.fnmatchcase(origin, allowed) for allowed in self.allowed_origins)
+        return any(allowed != "*" and (origin == allowed or fnmatch.fnmatchcase(origin, allowed))
+                   for allowed in self.allowed_origins)
 
 
 class CollectorSettings(_Frozen):
@@ -217,6 +280,18 @@ class CollectorSettings(_Frozen):
     retry_after_s: int = Field(5, ge=1)
     bad_row_payload_limit: int = Field(16_384, ge=256)
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    max_header_chars: int = Field(8192, ge=256, description="Longest request header value (Cookie: 4x); longer: 431")
+    max_headers_bytes: int = Field(65_536, ge=1024, description="All request headers together; more: 431")
+    body_timeout_s: float = Field(10.0, gt=0, description="Longest time to receive a request body; slower: 408")
+    limit_concurrency: int = Field(
+        2048, ge=1, description="Connections and requests served at once per worker process; more get 503")
+    signature_window_s: int = Field(
+        300, ge=1, description="How far a signed request's X-Leadstream-Timestamp may be from the collector's clock")
+    rate_limit_ip_per_s: float = Field(100.0, ge=0, description="Requests per second per client IP (0: no limit)")
+    rate_limit_ip_burst: int = Field(1000, ge=1, description="Requests a client IP may send at once")
+    rate_limit_site_per_s: float = Field(5000.0, ge=0, description="Requests per second per site (0: no limit)")
+    rate_limit_site_burst: int = Field(20_000, ge=1, description="Requests a site may receive at once")
+    rate_limit_max_clients: int = Field(100_000, ge=100, description="Client IPs tracked at once (oldest evicted)")
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -271,7 +346,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     scoring_model: Path | None = Field(None, description="Scoring model YAML (default: the built-in model)")
     identity_salt: SecretStr | None = Field(
-        None, description="Default salt for email hashes (set it: without one a per-site salt is derived from the site id)")
+        None, description="Default salt for email hashes (required outside `leadstream up`, which generates one)")
     metrics_host: str = Field("127.0.0.1", description="Address the worker's /metrics binds (0.0.0.0 in containers)")
     metrics_port: int = Field(9102, ge=0, le=65535, description="Worker /metrics port (the collector serves /metrics itself)")
 
@@ -291,12 +366,19 @@ class Settings(BaseSettings):
         return self._sites_by_id.get(site_id)
 
     def email_salt(self, site: SiteSettings) -> str:
-        """The salt for the site's email hashes (a secret)."""
+        """The salt for the site's email hashes (a secret). SettingsError when none is set: a
+        predictable salt would let anyone who knows an address find its hash."""
         if site.email_salt is not None:
             return site.email_salt.get_secret_value()
         if self.identity_salt is not None:
             return self.identity_salt.get_secret_value()
-        return f"leadstream-unsalted:{site.site_id}"
+        raise SettingsError(MISSING_SALT)
+
+    def missing_salt(self) -> str | None:
+        """The error message when some site has no salt for its email hashes, else None."""
+        if self.identity_salt is None and any(site.email_salt is None for site in self.sites):
+            return MISSING_SALT
+        return None
 
     def load_scoring_model(self) -> ScoringModel:
         """The configured scoring model (file), else the built-in default."""

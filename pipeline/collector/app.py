@@ -12,16 +12,21 @@ ingest path with a method it does not take (405), goes through Starlette.
 
 For every request the collector:
 
-1. parses the protocol (:mod:`pipeline.collector.protocol`); malformed input,
+1. checks every header's length (431) and, for an unsigned request, the
+   client IP's rate limit (429 + ``Retry-After``, no bad row); reads the body
+   within ``collector.body_timeout_s`` (408);
+2. parses the protocol (:mod:`pipeline.collector.protocol`); malformed input,
    protocol and size violations get a 4xx with a JSON message and a ``BadRow``;
-2. checks the site id and the Origin (403 + ``site_violation`` /
-   ``origin_violation`` bad row);
-3. applies the site's consent policy: ``drop`` answers as if accepted and
+3. checks the site id, then either the signature (:mod:`.signing`: a signed
+   request is verified and may set the client IP with the ``ip`` field) or
+   the Origin and the site's ``require`` (403 + ``site_violation`` /
+   ``origin_violation`` bad row), then the site's rate limit (429);
+4. applies the site's consent policy: ``drop`` answers as if accepted and
    writes nothing (a metric counts it), ``anonymize`` keeps the events without
-   IP, cookie ids or user ids and sets no cookie;
-4. reads the client IP (XFF only through trusted proxies) and the network
+   any personal field (:func:`~.request.anonymize_event`) and sets no cookie;
+5. reads the client IP (XFF only through trusted proxies) and the network
    user id cookie (set or refreshed on the answer);
-5. queues one payload per (site, tracker visitor) under the key
+6. queues one payload per (site, tracker visitor) under the key
    ``site_id|visitor_id`` (the payload id when anonymous) and waits for the
    acknowledgement: 200 (or the GIF), else 503 with ``Retry-After``.
 
@@ -52,13 +57,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import metrics
-from ..settings import ConsentAction, Settings, SiteSettings
+from ..core.events import VERIFIED_BY_SIGNATURE, VERIFIED_HEADER
+from ..settings import ConsentAction, RequireMode, Settings, SiteSettings
 from ..topology import visitor_key
 from .producer import BatchingProducer, BrokerUnavailable, PayloadSink, RecordTooLarge
 from .protocol import (EventGroup, Limits, PayloadError, fast_uuid4, parse_collect, parse_pixel_query,
                        parse_snowplow_get, parse_snowplow_post)
-from .request import CookiePolicy, ConsentSignals, client_ip, consent_action, kept_headers, read_cookie, \
-    read_headers
+from .request import (ANONYMOUS_HEADERS, CookiePolicy, ConsentSignals, TokenBuckets, anonymize_event, client_ip,
+                      consent_action, kept_headers, oversized_header, read_cookie, read_headers, retry_after,
+                      parse_ip, scrub_url)
+from .signing import Verdict, verify
 from .snippet import demo_page
 
 log = logging.getLogger(__name__)
@@ -203,6 +211,15 @@ class Collector:
         self._max_header = self.cfg.max_field_chars
         # a plain dict: Settings.site() goes through a pydantic private attribute (~2 us a lookup)
         self._sites: dict[str, SiteSettings] = {site.site_id: site for site in settings.sites}
+        self._write_keys: dict[str, list[str]] = {
+            site.site_id: [k.get_secret_value() for k in site.write_keys] for site in settings.sites}
+        self._any_site_open = any("*" in site.allowed_origins for site in settings.sites)
+        self._ip_buckets = TokenBuckets(self.cfg.rate_limit_ip_per_s, self.cfg.rate_limit_ip_burst,
+                                        self.cfg.rate_limit_max_clients)
+        self._site_buckets = TokenBuckets(self.cfg.rate_limit_site_per_s, self.cfg.rate_limit_site_burst,
+                                          max(len(self._sites), 1) + 1)
+        self._limited: dict[tuple[str, str], Any] = {}
+        self._cors_grants: dict[tuple[str, str | None], tuple[bool, bool]] = {}
 
     # ---- metrics (children cached: labels() takes a lock and a dict lookup) ----------------
 
@@ -222,14 +239,46 @@ class Collector:
             counter = self._consent[(site, signal, action)] = metrics.COLLECTOR_CONSENT.labels(site, signal, action)
         counter.inc()
 
+    def _count_limited(self, scope_name: str, site: str) -> None:
+        counter = self._limited.get((scope_name, site))
+        if counter is None:
+            counter = self._limited[(scope_name, site)] = metrics.COLLECTOR_RATE_LIMITED.labels(scope_name, site)
+        counter.inc()
+
     # ---- answers -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _cors(headers: list[tuple[bytes, bytes]], origin: str | None) -> None:
-        if origin:
+    def _cors_grant(self, origin: str | None, sites: list[SiteSettings] | None) -> tuple[bool, bool]:
+        """(reflect the origin, with credentials) for ``origin`` answering for ``sites`` (None: not known yet).
+
+        Only an origin a site lists gets credentials; an origin only a ``*`` site admits is
+        reflected without them (never a wildcard with credentials); any other gets no CORS headers.
+        """
+        if not origin:
+            return False, False
+        key = (origin, None if sites is None else sites[0].site_id if len(sites) == 1 else
+               "|".join(site.site_id for site in sites))
+        grant = self._cors_grants.get(key)
+        if grant is None:
+            candidates = list(self._sites.values()) if sites is None else sites
+            if any(site.lists_origin(origin) for site in candidates):
+                grant = (True, True)
+            elif any("*" in site.allowed_origins for site in candidates):
+                grant = (True, False)
+            else:
+                grant = (False, False)
+            if len(self._cors_grants) >= 4096:  # origins are few; a client inventing them cannot grow this
+                self._cors_grants.clear()
+            self._cors_grants[key] = grant
+        return grant
+
+    def _cors(self, headers: list[tuple[bytes, bytes]], origin: str | None,
+              sites: list[SiteSettings] | None = None) -> None:
+        headers.append((b"vary", b"Origin"))
+        reflect, credentials = self._cors_grant(origin, sites)
+        if reflect and origin:
             headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
-            headers.append((b"access-control-allow-credentials", b"true"))
-            headers.append((b"vary", b"Origin"))
+            if credentials:
+                headers.append((b"access-control-allow-credentials", b"true"))
 
     async def _send(self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         headers.append((b"content-length", str(len(body)).encode()))
@@ -237,12 +286,12 @@ class Collector:
         await send({"type": "http.response.body", "body": body})
 
     async def _error(self, send: Send, status: int, failure_type: str, message: str, origin: str | None,
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+                     extra: list[tuple[bytes, bytes]] | None = None, sites: list[SiteSettings] | None = None) -> None:
         body = json.dumps({"error": failure_type, "message": message}).encode()
         headers = [_JSON, _NO_CACHE]
         if extra:
             headers.extend(extra)
-        self._cors(headers, origin)
+        self._cors(headers, origin, sites)
         await self._send(send, status, body, headers)
 
     def bad_row(self, failure_type: str, message: str, site_id: str | None, source: str, raw: bytes,
@@ -267,8 +316,19 @@ class Collector:
         raw = _raw_request(scope, body)
         self.bad_row(err.failure_type, err.message, site_id or err.site_id, kind.source, raw, details,
                      None if size is None else len(raw) - len(body) + size)
-        await self._error(send, err.status, err.failure_type, err.message, origin)
+        site = self._sites.get(site_id or err.site_id or "")
+        await self._error(send, err.status, err.failure_type, err.message, origin,
+                          sites=None if site is None else [site])
         return err.status
+
+    async def _limited_answer(self, send: Send, scope_name: str, site: str, wait_s: float,
+                              origin: str | None) -> int:
+        self._count_limited(scope_name, site)
+        what = "this client" if scope_name == "ip" else f"site '{site}'"
+        await self._error(send, 429, "rate_limited", f"too many requests from {what}; retry later", origin,
+                          [(b"retry-after", retry_after(wait_s).encode())],
+                          sites=None if scope_name == "ip" else [self._sites[site]])
+        return 429
 
     # ---- the ingest path ---------------------------------------------------------------------
 
@@ -279,6 +339,13 @@ class Collector:
             status = await self._handle(kind, scope, receive, send)
         except ClientDisconnected:
             status = 499
+        except RecursionError:  # input nested too deeply for the stdlib: a clean refusal, no stack trace
+            status = 400
+            with contextlib.suppress(Exception):
+                self.bad_row("malformed_request", "the request is nested too deeply", None, kind.source,
+                             _raw_request(scope, b""))
+            with contextlib.suppress(Exception):
+                await self._error(send, 400, "malformed_request", "the request is nested too deeply", None)
         except Exception as exc:  # a bug: never a 500 for input, always a bad row to replay
             log.exception("error handling %s", kind.name)
             status = 400
@@ -291,6 +358,13 @@ class Collector:
         self._observe(kind.name, status, started)
 
     async def _handle(self, kind: _Kind, scope: Scope, receive: Receive, send: Send) -> int:
+        oversized = oversized_header(scope["headers"], self.cfg.max_header_chars, self.cfg.max_headers_bytes)
+        if oversized is not None:
+            name, length = oversized
+            err = PayloadError("size_violation", f"header '{name}' is {length} bytes long; the limit is "
+                               f"{self.cfg.max_header_chars if name != '(all headers)' else self.cfg.max_headers_bytes}",
+                               431, name)
+            return await self._reject(send, kind, err, scope, b"", None)
         headers = read_headers(scope["headers"])
         origin = headers.get("origin")
         method = scope["method"]
@@ -299,10 +373,23 @@ class Collector:
         if method == "HEAD":  # link checkers and previews: answer, record nothing
             await self._send(send, 200, b"", [kind.ok_type, _NO_CACHE])
             return 200
+        ip = client_ip(_peer(scope), headers.get("x-forwarded-for"), self.trusted)
+        signed = "x-leadstream-signature" in headers or "x-leadstream-timestamp" in headers
+        if not signed and self._ip_buckets.enabled:
+            wait = self._ip_buckets.take(ip or "")
+            if wait:
+                return await self._limited_answer(send, "ip", "", wait, origin)
         body = b""
         if kind.reads_body:
-            body, complete, size = await _read_body(receive, self.cfg.max_request_bytes,
-                                                    headers.get("content-length"), self.cfg.bad_row_payload_limit)
+            try:
+                async with asyncio.timeout(self.cfg.body_timeout_s):
+                    body, complete, size = await _read_body(receive, self.cfg.max_request_bytes,
+                                                            headers.get("content-length"),
+                                                            self.cfg.bad_row_payload_limit)
+            except TimeoutError:
+                await self._error(send, 408, "malformed_request",
+                                  f"the request body did not arrive within {self.cfg.body_timeout_s:g} s", origin)
+                return 408
             if not complete:
                 message = f"the request body ({size} bytes) is larger than {self.cfg.max_request_bytes} bytes"
                 return await self._reject(send, kind, PayloadError("size_violation", message, 413), scope, body,
@@ -310,7 +397,7 @@ class Collector:
         elif len(scope.get("query_string", b"")) > self.cfg.max_request_bytes:
             message = f"the query string is longer than {self.cfg.max_request_bytes} bytes"
             return await self._reject(send, kind, PayloadError("size_violation", message, 413), scope, b"", origin)
-        for name in ("user-agent", "referer", "accept-language", "origin"):
+        for name in ("user-agent", "referer", "accept-language", "origin"):  # stored as fields: the field limit
             value = headers.get(name)
             if value is not None and len(value) > self._max_header:
                 err = PayloadError("size_violation", f"header '{name}' is {len(value)} characters long; "
@@ -325,23 +412,48 @@ class Collector:
         except PayloadError as err:
             return await self._reject(send, kind, err, scope, body, origin)
 
-        # site and origin checks come before anything is written: a refused request writes no payload
+        # site, signature and origin checks come before anything is written: a refused request writes no payload
         sites: list[SiteSettings] = []
+        verified = False
         for group in groups:
             site = self._sites.get(group.site_id)
             if site is None:
                 refused = PayloadError("site_violation", f"unknown site id '{group.site_id}'", 403, "site_id")
                 return await self._reject(send, kind, refused, scope, body, origin, group.site_id)
-            if not site.allows_origin(origin) and not _same_origin(origin, headers.get("host")):
+            if signed:
+                verdict = verify(self._write_keys[site.site_id], body if kind.reads_body else scope.get(
+                    "query_string", b""), headers.get("x-leadstream-timestamp"), headers.get("x-leadstream-signature"),
+                    window_s=self.cfg.signature_window_s)
+                if verdict is not Verdict.valid:  # a failed signature counts against the client IP's limit
+                    wait = self._ip_buckets.take(ip or "") if self._ip_buckets.enabled else 0.0
+                    if wait:
+                        return await self._limited_answer(send, "ip", "", wait, origin)
+                    refused = PayloadError("origin_violation", _SIGNATURE_PROBLEM[verdict].format(
+                        site=site.site_id, window=self.cfg.signature_window_s), 403)
+                    return await self._reject(send, kind, refused, scope, body, origin, site.site_id)
+                verified = True
+            elif not site.allows_origin(origin) and not _same_origin(origin, headers.get("host")):
                 refused = PayloadError("origin_violation",
                                        f"origin '{origin}' may not send events for site '{group.site_id}'", 403)
                 return await self._reject(send, kind, refused, scope, body, origin, group.site_id)
+            elif site.require is RequireMode.signature:
+                refused = PayloadError("origin_violation", f"site '{site.site_id}' accepts only requests signed "
+                                       "with its write key (X-Leadstream-Signature)", 403)
+                return await self._reject(send, kind, refused, scope, body, origin, site.site_id)
+            elif site.require is RequireMode.origin and origin is None:
+                refused = PayloadError("origin_violation", f"site '{site.site_id}' requires an Origin header from "
+                                       "its allowed origins, or a signed request", 403)
+                return await self._reject(send, kind, refused, scope, body, origin, site.site_id)
             sites.append(site)
+        if self._site_buckets.enabled:
+            for site_id in dict.fromkeys(site.site_id for site in sites):
+                wait = self._site_buckets.take(site_id)
+                if wait:
+                    return await self._limited_answer(send, "site", site_id, wait, origin)
 
         now = int(time.time() * 1000)
         nuid: str | None = None
         set_cookie = False
-        ip: str | None = None
         futures: list[asyncio.Future[None]] = []
         want_ack = self.cfg.wait_for_broker
         for group, site in zip(groups, sites):
@@ -352,38 +464,44 @@ class Collector:
                 continue
             anonymous = action is ConsentAction.anonymize
             payload_id = fast_uuid4()
+            # the tracker protocol's `ip`: a signed (server-side) request names its user's address
+            claimed_ip = _take_ip_field(group)
+            kept = kept_headers(headers)
             if anonymous:
                 self._count_consent(site.site_id, signal or "", "anonymize")
                 for event in group.events:
-                    for key in ("domain_user_id", "user_id", "email", "identify_user_id"):
-                        event.pop(key, None)
+                    anonymize_event(event)
                 visitor_id = None
                 network_user_id = None
                 client = None
+                referer = scrub_url(headers.get("referer"))
+                kept = {k: v for k, v in kept.items() if k in ANONYMOUS_HEADERS}
                 key = visitor_key(group.site_id, payload_id)
             else:
                 if nuid is None:
                     nuid = read_cookie(headers.get("cookie"), self.cookie.name)
                     if nuid is None:
                         nuid = random_uuid4()
-                    ip = client_ip(_peer(scope), headers.get("x-forwarded-for"), self.trusted)
                 set_cookie = True
                 network_user_id = nuid
                 visitor_id = group.domain_user_id or nuid
-                client = ip
+                client = claimed_ip if verified and claimed_ip else ip
+                referer = headers.get("referer")
                 key = visitor_key(group.site_id, visitor_id)
+            if verified:
+                kept[VERIFIED_HEADER] = VERIFIED_BY_SIGNATURE
             payload = {
                 "payload_id": payload_id, "site_id": group.site_id, "visitor_id": visitor_id,
                 "network_user_id": network_user_id, "client_ip": client,
-                "user_agent": headers.get("user-agent"), "referer": headers.get("referer"), "origin": origin,
-                "accept_language": headers.get("accept-language"), "headers": kept_headers(headers),
+                "user_agent": headers.get("user-agent"), "referer": referer, "origin": origin,
+                "accept_language": headers.get("accept-language"), "headers": kept,
                 "collector_tstamp": now, "source": kind.source, "consent": "anonymous" if anonymous else "full",
                 "collector": self.collector_name, "events": group.events,
             }
             try:
                 future = self.sink.submit(payload, key, want_ack)
             except BrokerUnavailable:
-                return await self._unavailable(send, origin)
+                return await self._unavailable(send, origin, sites)
             except RecordTooLarge as exc:
                 too_large = PayloadError("size_violation", f"an event is too large to store: {exc}", 413)
                 return await self._reject(send, kind, too_large, scope, body, origin, group.site_id)
@@ -396,14 +514,14 @@ class Collector:
             try:
                 await future
             except BrokerUnavailable:
-                return await self._unavailable(send, origin)
+                return await self._unavailable(send, origin, sites)
             except RecordTooLarge as exc:
                 too_large = PayloadError("size_violation", f"an event is too large to store: {exc}", 413)
                 return await self._reject(send, kind, too_large, scope, body, origin)
         answer: list[tuple[bytes, bytes]] = [kind.ok_type, _NO_CACHE]
         if set_cookie and nuid is not None:
             answer.append((b"set-cookie", self.cookie.header(nuid)))
-        self._cors(answer, origin)
+        self._cors(answer, origin, sites)
         await self._send(send, 200, kind.ok_body, answer)
         return 200
 
@@ -414,11 +532,37 @@ class Collector:
         await self._send(send, 204, b"", headers)
         return 204
 
-    async def _unavailable(self, send: Send, origin: str | None) -> int:
+    async def _unavailable(self, send: Send, origin: str | None, sites: list[SiteSettings] | None = None) -> int:
         await self._error(send, 503, "broker_unavailable",
                           f"the event store is unavailable; retry in {self.cfg.retry_after_s}s", origin,
-                          [(b"retry-after", self.retry_after)])
+                          [(b"retry-after", self.retry_after)], sites)
         return 503
+
+
+_SIGNATURE_PROBLEM: Final = {
+    Verdict.invalid: "the request signature is not valid for site '{site}' (X-Leadstream-Timestamp and "
+                     "X-Leadstream-Signature: sha256=HMAC of '<timestamp>.<body or query string>')",
+    Verdict.expired: "the request signature expired: X-Leadstream-Timestamp is more than {window} s from the "
+                     "collector's clock",
+    Verdict.no_key: "site '{site}' has no write_keys: it cannot accept signed requests",
+    Verdict.unsigned: "the request is not signed",
+}
+
+
+def _take_ip_field(group: EventGroup) -> str | None:
+    """The tracker protocol's ``ip`` field (Snowplow ``ip``), removed from every event's ``extra``.
+
+    Only a signed request may use it (the caller decides); a value that is not an IP address is ignored.
+    """
+    found: str | None = None
+    for event in group.events:
+        extra = event.get("extra")
+        if extra and "ip" in extra:
+            value = extra.pop("ip")
+            if found is None and isinstance(value, str):
+                address = parse_ip(value)
+                found = str(address) if address is not None else None
+    return found
 
 
 def _peer(scope: Scope) -> str | None:

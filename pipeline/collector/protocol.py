@@ -250,11 +250,16 @@ def _pixel_event(raw: dict[str, Any], index: int | None, defaults: dict[str, Any
             if query and isinstance(value, str):
                 try:
                     value = json.loads(value)
+                except RecursionError:
+                    raise _protocol(f"field '{key}' is nested too deeply", key) from None
                 except ValueError:
                     raise _protocol(f"field '{key}' must be a JSON object", key) from None
             if not isinstance(value, dict):
                 raise _protocol(f"field '{key}' must be an object", key)
-            event["properties_json"] = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+            try:
+                event["properties_json"] = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+            except RecursionError:
+                raise _protocol(f"field '{key}' is nested too deeply", key) from None
             continue
         # unknown field: kept verbatim in `extra`
         if len(key) > MAX_KEY_CHARS:

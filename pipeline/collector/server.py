@@ -44,6 +44,8 @@ def _config(settings: Settings) -> uvicorn.Config:
         server_header=False,
         date_header=False,
         timeout_keep_alive=30,
+        # beyond this many connections and requests at once uvicorn answers 503 instead of queueing without bound
+        limit_concurrency=cfg.limit_concurrency,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence, TypeGuard
 __all__ = [
     "EVENT_TYPES", "PAGE_EVENT_TYPES", "TimeConfig", "TrackedEvent", "BadEvent",
     "derived_tstamp", "tracker_user_agent", "event_fingerprint", "validate_event", "build_event", "parse_payload",
+    "VERIFIED_HEADER", "VERIFIED_BY_SIGNATURE",
 ]
 
 EVENT_TYPES = frozenset({
@@ -79,6 +80,12 @@ def derived_tstamp(collector_tstamp: int, dtm: int | None = None, stm: int | Non
     return collector_tstamp
 
 
+#: ``CollectorPayload.headers`` entry the collector itself sets (never copied from the request) when
+#: the request was signed with one of the site's write keys; its value is :data:`VERIFIED_BY_SIGNATURE`.
+VERIFIED_HEADER = "x-leadstream-verified"
+VERIFIED_BY_SIGNATURE = "signature"
+
+
 @dataclass(frozen=True, slots=True)
 class TrackedEvent:
     """One event with its request context, typed. ``tstamp`` is the derived event time (ms)."""
@@ -119,6 +126,8 @@ class TrackedEvent:
     properties_json: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: the request was signed with the site's write key (a server-side tracker): its identity is verified
+    verified: bool = False
 
     @property
     def is_page_view(self) -> bool:
@@ -274,6 +283,7 @@ def build_event(event: Mapping[str, Any], payload: Mapping[str, Any],
         target_url=_str(event.get("target_url")), properties_json=_str(event.get("properties_json")),
         headers=dict(headers) if isinstance(headers, Mapping) else {},
         extra=dict(extra) if isinstance(extra, Mapping) else {},
+        verified=isinstance(headers, Mapping) and headers.get(VERIFIED_HEADER) == VERIFIED_BY_SIGNATURE,
     )
 
 

@@ -46,7 +46,7 @@ __all__ = [
     "IdentitySnapshot", "CreatePerson", "Link", "Merge", "SetProfile", "ForgetPerson", "LogEntry", "IdentityOp",
     "IdentityResult", "ImportedIdentity", "is_blocked", "normalize_email", "hash_email", "email_domain",
     "apply_ops", "link_identifiers", "identifiers_from_event", "apply_identity_events", "import_identity",
-    "resolve_visitor", "forget_person",
+    "resolve_visitor", "forget_person", "trust_config", "BROWSER_SOURCES", "VERIFIED_SOURCES",
 ]
 
 
@@ -76,8 +76,24 @@ def _default_limits() -> dict[IdType, int | None]:
     return {IdType.user_id: 1, IdType.crm_id: 1, IdType.email: 5, IdType.email_click: 10, IdType.visitor: 1000}
 
 
+#: Link sources the browser claims: anyone can send these, so they are claims, never proof.
+BROWSER_SOURCES = frozenset({"identify", "login", "form"})
+#: Verified link sources: the site owner's import, an email-campaign click, a server-side call
+#: signed with the site's write key.
+VERIFIED_SOURCES = frozenset({"import", "email_click", "server"})
+DEFAULT_BROWSER_CONFIDENCE = 0.5
+DEFAULT_VERIFIED_CONFIDENCE = 1.0
+
+
+def _confidence(browser: float, verified: float) -> dict[str, float]:
+    out = {s: browser for s in BROWSER_SOURCES}
+    out.update({s: verified for s in VERIFIED_SOURCES})
+    out["inferred"] = min(browser, 0.5)
+    return out
+
+
 def _default_confidence() -> dict[str, float]:
-    return {"identify": 1.0, "login": 1.0, "form": 1.0, "import": 1.0, "email_click": 0.9, "inferred": 0.5}
+    return _confidence(DEFAULT_BROWSER_CONFIDENCE, DEFAULT_VERIFIED_CONFIDENCE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +106,21 @@ class IdentityConfig:
 
 
 DEFAULT_IDENTITY = IdentityConfig()
+
+
+def trust_config(browser_confidence: float = DEFAULT_BROWSER_CONFIDENCE,
+                 verified_confidence: float = DEFAULT_VERIFIED_CONFIDENCE,
+                 base: IdentityConfig = DEFAULT_IDENTITY) -> IdentityConfig:
+    """``base`` with the confidence of each link source set from one site's trust settings."""
+    return IdentityConfig(base.limits, base.priority, base.identifying, base.max_merges,
+                          _confidence(browser_confidence, verified_confidence))
 Identifier = tuple[IdType, str]
 
 
 @dataclass(frozen=True, slots=True)
 class LinkRecord:
     person_id: str
-    source: str            # how it was linked: identify | login | form | import | email_click
+    source: str            # how it was linked: identify | login | form (browser) | import | email_click | server
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +130,8 @@ class PersonRecord:
     merges: int = 0
     created: int = 0                       # event time of creation (ms)
     profile: Mapping[str, str] = field(default_factory=dict)
+    #: profile fields a verified source set (the owner's import, a signed call): browser traits never overwrite them
+    verified_fields: frozenset[str] = frozenset()
 
     def identified(self, cfg: IdentityConfig = DEFAULT_IDENTITY) -> bool:
         return any(self.identifiers.get(t) for t in cfg.identifying)
@@ -153,9 +179,13 @@ class Merge:
 
 @dataclass(frozen=True, slots=True)
 class SetProfile:
-    """HSET person:<pid> with these profile fields (existing fields not named stay)."""
+    """HSET person:<pid> with these profile fields (existing fields not named stay).
+
+    ``verified`` (the owner's import, a signed call) marks the fields as verified; an
+    unverified op (browser traits) leaves every verified field as it is."""
     person_id: str
     fields: Mapping[str, str]
+    verified: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +261,7 @@ def apply_ops(snapshot: IdentitySnapshot, ops: Iterable[IdentityOp]) -> Identity
         ids = dict(p.identifiers)
         if v not in ids.get(t, ()):
             ids[t] = tuple(ids.get(t, ())) + (v,)
-        return PersonRecord(p.person_id, ids, p.merges, p.created, p.profile)
+        return PersonRecord(p.person_id, ids, p.merges, p.created, p.profile, p.verified_fields)
 
     for op in ops:
         if isinstance(op, CreatePerson):
@@ -246,12 +276,21 @@ def apply_ops(snapshot: IdentitySnapshot, ops: Iterable[IdentityOp]) -> Identity
                 links[(t, v)] = LinkRecord(op.into_person, old.source if old else "merge")
                 dst = with_id(dst, t, v)
             profile = {**dict(src.profile), **dict(dst.profile)}
+            # a verified field of the absorbed person beats an unverified one of the target
+            profile.update({k: src.profile[k] for k in src.verified_fields - dst.verified_fields
+                            if k in src.profile})
             persons[op.into_person] = PersonRecord(dst.person_id, dst.identifiers, op.merges_after, dst.created,
-                                                   profile)
+                                                   profile, dst.verified_fields | src.verified_fields)
         elif isinstance(op, SetProfile):
             p = persons[op.person_id]
-            persons[op.person_id] = PersonRecord(p.person_id, p.identifiers, p.merges, p.created,
-                                                 {**dict(p.profile), **dict(op.fields)})
+            if op.verified:
+                persons[op.person_id] = PersonRecord(p.person_id, p.identifiers, p.merges, p.created,
+                                                     {**dict(p.profile), **dict(op.fields)},
+                                                     p.verified_fields | frozenset(op.fields))
+            else:
+                kept = {k: v for k, v in op.fields.items() if k not in p.verified_fields}
+                persons[op.person_id] = PersonRecord(p.person_id, p.identifiers, p.merges, p.created,
+                                                     {**dict(p.profile), **kept}, p.verified_fields)
         elif isinstance(op, ForgetPerson):
             for key in op.identifiers:
                 links.pop(key, None)
@@ -355,9 +394,20 @@ def link_identifiers(snapshot: IdentitySnapshot, identifiers: Sequence[Identifie
             moved_visitors.extend(v for t, v in moved if t is IdType.visitor)
         have = {(t, v) for r in records for t, v in _all_ids(r)}
         ops.extend(Link(t, v, target.person_id, source) for t, v in ids if (t, v) not in have)
+        # a verified source confirms a link a browser only claimed: the link takes the stronger source
+        mine = set(_all_ids(target))
+        for t, v in ids:
+            old = snapshot.links.get((t, v))
+            if ((t, v) in mine and old is not None and old.person_id == target.person_id
+                    and _trust(source, cfg) > _trust(old.source, cfg)):
+                ops.append(Link(t, v, target.person_id, source))
         new_ids = [(t, v) for t, v in ids if (t, v) not in {i for i in _all_ids(target)}]
         return _finish(snapshot, target.person_id, ops, new_ids, tuple(moved_visitors))
     return IdentityResult(None, tuple(ops), apply_ops(snapshot, ops))
+
+
+def _trust(source: str, cfg: IdentityConfig) -> float:
+    return cfg.link_confidence.get(source, cfg.link_confidence.get("inferred", 0.5))
 
 
 def _finish(snapshot: IdentitySnapshot, pid: str, ops: list[IdentityOp], new_ids: Sequence[Identifier],
@@ -386,7 +436,10 @@ def _traits(properties_json: str | None) -> dict[str, str]:
 def identifiers_from_event(event: TrackedEvent, salt: str) -> tuple[list[Identifier], str, dict[str, str]]:
     """(identifiers, link source, profile fields) one event carries; no identifiers when
     it carries no identity signal. The visitor id joins any other identifier. Emails are
-    normalised and salted-hashed here; only the company domain of the address is kept."""
+    normalised and salted-hashed here; only the company domain of the address is kept.
+
+    The source is ``server`` for an event of a request signed with the site's write key
+    (``event.verified``), else what the browser claims: identify | form | login."""
     ids: list[Identifier] = []
     profile: dict[str, str] = {}
     uid = event.identify_user_id or event.user_id
@@ -405,6 +458,8 @@ def identifiers_from_event(event: TrackedEvent, salt: str) -> tuple[list[Identif
         return [], "", {}
     if event.visitor_id:
         ids.append((IdType.visitor, event.visitor_id))
+    if event.verified:
+        return ids, "server", profile
     source = {"identify": "identify", "form_submit": "form"}.get(event.event_type, "login")
     return ids, source, profile
 
@@ -429,8 +484,13 @@ def apply_identity_events(snapshot: IdentitySnapshot, events: Sequence[TrackedEv
             ops.append(LogEntry("invalid_email", e.tstamp, "email field is not an address"))
         if ids:
             step = link_identifiers(snap, ids, tstamp=e.tstamp, source=source, cfg=cfg)
+            if step.person_id is not None and not e.verified:
+                # browser traits are claims: they never overwrite a verified (imported or signed) field
+                held = step.snapshot.persons.get(step.person_id)
+                if held is not None:
+                    profile = {k: v for k, v in profile.items() if k not in held.verified_fields}
             if step.person_id is not None and profile:
-                extra: list[IdentityOp] = [SetProfile(step.person_id, profile)]
+                extra: list[IdentityOp] = [SetProfile(step.person_id, profile, verified=e.verified)]
                 step = IdentityResult(step.person_id, step.ops + tuple(extra), apply_ops(step.snapshot, extra),
                                       step.linked_visitors)
         if e.email_click_id is not None and e.visitor_id:
@@ -492,7 +552,8 @@ def import_identity(snapshot: IdentitySnapshot, row: ImportedIdentity, *, tstamp
 def resolve_visitor(snapshot: IdentitySnapshot, visitor_id: str | None,
                     cfg: IdentityConfig = DEFAULT_IDENTITY) -> PersonResolution:
     """The visitor's person with a confidence from how the visitor was linked
-    (:attr:`IdentityConfig.link_confidence`) and the evidence; confidence 0 when unlinked."""
+    (:attr:`IdentityConfig.link_confidence`: browser claims lower than verified sources), the
+    evidence and the link source; confidence 0 and no source when unlinked."""
     link = snapshot.links.get((IdType.visitor, visitor_id)) if visitor_id else None
     record = snapshot.persons.get(link.person_id) if link else None
     if link is None or record is None:
@@ -507,9 +568,10 @@ def resolve_visitor(snapshot: IdentitySnapshot, visitor_id: str | None,
         company_domain=prof.get("company_domain"),
         traits={k: v for k, v in prof.items() if k not in ("email", "name", "title", "seniority", "department",
                                                            "company_domain", "first_name", "last_name")})
+    trust = "verified" if link.source in VERIFIED_SOURCES else "claimed"
     evidence = Evidence(f"identity:{link.source}", f"visitor {visitor_id} linked to person {record.person_id} "
-                                                   f"by {link.source}", conf)
-    return PersonResolution(person, conf, (evidence,))
+                                                   f"by {link.source} ({trust})", conf)
+    return PersonResolution(person, conf, (evidence,), link.source)
 
 
 def forget_person(snapshot: IdentitySnapshot, person_id: str, tstamp: int) -> IdentityResult:

@@ -121,3 +121,4 @@ class PersonResolution:
     person: Person | None
     confidence: float
     evidence: tuple[Evidence, ...] = ()
+    source: str | None = None   # the identity link's source: identify | login | form | import | email_click | server

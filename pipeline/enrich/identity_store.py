@@ -13,7 +13,9 @@ site's graph lives in one slot and MULTI / Lua stay legal on a cluster)::
 
     ls:{S}:id:<type>:<value>       hash    p: person id, s: link source (identify | login |
                                            form | import | email_click | merge)
-    ls:{S}:person:<pid>            hash    created (ms), merges, f:<profile field> ...
+    ls:{S}:person:<pid>            hash    created (ms), merges, f:<profile field> ...,
+                                           v:<profile field> = 1 when a verified source (import,
+                                           signed call) set it: browser traits never overwrite it
     ls:{S}:person:<pid>:ids        set     <type>:<value> of every identifier of the person
     ls:{S}:identity-log            stream  kind, t, detail, ids (JSON list of "<type>:<value>"),
                                            persons (JSON list); MAXLEN ~ 100000
@@ -94,6 +96,7 @@ LOG_KINDS = frozenset({"merge", "blocked", "limit", "double_identified", "merge_
                        "invalid_email", "forget"})
 MERGE_LOG_KINDS = frozenset({"merge", "double_identified", "merge_cap", "limit"})
 PROFILE_PREFIX = "f:"
+VERIFIED_PREFIX = "v:"
 _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _EMAIL_HASH = re.compile(r"^[0-9a-f]{64}$")
 _LOG_PAGE = 1000
@@ -124,12 +127,34 @@ for i = 5, #KEYS do
   end
 end
 local src = redis.call('HGETALL', KEYS[1])
-for j = 1, #src, 2 do
-  if string.sub(src[j], 1, 2) == 'f:' then redis.call('HSETNX', KEYS[3], src[j], src[j + 1]) end
+local h = {}
+for j = 1, #src, 2 do h[src[j]] = src[j + 1] end
+for k, val in pairs(h) do
+  if string.sub(k, 1, 2) == 'f:' then
+    local mark = 'v:' .. string.sub(k, 3)
+    if h[mark] and redis.call('HEXISTS', KEYS[3], mark) == 0 then
+      redis.call('HSET', KEYS[3], k, val, mark, '1')
+    else
+      redis.call('HSETNX', KEYS[3], k, val)
+    end
+  end
 end
 redis.call('HSET', KEYS[3], 'merges', ARGV[3])
 redis.call('DEL', KEYS[1], KEYS[2])
 return moved
+"""
+
+# KEYS: person hash. ARGV: field, value pairs. Browser traits: sets each profile field a verified
+# source has not set (no v:<field> mark), atomically with the check.
+_CLAIM_PROFILE_LUA = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], 'v:' .. ARGV[i]) == 0 then
+    redis.call('HSET', KEYS[1], 'f:' .. ARGV[i], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
 """
 
 # KEYS: person hash, person ids, id keys listed by the op. ARGV: pid, id key prefix.
@@ -237,8 +262,9 @@ def decode_person(person_id: str, fields: Mapping[str, str], members: Iterable[A
             continue
         ids.setdefault(parsed[0], []).append(parsed[1])
     profile = {k[len(PROFILE_PREFIX):]: v for k, v in fields.items() if k.startswith(PROFILE_PREFIX)}
+    verified = frozenset(k[len(VERIFIED_PREFIX):] for k in fields if k.startswith(VERIFIED_PREFIX))
     return PersonRecord(person_id, {t: tuple(sorted(vs)) for t, vs in ids.items()},
-                        int(fields.get("merges") or 0), int(fields.get("created") or 0), profile)
+                        int(fields.get("merges") or 0), int(fields.get("created") or 0), profile, verified)
 
 
 def _ids_json(ids: Iterable[Identifier]) -> str:
@@ -255,7 +281,7 @@ def op_to_json(op: IdentityOp) -> dict[str, Any]:
         return {"op": "merge", "from": op.from_person, "into": op.into_person, "moved": [member(i) for i in op.moved],
                 "merges": op.merges_after, "t": op.tstamp}
     if isinstance(op, SetProfile):
-        return {"op": "profile", "p": op.person_id, "f": dict(sorted(op.fields.items()))}
+        return {"op": "profile", "p": op.person_id, "f": dict(sorted(op.fields.items())), "v": op.verified}
     if isinstance(op, ForgetPerson):
         return {"op": "forget", "p": op.person_id, "ids": [member(i) for i in op.identifiers]}
     return {"op": "log", **op.to_dict()}
@@ -385,11 +411,16 @@ def _apply_commands(keys: IdentityKeys, ops: Sequence[IdentityOp], st: _Settings
                              keys.person_ids(op.into_person), *(keys.link(i) for i in op.moved),
                              op.from_person, op.into_person, op.merges_after, *(member(i) for i in op.moved)))
         elif isinstance(op, SetProfile):
-            if op.fields:
+            if op.fields and op.verified:
                 flat: list[str] = []
                 for k, v in sorted(op.fields.items()):
-                    flat += [PROFILE_PREFIX + k, v]
+                    flat += [PROFILE_PREFIX + k, v, VERIFIED_PREFIX + k, "1"]
                 commands.append(("HSET", keys.person(op.person_id), *flat))
+            elif op.fields:
+                pairs: list[str] = []
+                for k, v in sorted(op.fields.items()):
+                    pairs += [k, v]
+                commands.append(("EVAL", _CLAIM_PROFILE_LUA, 1, keys.person(op.person_id), *pairs))
         elif isinstance(op, ForgetPerson):
             commands.append(("EVAL", _FORGET_LUA, 2 + len(op.identifiers), keys.person(op.person_id),
                              keys.person_ids(op.person_id), *(keys.link(i) for i in op.identifiers),

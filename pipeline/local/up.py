@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -143,6 +144,9 @@ def prepare(settings: Settings, stack: Stack, real_kafka: bool = False) -> Setti
         changes["sites"] = [SiteSettings(site_id=DEMO_SITE, name="Demo site", allowed_origins=["*"],
                                          capture_forms=True).model_dump()]
     changes["collector"] = collector
+    salt = persisted_identity_salt(settings, data_dir)
+    if salt is not None:
+        changes["identity_salt"] = salt
     if settings.metrics_port and not _port_free("127.0.0.1", settings.metrics_port):
         changes["metrics_port"] = free_port()  # a second `up` on this machine must not fail on the default
     effective = with_overrides(settings, **changes)
@@ -160,6 +164,29 @@ def _with_leads_token(settings: Settings) -> tuple[Settings, str | None]:
     sites = [s.model_dump() for s in settings.sites]
     sites[0]["api_tokens"] = [digest]
     return with_overrides(settings, sites=sites), token
+
+
+SALT_FILE = "identity_salt"
+
+
+def persisted_identity_salt(settings: Settings, data_dir: Path) -> str | None:
+    """The salt `up` uses when the settings set none: kept in ``data_dir/identity_salt`` (0600),
+    generated on the first run, so email hashes stay the same from one `up` to the next.
+    None when the settings have one."""
+    if settings.identity_salt is not None:
+        return None
+    path = data_dir / SALT_FILE
+    if path.is_file():
+        existing = path.read_text(encoding="utf-8").strip()
+        if existing:
+            return existing
+    value = secrets.token_hex(32)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    print(f"salt       generated identity_salt, kept in {path} (back it up with your data)", flush=True)
+    return value
 
 
 def write_config(settings: Settings, path: Path) -> Path:

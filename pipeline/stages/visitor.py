@@ -220,6 +220,7 @@ class VisitorStage:
         for site_id, group in by_site.items():
             site = group[0].site
             salt = self.settings.email_salt(site)
+            cfg = site.identity_config()  # the site's confidence per identity source
             wanted: list[Identifier] = []
             for v in group:
                 if v.visitor_id:
@@ -231,7 +232,7 @@ class VisitorStage:
             snapshot = await self.identity.load_snapshot(site_id, list(dict.fromkeys(wanted)))
             ops: list[Any] = []
             for v in group:
-                res: IdentityResult = apply_identity_events(snapshot, v.events, salt)
+                res: IdentityResult = apply_identity_events(snapshot, v.events, salt, cfg)
                 snapshot = res.snapshot
                 ops.extend(res.ops)
             if ops:
@@ -239,7 +240,7 @@ class VisitorStage:
                 for op in ops:
                     IDENTITY_OPS.labels(type(op).__name__).inc()
             for v in group:
-                out[v.key] = resolve_visitor(snapshot, v.visitor_id)
+                out[v.key] = resolve_visitor(snapshot, v.visitor_id, cfg)
         return out
 
     def _networks(self, visitors: Mapping[str, _Visitor]) -> dict[str, NetworkInfo]:

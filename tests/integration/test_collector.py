@@ -202,7 +202,9 @@ async def test_linger_groups_requests_per_partition(kafka_broker: KafkaBroker,
 
 async def test_broker_outage_503_then_recovery_and_exactly_once(kafka_broker: KafkaBroker,
                                                                 unique_name: Callable[[str], str]) -> None:
-    settings = make_settings(kafka_broker.bootstrap, unique_name, ack_timeout_s=2, retry_after_s=3)
+    # one client sends as fast as it can on purpose: the outage is under test here, not the per-IP rate limit
+    settings = make_settings(kafka_broker.bootstrap, unique_name, ack_timeout_s=2, retry_after_s=3,
+                             rate_limit_ip_per_s=0)
     answered_200: list[str] = []
     statuses: Counter[int] = Counter()
     counter = iter(range(10**9))

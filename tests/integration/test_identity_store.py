@@ -58,7 +58,7 @@ def norm(snap: IdentitySnapshot) -> dict[str, Any]:
     return {
         "links": {f"{t.value}:{v}": (l.person_id, l.source) for (t, v), l in snap.links.items()},
         "persons": {pid: ({t.value: sorted(vs) for t, vs in p.identifiers.items() if vs}, p.merges, p.created,
-                          dict(p.profile)) for pid, p in snap.persons.items()},
+                          dict(p.profile), sorted(p.verified_fields)) for pid, p in snap.persons.items()},
     }
 
 
@@ -163,7 +163,7 @@ async def test_resolve_visitors_pipelined(store: IdentityStore, monkeypatch: pyt
     assert counter.round_trips == 2
     assert res["v2"].person is None and res["v2"].confidence == 0.0
     person = res["v1"].person
-    assert person is not None and res["v1"].confidence == 1.0
+    assert person is not None and res["v1"].confidence == 0.5  # a browser identify is a claim
     assert person.user_id == "u1" and person.name == "Ada" and person.title == "VP Eng"
     assert person.email is None and person.email_hash == hash_email("ada@brightpath.example", SALT)
     assert person.company_domain == "brightpath.example"
@@ -195,6 +195,36 @@ async def test_every_op_type_matches_core(store: IdentityStore) -> None:
     assert log[1]["ids"] == ["email_click:c2", "visitor:v2"] and log[1]["persons"] == ["p2", "p1"]
 
 
+async def test_browser_traits_never_overwrite_verified_fields_in_redis(store: IdentityStore) -> None:
+    """Issue 13: a claimed (unverified) profile write leaves every imported field alone, also across a merge."""
+    await check_apply(store, [CreatePerson("p1", 1), Link(IdType.crm_id, "c1", "p1", "import"),
+                              SetProfile("p1", {"company_domain": "acme.com", "seniority": "director"})])
+    after = await check_apply(store, [SetProfile("p1", {"company_domain": "evil.example", "seniority": "c_level",
+                                                        "department": "sales"}, verified=False)])
+    p1 = after.persons["p1"]
+    assert dict(p1.profile) == {"company_domain": "acme.com", "seniority": "director", "department": "sales"}
+    assert p1.verified_fields == {"company_domain", "seniority"}
+    # an unverified person absorbs the imported one: the imported values win over its claims
+    await check_apply(store, [CreatePerson("p0", 0), Link(IdType.user_id, "u0", "p0", "identify"),
+                              SetProfile("p0", {"company_domain": "claimed.example", "title": "x"}, verified=False)])
+    moved = ((IdType.crm_id, "c1"),)
+    after = await check_apply(store, [Merge("p1", "p0", moved, 1, 5)])
+    p0 = after.persons["p0"]
+    assert p0.profile["company_domain"] == "acme.com" and p0.profile["title"] == "x"
+    assert p0.verified_fields == {"company_domain", "seniority"}
+
+
+async def test_claimed_and_signed_identities_through_the_store(store: IdentityStore) -> None:
+    """A browser identify resolves with the claim confidence, a signed one with the verified confidence."""
+    from pipeline.core.events import VERIFIED_BY_SIGNATURE, VERIFIED_HEADER
+    await store.process_events(SITE, [ev("v1", 10, email="jane@x.example")], SALT)
+    await store.process_events(SITE, [ev("v2", 11, email="joe@x.example",
+                                         headers={VERIFIED_HEADER: VERIFIED_BY_SIGNATURE}, verified=True)], SALT)
+    res = await store.resolve_visitors(SITE, ["v1", "v2"])
+    assert (res["v1"].source, res["v1"].confidence) == ("identify", 0.5)
+    assert (res["v2"].source, res["v2"].confidence) == ("server", 1.0)
+
+
 async def test_key_layout(store: IdentityStore, redis_client: redis.Redis) -> None:
     h = hash_email("a@x.example", SALT)
     await store.apply(SITE, [CreatePerson("p1", 7), Link(IdType.email, h, "p1", "import"),
@@ -206,7 +236,8 @@ async def test_key_layout(store: IdentityStore, redis_client: redis.Redis) -> No
                                  f"ls:{{{SITE}}}:person:p1", f"ls:{{{SITE}}}:person:p1:ids"}
     assert len(guard) == 1 and 0 < redis_client.ttl(guard[0]) <= 7 * 24 * 3600
     assert redis_client.hgetall(f"ls:{{{SITE}}}:person:p1") == {b"created": b"7", b"merges": b"0",
-                                                                  b"f:email": b"a@x.example"}
+                                                                  b"f:email": b"a@x.example",
+                                                                  b"v:email": b"1"}  # set by a verified source
     assert redis_client.hgetall(IdentityKeys(SITE).link((IdType.email, h))) == {b"p": b"p1", b"s": b"import"}
     with pytest.raises(ValueError):
         store.keys("bad}site")
@@ -243,7 +274,7 @@ async def test_two_visitors_same_email_become_one_person(store: IdentityStore) -
     r2 = await store.process_events(SITE, [ev("v2", 20, event_type="form_submit", email="ada@acme.example")], SALT)
     assert r1.person_id is not None and r2.person_id == r1.person_id and r2.linked_visitors == ("v2",)
     res = await store.resolve_visitors(SITE, ["v1", "v2"])
-    assert res["v1"].person == res["v2"].person and res["v2"].confidence == 1.0
+    assert res["v1"].person == res["v2"].person and res["v2"].confidence == 0.5  # a form is a browser claim
 
 
 async def test_unidentified_person_is_merged_and_logged(store: IdentityStore) -> None:

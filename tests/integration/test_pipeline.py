@@ -179,7 +179,7 @@ def test_identified_visitor_brings_earlier_activity_to_the_account(pipeline: Pip
     assert backfills and backfills[0]["account"] == account
     assert {h["url"] for h in backfills[0]["hits"]} >= {"https://www.acme.example/pricing",
                                                          "https://www.acme.example/demo"}
-    assert backfills[0]["person_id"] and backfills[0]["person_confidence"] == 1.0
+    assert backfills[0]["person_id"] and backfills[0]["person_confidence"] == 0.5  # a browser identify is a claim
     score = scores_by_account(p)[account]
     rules = {c["rule"] for c in score["intent_contributions"] if c["points"] > 0}
     assert {"page:pricing", "page:demo"} <= rules, score["intent_contributions"]

@@ -158,7 +158,7 @@ class TestEventsAndResolution:
         assert rec.profile == {"company_domain": "acme.com", "title": "VP Marketing", "seniority": "vp"}
         assert "jane@acme.com" not in repr(r.ops)            # never stored in plain text
         res = resolve_visitor(r.snapshot, "v1")
-        assert res.confidence == 1.0 and res.person is not None and res.person.company_domain == "acme.com"
+        assert res.confidence == 0.5 and res.source == "identify" and res.person is not None and res.person.company_domain == "acme.com"
         assert res.evidence[0].source == "identity:identify"
 
     def test_free_mail_domain_not_a_company(self) -> None:
@@ -174,7 +174,7 @@ class TestEventsAndResolution:
                                tstamp=T0, salt=SALT).snapshot
         r = apply_identity_events(snap, [ev(T0 + 1, email_click_id="c9")], SALT)
         res = resolve_visitor(r.snapshot, "v1")
-        assert res.confidence == 0.9 and r.linked_visitors == ("v1",)
+        assert res.confidence == 1.0 and res.source == "email_click" and r.linked_visitors == ("v1",)
         assert res.person is not None and res.person.email == "jane@acme.com"   # owner-supplied: kept
 
     def test_invalid_email_logged(self) -> None:
