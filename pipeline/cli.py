@@ -364,6 +364,20 @@ def leads_token(ctx: typer.Context) -> None:
     typer.echo(f"token: {token}\nadd to the site's api_tokens: {digest}")
 
 
+@bench_app.command("leads")
+def bench_leads(
+    accounts: Annotated[int, typer.Option(help="Accounts of one site in the view")] = 100_000,
+    requests: Annotated[int, typer.Option(help="Timed API requests per filter")] = 300,
+) -> None:
+    """The prospect list: view updates per score change and per second, Redis memory per account,
+    and p50/p99 of GET /leads?limit=50 with each filter against a /health baseline."""
+    from loadtest.bench_leads import bench
+    report = bench(accounts=accounts, requests=requests)
+    typer.echo(json.dumps(report, indent=2))
+    if not report["pass"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -149,8 +149,10 @@ def create_api(settings: Settings, view: LeadsView) -> Starlette:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         data = message["data"]
-                        text = data.decode() if isinstance(data, bytes) else str(data)
-                        yield f"event: change\ndata: {text}\n\n".encode()
+                        rows = json.loads(data.decode() if isinstance(data, bytes) else str(data))
+                        for row in rows:  # one message per update batch, one event per account
+                            row.pop("priority_key", None)
+                            yield f"event: change\ndata: {json.dumps(row, separators=(',', ':'))}\n\n".encode()
                     elif time.monotonic() - last_ping > 15:
                         last_ping = time.monotonic()
                         yield b": ping\n\n"

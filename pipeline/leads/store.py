@@ -8,7 +8,7 @@ Key layout, per site (``{site}`` is a Redis Cluster hash tag, so one site's view
 - ``ls:lv:{site}:sum``             hash, account -> the row as the list shows it (compact JSON)
 - ``ls:lv:{site}:doc``             hash, account -> the full document (detail panel, ``leads show``)
 - ``ls:lv:{site}:person:<id>``     set of the accounts where a person was seen (erasure)
-- ``ls:lv:{site}:changes``         pub/sub channel: one JSON message per changed account (the page's live updates)
+- ``ls:lv:{site}:changes``         pub/sub channel: a JSON list of the changed rows per update batch (the page's live updates)
 - ``ls:lv:meta``                   hash: ``built`` once the view has been filled from the topic's beginning
 
 A request reads one index page by page and the rows' summaries with one ``HMGET`` per page:
@@ -30,7 +30,7 @@ __all__ = ["ViewKeys", "LeadsView", "Page", "SUMMARY_FIELDS"]
 SUMMARY_FIELDS = ("account", "domain", "name", "status", "filtered_by", "seen", "tier", "fit", "intent", "trend",
                   "last_activity", "country", "industry", "employees", "visitors", "people", "reason",
                   "priority_key")
-_PAGE = 256
+_PAGE = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,35 +110,59 @@ class LeadsView:
         return {a: json.loads(r) for a, r in zip(accounts, raw) if r is not None}
 
     async def put(self, docs: Iterable[Mapping[str, Any]], previous: Mapping[str, Mapping[str, Any]]) -> int:
-        """Write each document and its index entries (one pipeline); publish one change per account."""
+        """Write each document and its index entries, and publish the changes: one pipeline of a few
+        multi-member commands per site and key (not one command per account), so a batch of a
+        thousand scores costs about as many round trips as one."""
+        by_site: dict[str, list[Mapping[str, Any]]] = {}
+        for doc in docs:
+            by_site.setdefault(doc["site_id"], []).append(doc)
         pipe = self.client.pipeline(transaction=False)
         n = 0
-        for doc in docs:
-            k = self.keys(doc["site_id"])
-            account = doc["account"]
-            old = previous.get(account)
-            if old is not None:
-                self._unindex(pipe, k, old)
-            score = float(doc["priority_key"])
-            pipe.zadd(k.rank, {account: score})
-            pipe.zadd(k.status(doc["status"]), {account: score})
-            if doc.get("country"):
-                pipe.zadd(k.country(doc["country"]), {account: score})
-            for p in doc.get("people") or ():
-                pipe.sadd(k.person(p["person_id"]), account)
-            summary = summary_of(doc)
-            pipe.hset(k.summaries, account, json.dumps(summary, separators=(",", ":")))
-            pipe.hset(k.docs, account, json.dumps(doc, separators=(",", ":")))
-            pipe.publish(k.changes, json.dumps(summary, separators=(",", ":")))
-            n += 1
-        await pipe.execute()
+        for site_id, site_docs in by_site.items():
+            k = self.keys(site_id)
+            removals: dict[str, list[str]] = {}
+            additions: dict[str, dict[str, float]] = {}
+            people: dict[str, list[str]] = {}
+            summaries: dict[Any, Any] = {}
+            full: dict[Any, Any] = {}
+            for doc in site_docs:
+                account = doc["account"]
+                old = previous.get(account)
+                if old is not None:
+                    for key in self._index_keys(k, old):
+                        removals.setdefault(key, []).append(account)
+                score = float(doc["priority_key"])
+                for key in (k.rank, *self._index_keys(k, doc)):
+                    additions.setdefault(key, {})[account] = score
+                    if account in removals.get(key, ()):
+                        removals[key].remove(account)
+                for p in doc.get("people") or ():
+                    people.setdefault(k.person(p["person_id"]), []).append(account)
+                summaries[account] = json.dumps(summary_of(doc), separators=(",", ":"))
+                full[account] = json.dumps(doc, separators=(",", ":"))
+                n += 1
+            for key, members in removals.items():
+                if members:
+                    pipe.zrem(key, *members)
+            for key, mapping in additions.items():
+                pipe.zadd(key, mapping)
+            for key, accounts in people.items():
+                pipe.sadd(key, *accounts)
+            pipe.hset(k.summaries, mapping=summaries)
+            pipe.hset(k.docs, mapping=full)
+            # one message per batch: a JSON list of the changed rows
+            pipe.publish(k.changes, "[" + ",".join(summaries.values()) + "]")
+        if n:
+            await pipe.execute()
         return n
 
     @staticmethod
-    def _unindex(pipe: Any, k: ViewKeys, old: Mapping[str, Any]) -> None:
-        pipe.zrem(k.status(old["status"]), old["account"])
-        if old.get("country"):
-            pipe.zrem(k.country(old["country"]), old["account"])
+    def _index_keys(k: ViewKeys, doc: Mapping[str, Any]) -> tuple[str, ...]:
+        """The status and country indexes ``doc`` belongs to."""
+        keys = [k.status(doc["status"])]
+        if doc.get("country"):
+            keys.append(k.country(doc["country"]))
+        return tuple(keys)
 
     async def remove(self, site_id: str, accounts: Sequence[str]) -> int:
         """Drop accounts from the view (a suppressed domain, an erased person's own account)."""
@@ -146,13 +170,14 @@ class LeadsView:
         old = await self.docs(site_id, accounts)
         pipe = self.client.pipeline(transaction=False)
         for account, doc in old.items():
-            self._unindex(pipe, k, doc)
+            for key in self._index_keys(k, doc):
+                pipe.zrem(key, account)
             pipe.zrem(k.rank, account)
             pipe.hdel(k.summaries, account)
             pipe.hdel(k.docs, account)
             for p in doc.get("people") or ():
                 pipe.srem(k.person(p["person_id"]), account)
-            pipe.publish(k.changes, json.dumps({"account": account, "removed": True}))
+            pipe.publish(k.changes, json.dumps([{"account": account, "removed": True}]))
         await pipe.execute()
         return len(old)
 
@@ -204,9 +229,9 @@ class LeadsView:
             else:  # the cursor's account left this index: go on from its score
                 start = int(await self.client.zcount(index, score_text, "+inf"))
         rows: list[dict[str, Any]] = []
+        page = max(2 * limit, 32)  # grows while a filter keeps few rows of each page
         while len(rows) < limit:
-            batch: list[Any] = await self.client.zrevrange(index, start, start + _PAGE - 1,
-                                                          withscores=True)
+            batch: list[Any] = await self.client.zrevrange(index, start, start + page - 1, withscores=True)
             if not batch:
                 break
             start += len(batch)
@@ -224,7 +249,8 @@ class LeadsView:
                 rows.append(row)
                 if len(rows) >= limit:
                     break
-            if len(batch) < _PAGE:
+            if len(batch) < page:
                 break
+            page = min(page * 4, _PAGE)
         next_cursor = rows[-1]["cursor"] if len(rows) >= limit else None
         return Page(rows, next_cursor)

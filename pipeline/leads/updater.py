@@ -77,9 +77,12 @@ async def apply_scores(view: LeadsView, scores: Iterable[Mapping[str, Any]], set
             await view.remove(site_id, gone)
         accounts = [s["account"] for s in keep]
         previous = await view.docs(site_id, accounts)
-        people = await _profiles(view, site_id, sorted({p["person_id"] for s in keep
-                                                        for p in s.get("persons") or ()}))
-        docs = [account_doc(s, previous.get(s["account"]), people) for s in keep]
+        # a person's profile is read once per account: until it has a name, or when first seen there
+        known = {a: {p["person_id"]: p for p in d.get("people") or () if p.get("name")} for a, d in previous.items()}
+        wanted = sorted({p["person_id"] for s in keep for p in s.get("persons") or ()
+                         if p["person_id"] not in known.get(s["account"], {})})
+        fetched = await _profiles(view, site_id, wanted)
+        docs = [account_doc(s, previous.get(s["account"]), {**known.get(s["account"], {}), **fetched}) for s in keep]
         written += await view.put(docs, previous)
     return written
 

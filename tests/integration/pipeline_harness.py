@@ -58,7 +58,7 @@ class Pipeline:
             "data_dir": str(tmp / f"{name}-data"),
             "log_level": "warn",
             "metrics_port": free_port(),
-            "sites": [{"site_id": "acme", "allowed_origins": ["*"], "hosts": ["www.acme.example"],
+            "sites": [{"site_id": "acme", "allowed_origins": ["http://127.0.0.1:*", "*"], "hosts": ["www.acme.example"],
                        "rules": site_rules if site_rules is not None else SITE_RULES}],
         }
         self.config_path = tmp / f"{name}.yaml"
