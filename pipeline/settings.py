@@ -217,6 +217,7 @@ class WebhookSinkSettings(_SinkBase):
 class SlackSinkSettings(_SinkBase):
     """A Slack incoming webhook; each lead becomes one Block Kit message."""
     type: Literal["slack"] = "slack"
+    concurrency: int = Field(1, ge=1, le=256, description="Slack accepts about one message per second per webhook")
     webhook_url: SecretStr = Field(description="https://hooks.slack.com/services/... (a secret: anyone with it can post)")
 
 

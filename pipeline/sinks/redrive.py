@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import time
+
 from ..codec import CodecError, make_codec
 from ..settings import Settings
 from .runner import sink_key
@@ -29,8 +31,8 @@ class RedriveReport:
 
 
 async def redrive(settings: Settings, site: str | None = None, sink: str | None = None,
-                  timeout_s: float = 10.0) -> RedriveReport:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+                  timeout_s: float = 60.0) -> RedriveReport:
+    from aiokafka import AIOKafkaConsumer
 
     if not settings.redis.url_value:
         raise RuntimeError("redis.url is not set")
@@ -44,39 +46,28 @@ async def redrive(settings: Settings, site: str | None = None, sink: str | None 
     report = RedriveReport()
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic, timeout_s)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=int(timeout_s * 1000))
-            if not batches:
-                break
-            for tp, records in batches.items():
+        consumer.subscribe([topic])
+        ends: dict[Any, int] | None = None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
                 for record in records:
                     report.read += 1
                     await _one(record.value, codec, state, configured, site, sink, report)
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-            await consumer.commit()
+            if batches:
+                await consumer.commit()
+            assigned = consumer.assignment()
+            if ends is None and assigned:
+                ends = await consumer.end_offsets(list(assigned))  # read up to the end as of joining
+            if ends is not None and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                break
+            if ends is None and time.monotonic() > deadline:
+                raise RuntimeError(f"no partition of {topic} was assigned within {timeout_s:g} s")
     finally:
         await consumer.stop()
         await state.aclose()
     return report
-
-
-async def _partitions(consumer: Any, topic: str, timeout_s: float) -> set[int]:
-    """The topic's partitions, waiting for metadata (empty when the topic does not exist)."""
-    import asyncio
-    import time
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found: set[int] = consumer.partitions_for_topic(topic) or set()
-        if found or time.monotonic() > deadline:
-            return found
-        await consumer.topics()  # refreshes metadata
-        await asyncio.sleep(0.2)
 
 
 async def _one(value: bytes, codec: object, state: DeliveryState, configured: set[str], site: str | None,
