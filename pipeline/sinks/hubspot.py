@@ -200,6 +200,11 @@ class CrmSink:
             return Failed(str(exc), exc.retryable, exc.status, exc.retry_after)
 
     async def _write(self, lead: Mapping[str, Any]) -> Outcome:
+        site_id, account, tstamp = str(lead["site_id"]), str(lead["account"]), int(lead.get("tstamp") or 0)
+        if self.links is not None:  # a retried older lead must not overwrite a newer one's scores
+            newest = int((await self.links.crm_links(site_id, account)).get("lead_tstamp") or 0)
+            if tstamp < newest:
+                return Delivered(f"superseded: the CRM already has a lead of {account} from {newest}")
         profile = await person_profile(lead, self.profiles)
         company_id = contact_id = None
         if lead.get("company"):
@@ -215,8 +220,8 @@ class CrmSink:
         links = {k: url for k, url in (("company_url", company_id and self.crm.record_url("company", company_id)),
                                        ("contact_url", contact_id and self.crm.record_url("contact", contact_id)))
                  if url}
-        if self.links is not None and links:
-            await self.links.set_crm_links(str(lead["site_id"]), str(lead["account"]), links)
+        if self.links is not None:
+            await self.links.set_crm_links(site_id, account, {**links, "lead_tstamp": str(tstamp)})
         return Delivered(f"company {company_id}, contact {contact_id}")
 
     async def aclose(self) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any, Mapping
 
+from ..core.qualify import tier_rank
 from ..settings import SinkFilter, SinkRetry
+
+_TIER = re.compile(r"^[A-C][1-3]$")
 
 
 def identity_confidence(lead: Mapping[str, Any]) -> float:
@@ -17,17 +21,14 @@ def identity_confidence(lead: Mapping[str, Any]) -> float:
     return float(lead.get("company_confidence") or 0.0)
 
 
-def tier_rank(tier: str) -> tuple[str, str]:
-    """Sort key of a tier: A1 < A2 < ... < C3 (smaller is better)."""
-    return (tier[:1].upper(), tier[1:2])
-
-
 def filter_reason(lead: Mapping[str, Any], rules: SinkFilter) -> str | None:
     """None when the sink takes ``lead``; else the name of the first condition it fails."""
     if identity_confidence(lead) < rules.min_identity_confidence:
         return "identity_confidence"
-    if rules.min_tier is not None and tier_rank(str(lead.get("tier") or "Z9")) > tier_rank(rules.min_tier):
-        return "tier"
+    if rules.min_tier is not None:
+        tier = str(lead.get("tier") or "")
+        if _TIER.match(tier) is None or tier_rank(tier) > tier_rank(rules.min_tier):
+            return "tier"
     if rules.countries:
         country = ((lead.get("company") or {}).get("country") or "").upper()
         if country not in rules.countries:

@@ -125,6 +125,7 @@ class Deliveries:
         self.owner = owner or uuid.uuid4().hex
         self.lease_ms = int(settings.sinks.lease_s * 1000)
         self.inflight = 0
+        self._accounts: dict[tuple[str, str], asyncio.Lock] = {}
 
     def runtimes(self) -> list[SinkRuntime]:
         return [rt for rts in self.sinks.values() for rt in rts]
@@ -155,7 +156,21 @@ class Deliveries:
         return len(targets)
 
     async def run_job(self, rt: SinkRuntime, job: Job) -> None:
-        """Deliver once or settle otherwise (see module doc). Raises only when Redis or the broker fails."""
+        """Deliver once or settle otherwise (see module doc). Raises only when Redis or the broker fails.
+
+        One account's leads go to a sink one at a time, in the order they were queued (the
+        order of the account's partition), so a CRM record ends with the newest lead.
+        """
+        key = (rt.key, str(job.lead.get("account")))
+        lock = self._accounts.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                await self._run_job(rt, job)
+        finally:
+            if not lock.locked() and self._accounts.get(key) is lock:
+                del self._accounts[key]
+
+    async def _run_job(self, rt: SinkRuntime, job: Job) -> None:
         status = await self.state.status(rt.key, job.lead_id)
         if status is not None:
             SINK_SKIPPED.labels(rt.key, "already_delivered" if status == DELIVERED else "dead_lettered").inc()

@@ -38,10 +38,17 @@ class FakeSink:
         self.outcomes = outcomes or []
         self.gate = gate
         self.got: list[str] = []
+        self.active: dict[str, int] = {}
+        self.most_at_once: dict[str, int] = {}
 
     async def deliver(self, lead: Mapping[str, Any]) -> Outcome:
+        account = str(lead["account"])
+        self.active[account] = self.active.get(account, 0) + 1
+        self.most_at_once[account] = max(self.most_at_once.get(account, 0), self.active[account])
         if self.gate is not None:
             await self.gate.wait()
+        await asyncio.sleep(0.01)
+        self.active[account] -= 1
         self.got.append(str(lead["lead_id"]))
         return self.outcomes.pop(0) if self.outcomes else Delivered()
 
@@ -161,3 +168,25 @@ async def test_a_claimed_retry_is_leased_then_claimable_again(state: DeliverySta
     assert await state.claim(rt.key, 10, 300) == []       # leased to the first claimer
     await asyncio.sleep(0.35)
     assert len(await state.claim(rt.key, 10, 300)) == 1   # the claimer died: it comes back
+
+
+async def test_one_accounts_leads_reach_a_sink_one_at_a_time_in_order(state: DeliveryState) -> None:
+    gate = asyncio.Event()
+    sink = FakeSink(gate=gate)
+    rt = runtime("crm", sink)
+    d, _ = deliveries(state, rt)
+    first, second, other = lead(), lead(), {**lead(), "account": "c:other.example"}
+    for item in (first, second, other):
+        await d.dispatch(item, 0, lambda: None)
+    workers = [asyncio.create_task(d.worker(rt)) for _ in range(3)]
+    await asyncio.sleep(0.2)
+    gate.set()
+    for _ in range(50):
+        if len(sink.got) == 3:
+            break
+        await asyncio.sleep(0.05)
+    for w in workers:
+        w.cancel()
+    assert sink.got.index(first["lead_id"]) < sink.got.index(second["lead_id"])
+    assert len(sink.got) == 3
+    assert sink.most_at_once == {first["account"]: 1, "c:other.example": 1}

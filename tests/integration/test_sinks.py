@@ -33,7 +33,7 @@ from pipeline.settings import load_settings
 from pipeline.topology import create_topics
 
 from ..sink_receivers import HUBSPOT_TOKEN, WEBHOOK_SECRET, Receivers
-from .pipeline_harness import _CliProcess, _healthy
+from .pipeline_harness import Pipeline, Visitor, _CliProcess, _healthy, now_ms
 from .stagekit import REPO, read_all, wait_until
 
 pytestmark = pytest.mark.integration
@@ -190,6 +190,47 @@ def test_leads_reach_all_four_sinks(rig: SinksRig, receivers: Receivers, redis_s
     assert len(receivers.associations) == 2 and not receivers.hubspot_errors
     metrics = httpx.get(f"http://127.0.0.1:{rig.port}/metrics").text
     assert 'leadstream_sink_delivered_total{sink="acme/webhook",type="webhook"} 10.0' in metrics
+
+
+def test_a_pixel_driven_lead_reaches_all_four_sinks(pipeline: Pipeline, receivers: Receivers,
+                                                    tmp_path: Path) -> None:
+    """Hits through the collector and the worker qualify Brightpath; `leadstream sinks` delivers the lead."""
+    from .test_pipeline import BRIGHTPATH_IP, BUYING_PATHS
+    p = pipeline
+    jsonl = tmp_path / "pixel-leads.jsonl"
+    port = free_port()
+    config = {**p.config, "sinks": {"group_id": f"{p.name}-sinks", "port": port, "namespace": f"{p.name}:sinks"},
+              "sites": [{**p.config["sites"][0], "sinks": [
+                  {"type": "webhook", "name": "webhook", "url": f"{receivers.url}/webhook",
+                   "secrets": [WEBHOOK_SECRET]},
+                  {"type": "slack", "name": "slack", "webhook_url": f"{receivers.url}/slack"},
+                  {"type": "hubspot", "name": "hubspot", "token": HUBSPOT_TOKEN, "base_url": receivers.url},
+                  {"type": "jsonl", "name": "jsonl", "path": str(jsonl)}]}]}
+    path = tmp_path / "with-sinks.yaml"
+    path.write_text(yaml.safe_dump(config))
+    sinks = _CliProcess(["sinks", "-c", str(path)], tmp_path, f"{p.name}-sinks").start()
+    p.processes.append(sinks)
+    wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/health"), 60, "the sinks process", sinks.log_tail)
+    t0 = now_ms() - 3_600_000
+    buyer = Visitor(p, BRIGHTPATH_IP)
+    t = buyer.browse(t0, BUYING_PATHS[:4])
+    buyer.browse(t + 45 * 60_000, BUYING_PATHS[4:])
+    p.wait_for(lambda: len(p.leads()) >= 1, "a qualified lead")
+    time.sleep(3)  # the second session may raise the tier: a second lead of the account
+    leads = p.leads()
+
+    def everywhere(lead_id: str) -> bool:
+        return (lead_id in receivers.webhook_bodies and lead_id in dict(receivers.slack)
+                and lead_id in dict(receivers.hubspot_leads) and jsonl.exists() and lead_id in jsonl.read_text())
+
+    p.wait_for(lambda: all(everywhere(lead["lead_id"]) for lead in leads), "the leads at every receiver", 60)
+    lead = leads[0]
+    assert receivers.webhook_bodies[lead["lead_id"]]["data"] == lead   # the full lead, signature verified
+    assert json.loads(jsonl.read_text().splitlines()[0]) == lead
+    [company] = receivers.companies.values()
+    assert company["domain"] == "brightpath-analytics.example"
+    assert company["leadstream_tier"] == leads[-1]["tier"]               # the CRM ends with the newest lead
+    assert "Brightpath" in json.dumps(receivers.slack_payloads[0]["blocks"])
 
 
 def test_kill_9_mid_burst_delivers_every_lead_once(rig: SinksRig, receivers: Receivers,

@@ -62,7 +62,7 @@ async def test_company_by_domain_contact_by_email_and_their_association(hubspot:
     assert hubspot.associations == {("5001", "1001")}
     assert await links.crm_links("acme", LEAD["account"]) == {
         "company_url": "https://app.hubspot.com/contacts/42/record/0-2/1001",
-        "contact_url": "https://app.hubspot.com/contacts/42/record/0-1/5001"}
+        "contact_url": "https://app.hubspot.com/contacts/42/record/0-1/5001", "lead_tstamp": str(LEAD["tstamp"])}
     # again (a retry or the next lead of the account): the same objects are updated, none created
     assert isinstance(await sink.deliver({**PERSON_LEAD, "tier": "A1"}), Delivered)
     assert "PATCH /crm/v3/objects/companies/1001" in _paths(hubspot)
@@ -132,3 +132,14 @@ async def test_setup_creates_the_properties_once(hubspot: Receivers) -> None:
     body: Any = next(b for m, p, b in hubspot.hubspot_requests if p == "/crm/v3/properties/contacts")
     assert body["groupName"] == "leadstream" and body["type"] == "number" and body["fieldType"] == "number"
     await crm.aclose()
+
+
+async def test_an_older_lead_retried_late_does_not_overwrite_a_newer_one(hubspot: Receivers) -> None:
+    links = MemoryLinks()
+    sink = _sink(hubspot, links=links)
+    newer = {**LEAD, "lead_id": "22222222-2222-5222-8222-222222222222", "tier": "A1", "tstamp": LEAD["tstamp"] + 1}
+    assert isinstance(await sink.deliver(newer), Delivered)
+    outcome = await sink.deliver(LEAD)  # the older lead, after its retries
+    assert isinstance(outcome, Delivered) and outcome.detail.startswith("superseded")
+    assert hubspot.companies["1001"]["leadstream_tier"] == "A1"
+    await sink.aclose()

@@ -61,3 +61,7 @@ def test_retry_after_is_never_undercut_and_the_last_attempt_has_no_next() -> Non
     assert next_due_s(1, retry, retry_after_s=30) == 30
     assert next_due_s(1, retry, retry_after_s=0.1) == 1
     assert next_due_s(3, retry, retry_after_s=30) is None
+
+
+def test_a_lead_with_an_unknown_tier_fails_a_tier_filter() -> None:
+    assert filter_reason({**LEAD, "tier": "?"}, SinkFilter(min_tier="C3")) == "tier"
