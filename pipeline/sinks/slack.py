@@ -56,9 +56,11 @@ def _person_line(lead: Mapping[str, Any], profile: Mapping[str, str]) -> str | N
     return f"{', '.join(bits)} (identity confidence {float(person.get('confidence') or 0):.0%})"
 
 
-def _pages_line(pages: Mapping[str, Any]) -> str:
+def _pages_line(pages: Mapping[str, Any], intent_contributions: Any) -> str:
+    """The pages behind the intent signals that gave the most points first."""
+    points = {str(c["rule"]): float(c.get("points") or 0) for c in intent_contributions or ()}
     seen: list[str] = []
-    for signal in sorted(pages):
+    for signal in sorted(pages, key=lambda s: (-points.get(f"page:{s}", 0.0), s)):
         for url in pages[signal]:
             if len(seen) < MAX_PAGES and url not in seen:
                 seen.append(f"• {_esc(signal)}: {_esc(url)}")
@@ -85,7 +87,7 @@ def render_blocks(lead: Mapping[str, Any], profile: Mapping[str, str] | None = N
         {"type": "mrkdwn", "text": _clip(f"*Fit {float(lead['fit']):g}*\n{_esc(fit)}", 1900)},
         {"type": "mrkdwn", "text": _clip(f"*Intent {float(lead['intent']):g}*\n{_esc(intent)}", 1900)},
     ]})
-    pages = _pages_line(lead.get("pages") or {})
+    pages = _pages_line(lead.get("pages") or {}, lead.get("intent_contributions"))
     if pages:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(f"*Pages that mattered*\n{pages}")}})
     url = links.get("contact_url") or links.get("company_url")

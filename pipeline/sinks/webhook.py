@@ -49,7 +49,7 @@ def signature_header(msg_id: str, timestamp: int, body: bytes, secrets: Sequence
 def webhook_body(lead: Mapping[str, Any]) -> bytes:
     """The request body: the Standard Webhooks envelope around the full lead (deterministic)."""
     when = datetime.fromtimestamp(int(lead.get("tstamp") or 0) / 1000, tz=timezone.utc)
-    envelope = {"type": EVENT_TYPE, "timestamp": when.isoformat().replace("+00:00", "Z"), "data": dict(lead)}
+    envelope = {"type": EVENT_TYPE, "timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "data": dict(lead)}
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

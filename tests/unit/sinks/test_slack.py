@@ -30,7 +30,10 @@ def test_company_fit_intent_top_reasons_and_pages() -> None:
     assert "brightpath-analytics.example" in text and "Software" in text and "201-500 employees" in text
     assert "*Fit 80*\\ncompany_size (+25), target_industry (+25), target_country (+15)" in text
     assert "*Intent 67.8*\\npage:pricing (+20), page:demo (+15), page:contact (+12)" in text
-    assert "pricing: https://www.acme.example/pricing" in text
+    pages = next(b["text"]["text"] for b in payload["blocks"] if "Pages that mattered" in json.dumps(b))
+    assert pages.splitlines()[1:] == [  # the signals that gave the most intent points first
+        "• pricing: https://www.acme.example/pricing", "• demo: https://www.acme.example/demo",
+        "• contact: https://www.acme.example/contact", "• case_study: https://www.acme.example/customers/x"]
     assert "Person:" not in text and "Open in CRM" not in text  # company-level lead, no CRM record yet
 
 
