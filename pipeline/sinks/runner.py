@@ -148,12 +148,25 @@ class Deliveries:
         for rt in targets:
             job = Job(rt.key, lead, received=received)
             if rt.queue.full():
-                await self.state.schedule(job, now_ms(), release_lock=False)
+                await self._overflow(rt, job)
                 settle_one()
             else:
                 rt.queue.put_nowait((job, settle_one))
                 rt.depth.set(rt.queue.qsize())
         return len(targets)
+
+    async def _overflow(self, rt: SinkRuntime, job: Job) -> None:
+        """Schedule ``job`` in Redis, due now; waits out a Redis outage (the record stays uncommitted)."""
+        while True:
+            try:
+                await self.state.schedule(job, now_ms(), release_lock=False)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sink %s: cannot schedule lead %s (%s: %s); trying again", rt.key, job.lead_id,
+                            type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
 
     async def run_job(self, rt: SinkRuntime, job: Job) -> None:
         """Deliver once or settle otherwise (see module doc). Raises only when Redis or the broker fails.
@@ -239,7 +252,10 @@ class Deliveries:
         room = rt.queue.maxsize - rt.queue.qsize()
         jobs = await self.state.claim(rt.key, room, self.lease_ms)
         for job in jobs:
-            rt.queue.put_nowait((job, _nothing))
+            if rt.queue.full():  # new leads took the room meanwhile: due again now, not after the lease
+                await self.state.schedule(job, now_ms(), release_lock=False)
+            else:
+                rt.queue.put_nowait((job, _nothing))
         rt.depth.set(rt.queue.qsize())
         rt.scheduled.set(await self.state.scheduled(rt.key))
         return len(jobs)
