@@ -88,10 +88,18 @@ class SinksRig:
         create_topics(self.settings)
         self.processes: list[_CliProcess] = []
 
-    def start(self, tag: str = "sinks") -> _CliProcess:
-        p = _CliProcess(["sinks", "-c", str(self.config_path)], self.tmp, f"{self.name}-{tag}").start()
+    def start(self, tag: str = "sinks", port: int | None = None) -> _CliProcess:
+        """A sinks process; ``port`` for its /metrics other than the config's (a second process)."""
+        config = self.config_path
+        if port is not None:
+            data = yaml.safe_load(self.config_path.read_text())
+            data["sinks"]["port"] = port
+            config = self.tmp / f"{self.name}-{tag}.yaml"
+            config.write_text(yaml.safe_dump(data))
+        p = _CliProcess(["sinks", "-c", str(config)], self.tmp, f"{self.name}-{tag}").start()
         self.processes.append(p)
-        wait_until(lambda: _healthy(f"http://127.0.0.1:{self.port}/health"), 60, "the sinks process", p.log_tail)
+        wait_until(lambda: _healthy(f"http://127.0.0.1:{port or self.port}/health"), 60, "the sinks process",
+                   p.log_tail)
         return p
 
     def produce(self, leads: list[dict[str, Any]], per_second: float = 0) -> dict[str, float]:
@@ -289,6 +297,23 @@ def test_kill_9_mid_burst_delivers_every_lead_once(rig: SinksRig, receivers: Rec
     assert report["webhook"]["duplicates"] <= 4 and report["slack"]["duplicates"] <= 1, report
     assert report["hubspot_objects"] == {"companies": 601, "contacts": 100}, report  # upserts: one object each
     assert receivers.webhook_rejected == 0 and not receivers.hubspot_errors
+
+
+def test_two_processes_share_the_partitions_and_a_rebalance_sends_nothing_twice(
+        rig: SinksRig, receivers: Receivers) -> None:
+    first = rig.start("a")
+    rig.start("b", port=free_port())  # joining moves partitions while the first is delivering
+    leads = [make_lead(n, person_every=0) for n in range(300)]
+    ids = {lead["lead_id"] for lead in leads}
+    rig.produce(leads[:150], per_second=100)
+    assert first.terminate() == 0      # a graceful stop: its partitions move to the second process
+    rig.produce(leads[150:])
+    wait_until(_all_delivered(rig, ids), 120, "every lead at every receiver", rig.logs)
+    time.sleep(4)  # longer than the lease
+    got = rig.delivered()
+    duplicates = {name: len([i for i in v if i in ids]) - len(ids & set(v)) for name, v in got.items()}
+    print("SINKS-REBALANCE", json.dumps({"sent": len(ids), "duplicates": duplicates}))
+    assert duplicates == {name: 0 for name in SINKS}, duplicates
 
 
 def test_failing_receiver_dead_letters_then_redrive_delivers(rig: SinksRig, receivers: Receivers) -> None:
