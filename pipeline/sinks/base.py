@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Mapping, Protocol
 
-import httpx
+import aiohttp
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,59 @@ class Sink(Protocol):
 RETRYABLE_STATUS = frozenset({408, 429})
 
 
-def retry_after_s(response: httpx.Response) -> float | None:
+@dataclass(frozen=True)
+class HttpResponse:
+    status_code: int
+    headers: Mapping[str, str]   # case-insensitive (aiohttp's CIMultiDictProxy)
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text) if self.text else None
+
+
+class TransportError(Exception):
+    """No answer: a timeout or a connection error."""
+
+    def __init__(self, message: str, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class Http:
+    """A small async HTTP client for the sinks (aiohttp: a fraction of httpx's CPU per request).
+
+    The session is made on first use, inside the running loop; redirects are not followed.
+    """
+
+    def __init__(self, timeout_s: float, base_url: str = "", headers: Mapping[str, str] | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.base_url = base_url.rstrip("/")
+        self.headers = dict(headers or {})
+        self._session: aiohttp.ClientSession | None = None
+
+    async def request(self, method: str, url: str, *, content: bytes | None = None, json_body: Any = None,
+                      headers: Mapping[str, str] | None = None) -> HttpResponse:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self.headers)
+        data = content if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
+        sent = {"content-type": "application/json", **(headers or {})} if data is not None else dict(headers or {})
+        try:
+            async with self._session.request(method, self.base_url + url, data=data, headers=sent,
+                                             allow_redirects=False,
+                                             timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as response:
+                text = await response.text(errors="replace")
+                return HttpResponse(response.status, response.headers, text)
+        except asyncio.TimeoutError as exc:
+            raise TransportError(f"timeout after {self.timeout_s:g} s", timeout=True) from exc
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def retry_after_s(response: HttpResponse) -> float | None:
     """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), if any."""
     value = response.headers.get("retry-after")
     if not value:
@@ -58,7 +111,7 @@ def retry_after_s(response: httpx.Response) -> float | None:
         return None
 
 
-def http_outcome(response: httpx.Response) -> Outcome:
+def http_outcome(response: HttpResponse) -> Outcome:
     """2xx delivered; 408, 429 and 5xx retried (honouring Retry-After); anything else refused."""
     code = response.status_code
     if 200 <= code < 300:
@@ -69,11 +122,9 @@ def http_outcome(response: httpx.Response) -> Outcome:
     return Failed(error, False, code)
 
 
-def transport_failure(exc: Exception, timeout_s: float) -> Failed:
+def transport_failure(exc: TransportError) -> Failed:
     """A request that got no answer: a timeout or a connection error, always retried."""
-    if isinstance(exc, httpx.TimeoutException):
-        return Failed(f"timeout after {timeout_s:g} s ({type(exc).__name__})")
-    return Failed(f"{type(exc).__name__}: {exc}")
+    return Failed(str(exc))
 
 
 def lead_json(lead: Mapping[str, Any]) -> str:

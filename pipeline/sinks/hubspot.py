@@ -12,11 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
-import httpx
-
 from ..settings import HubSpotSinkSettings
-from .base import (Delivered, Failed, LinksPort, NoProfiles, Outcome, ProfilePort, person_profile,
-                   retry_after_s, transport_failure)
+from .base import (Delivered, Failed, Http, HttpResponse, LinksPort, NoProfiles, Outcome, ProfilePort,
+                   TransportError, person_profile, retry_after_s)
 
 
 class CRMError(Exception):
@@ -98,18 +96,16 @@ class HubSpot:
     """HubSpot's CRM API with a private-app bearer token."""
 
     def __init__(self, token: str, base_url: str = "https://api.hubapi.com", portal_id: int | None = None,
-                 timeout_s: float = 10.0, client: httpx.AsyncClient | None = None) -> None:
+                 timeout_s: float = 10.0) -> None:
         self.portal_id = portal_id
-        self._client = client or httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout_s,
-            headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+        self._client = Http(timeout_s, base_url, {"authorization": f"Bearer {token}"})
 
     async def _call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 204),
-                    ) -> httpx.Response:
+                    ) -> HttpResponse:
         try:
-            response = await self._client.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise CRMError(transport_failure(exc, self._client.timeout.read or 0).error) from exc
+            response = await self._client.request(method, path, json_body=body)
+        except TransportError as exc:
+            raise CRMError(f"HubSpot {method} {path}: {exc}") from exc
         if response.status_code in ok:
             return response
         code = response.status_code

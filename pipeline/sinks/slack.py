@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import httpx
-
 from ..settings import SlackSinkSettings
-from .base import (Failed, LinksPort, NoProfiles, Outcome, ProfilePort, http_outcome, person_profile,
-                   retry_after_s, transport_failure)
+from .base import (Failed, Http, LinksPort, NoProfiles, Outcome, ProfilePort, TransportError, http_outcome,
+                   person_profile, retry_after_s, transport_failure)
 
 TOP_REASONS = 3
 MAX_PAGES = 5
@@ -104,21 +102,20 @@ class SlackSink:
     kind = "slack"
 
     def __init__(self, config: SlackSinkSettings, profiles: ProfilePort | None = None,
-                 links: LinksPort | None = None, client: httpx.AsyncClient | None = None) -> None:
+                 links: LinksPort | None = None, client: Http | None = None) -> None:
         self.config = config
         self.profiles = profiles or NoProfiles()
         self.links = links
-        self._client = client or httpx.AsyncClient(timeout=config.timeout_s, follow_redirects=False)
+        self._client = client or Http(config.timeout_s)
 
     async def deliver(self, lead: Mapping[str, Any]) -> Outcome:
         profile = await person_profile(lead, self.profiles)
         links = await self.links.crm_links(str(lead["site_id"]), str(lead["account"])) if self.links else {}
         try:
-            response = await self._client.post(self.config.webhook_url.get_secret_value(),
-                                               json=render_blocks(lead, profile, links),
-                                               timeout=self.config.timeout_s)
-        except httpx.HTTPError as exc:
-            return transport_failure(exc, self.config.timeout_s)
+            response = await self._client.request("POST", self.config.webhook_url.get_secret_value(),
+                                                  json_body=render_blocks(lead, profile, links))
+        except TransportError as exc:
+            return transport_failure(exc)
         if response.status_code == 429:  # Slack rate limit: wait what it says
             return Failed(f"HTTP 429: {response.text[:200]}", True, 429, retry_after_s(response) or 1.0)
         return http_outcome(response)

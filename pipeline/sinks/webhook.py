@@ -20,10 +20,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
-import httpx
-
 from ..settings import WebhookSinkSettings
-from .base import Delivered, Failed, Outcome, http_outcome, transport_failure
+from .base import Delivered, Failed, Http, Outcome, TransportError, http_outcome, transport_failure
 
 SECRET_PREFIX = "whsec_"
 EVENT_TYPE = "lead.qualified"
@@ -61,11 +59,11 @@ def signed_headers(msg_id: str, body: bytes, secrets: Sequence[str], now: int) -
 class WebhookSink:
     kind = "webhook"
 
-    def __init__(self, config: WebhookSinkSettings, client: httpx.AsyncClient | None = None,
+    def __init__(self, config: WebhookSinkSettings, client: Http | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self._secrets = [s.get_secret_value() for s in config.secrets]
-        self._client = client or httpx.AsyncClient(timeout=config.timeout_s, follow_redirects=False)
+        self._client = client or Http(config.timeout_s)
         self._clock = clock
 
     async def deliver(self, lead: Mapping[str, Any]) -> Outcome:
@@ -73,10 +71,9 @@ class WebhookSink:
         headers = {**self.config.headers,
                    **signed_headers(str(lead["lead_id"]), body, self._secrets, int(self._clock()))}
         try:
-            response = await self._client.post(self.config.url, content=body, headers=headers,
-                                               timeout=self.config.timeout_s)
-        except httpx.HTTPError as exc:
-            return transport_failure(exc, self.config.timeout_s)
+            response = await self._client.request("POST", self.config.url, content=body, headers=headers)
+        except TransportError as exc:
+            return transport_failure(exc)
         return http_outcome(response)
 
     async def aclose(self) -> None:

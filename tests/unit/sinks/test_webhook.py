@@ -6,7 +6,6 @@ import base64
 import json
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -106,7 +105,7 @@ async def test_a_timeout_is_a_retryable_failure(endpoint: tuple[str, list[int]])
 async def test_connection_refused_is_retryable() -> None:
     from pipeline.local.kafka import free_port
     sink = WebhookSink(WebhookSinkSettings(name="w", url=f"http://127.0.0.1:{free_port()}/x",  # type: ignore[list-item]
-                                           secrets=[NEW]), client=httpx.AsyncClient())
+                                           secrets=[NEW]))
     outcome = await sink.deliver(LEAD)
     assert isinstance(outcome, Failed) and outcome.retryable
     await sink.aclose()
