@@ -125,6 +125,7 @@ class Deliveries:
         self.owner = owner or uuid.uuid4().hex
         self.lease_ms = int(settings.sinks.lease_s * 1000)
         self.inflight = 0
+        self.redis_ok_at = time.monotonic()  # the last time the pollers reached Redis
         self._accounts: dict[tuple[str, str], asyncio.Lock] = {}
 
     def runtimes(self) -> list[SinkRuntime]:
@@ -258,6 +259,7 @@ class Deliveries:
                 rt.queue.put_nowait((job, _nothing))
         rt.depth.set(rt.queue.qsize())
         rt.scheduled.set(await self.state.scheduled(rt.key))
+        self.redis_ok_at = time.monotonic()
         return len(jobs)
 
     async def poller(self, rt: SinkRuntime) -> None:
@@ -430,13 +432,18 @@ class SinksProcess:
         await d.dispatch(lead, int(record.timestamp or now_ms()), lambda: progress.settle(offset), progress, offset)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while consuming and Redis answered the pollers recently (503 otherwise)."""
         d = self.deliveries
         detail: dict[str, Any] = {"consuming": self.ready, "topic": self.topic, "group": self.settings.sinks.group_id}
+        ok = self.ready
         if d is not None:
+            silent = time.monotonic() - d.redis_ok_at
+            detail["redis_ok"] = silent < 10 * self.settings.sinks.retry_poll_s + 5
+            ok = ok and detail["redis_ok"]
             detail["sinks"] = {rt.key: {"type": rt.config.type, "queue": rt.queue.qsize()} for rt in d.runtimes()}
             detail["partitions"] = {f"{tp.topic}:{tp.partition}": {"pending": len(p.pending), "position": p.position()}
                                     for tp, p in self.progress.items()}
-        return self.ready, detail
+        return ok, detail
 
 
 def run(settings: Settings) -> None:

@@ -190,3 +190,18 @@ async def test_one_accounts_leads_reach_a_sink_one_at_a_time_in_order(state: Del
     assert sink.got.index(first["lead_id"]) < sink.got.index(second["lead_id"])
     assert len(sink.got) == 3
     assert sink.most_at_once == {first["account"]: 1, "c:other.example": 1}
+
+
+async def test_health_turns_503_when_redis_stops_answering_the_pollers(state: DeliveryState) -> None:
+    import time
+
+    from pipeline.sinks.runner import SinksProcess
+    rt = runtime("hook", FakeSink())
+    d, _ = deliveries(state, rt)
+    process = SinksProcess(d.settings)
+    process.deliveries, process.ready = d, True
+    d.redis_ok_at = time.monotonic() - 60
+    ok, detail = process.health()
+    assert not ok and detail["redis_ok"] is False
+    await d.poll_scheduled(rt)  # Redis answers again
+    assert process.health()[0]
