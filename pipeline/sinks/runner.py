@@ -195,6 +195,19 @@ class Deliveries:
             return
         at = now_ms()
         outcome = await self._attempt(rt, job)
+        while True:  # the attempt is made: only its recording is retried, never the delivery
+            try:
+                await self._record(rt, job, outcome, at)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sink %s: cannot record the outcome for lead %s (%s: %s); trying again", rt.key,
+                            job.lead_id, type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+
+    async def _record(self, rt: SinkRuntime, job: Job, outcome: Outcome, at: int) -> None:
+        """Settle one attempt: delivered, scheduled again, or dead-lettered."""
         if isinstance(outcome, Delivered):
             await self.state.mark(rt.key, job.lead_id, DELIVERED)
             rt.delivered.inc()

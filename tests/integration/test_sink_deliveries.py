@@ -205,3 +205,28 @@ async def test_health_turns_503_when_redis_stops_answering_the_pollers(state: De
     assert not ok and detail["redis_ok"] is False
     await d.poll_scheduled(rt)  # Redis answers again
     assert process.health()[0]
+
+
+async def test_a_redis_failure_after_delivery_retries_the_recording_not_the_delivery(
+        state: DeliveryState) -> None:
+    sink = FakeSink()
+    rt = runtime("hook", sink)
+    d, _ = deliveries(state, rt)
+    real_mark, failures = state.mark, [1]
+
+    async def flaky_mark(*args: Any) -> None:
+        if failures:
+            failures.pop()
+            raise ConnectionError("redis went away")
+        await real_mark(*args)
+
+    state.mark = flaky_mark  # type: ignore[method-assign]
+    item = lead()
+    await d.dispatch(item, 0, lambda: None)
+    worker = asyncio.create_task(d.worker(rt))
+    for _ in range(60):
+        if await state.status(rt.key, item["lead_id"]) == DELIVERED:
+            break
+        await asyncio.sleep(0.05)
+    worker.cancel()
+    assert sink.got == [item["lead_id"]] and await state.status(rt.key, item["lead_id"]) == DELIVERED
