@@ -25,6 +25,9 @@ leads_app = typer.Typer(help="The prospect list: ranked accounts, the people see
 app.add_typer(topics_app, name="topics")
 app.add_typer(leads_app, name="leads")
 app.add_typer(bench_app, name="bench")
+sinks_app = typer.Typer(help="Deliver qualified leads to each site's sinks (webhook, Slack, HubSpot, JSONL).",
+                        invoke_without_command=True)
+app.add_typer(sinks_app, name="sinks")
 
 ConfigOption = Annotated[Optional[Path], typer.Option(
     "--config", "-c", help="YAML settings file (default: $LEADSTREAM_CONFIG or ./leadstream.yaml)")]
@@ -123,6 +126,63 @@ def worker(config: ConfigOption = None) -> None:
               "use `leadstream up` to run with an embedded broker")
     _require_salt(settings)
     run(settings)
+
+
+@sinks_app.callback()
+def sinks(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """Run the sinks process: consume qualified-leads and deliver each lead to its site's sinks, once each."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .sinks.runner import run as run_sinks
+    settings = _settings(config)
+    if not settings.kafka.bootstrap_servers:
+        _fail("kafka.bootstrap_servers is not set (LEADSTREAM_KAFKA__BOOTSTRAP_SERVERS); "
+              "use `leadstream up` to run with an embedded broker")
+    if not settings.redis.url_value:
+        _fail("redis.url is not set (LEADSTREAM_REDIS__URL): the sinks keep their delivery state in Redis")
+    run_sinks(settings)
+
+
+@sinks_app.command("retry-dead-letter")
+def sinks_retry_dead_letter(
+        site: Annotated[Optional[str], typer.Option(help="Only this site's dead letters")] = None,
+        sink: Annotated[Optional[str], typer.Option(help="Only this sink's (its name in the site's sinks)")] = None,
+        config: ConfigOption = None) -> None:
+    """Schedule every new sink-dead-letter record for delivery again (the running sinks process delivers it)."""
+    import asyncio
+
+    from .sinks.redrive import redrive
+    settings = _settings(config)
+    if not settings.kafka.bootstrap_servers or not settings.redis.url_value:
+        _fail("kafka.bootstrap_servers and redis.url must be set")
+    typer.echo(asyncio.run(redrive(settings, site, sink)).summary())
+
+
+@sinks_app.command("hubspot-setup")
+def sinks_hubspot_setup(config: ConfigOption = None) -> None:
+    """Create Leadstream's custom properties (scores, reason, tier, model version) in each configured HubSpot."""
+    import asyncio
+
+    from .settings import HubSpotSinkSettings
+    from .sinks.hubspot import LEAD_PROPERTIES, CRMError, HubSpot
+    settings = _settings(config)
+    targets = [(site.site_id, c) for site in settings.sites for c in site.sinks if isinstance(c, HubSpotSinkSettings)]
+    if not targets:
+        _fail("no hubspot sink is configured under any site's `sinks:`")
+
+    async def setup_all() -> None:
+        for site_id, cfg in targets:
+            crm = HubSpot(cfg.token.get_secret_value(), cfg.base_url, cfg.portal_id, cfg.timeout_s)
+            try:
+                created = await crm.setup(LEAD_PROPERTIES, cfg.property_prefix)
+            finally:
+                await crm.aclose()
+            typer.echo(f"{site_id}/{cfg.name}: created {', '.join(created) if created else 'nothing (all exist)'}")
+
+    try:
+        asyncio.run(setup_all())
+    except CRMError as exc:
+        _fail(str(exc), 1)
 
 
 @app.command()

@@ -78,6 +78,31 @@ FILTERED = Counter(
 LEADS = Counter("leadstream_qualified_leads_total", "Qualified leads emitted, by site and tier.", ["site", "tier"])
 LEAD_SCORES = Counter("leadstream_lead_scores_total", "lead-scores updates emitted.", ["site"])
 
+# --- sinks (``leadstream sinks``; label sink = <site>/<name>) ----------------------------------------
+SINK_DELIVERED = Counter(
+    "leadstream_sink_delivered_total", "Leads a sink delivered (the receiver acknowledged them).", ["sink", "type"])
+SINK_RETRIED = Counter(
+    "leadstream_sink_retried_total", "Failed attempts scheduled for a later attempt (durably, in Redis).",
+    ["sink", "type"])
+SINK_FAILED = Counter(
+    "leadstream_sink_failed_attempts_total", "Delivery attempts that failed, retried or not.", ["sink", "type"])
+SINK_DEAD_LETTERED = Counter(
+    "leadstream_sink_dead_lettered_total", "Leads sent to sink-dead-letter after the last attempt or a refusal.",
+    ["sink", "type"])
+SINK_SKIPPED = Counter(
+    "leadstream_sink_skipped_total", "Leads a sink did not attempt, by reason (filter name, already_delivered, "
+    "dead_lettered).", ["sink", "reason"])
+SINK_DELIVERY_SECONDS = Histogram(
+    "leadstream_sink_delivery_latency_seconds", "Time from the lead's write to qualified-leads to its delivery.",
+    ["sink", "type"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 7200))
+SINK_QUEUE_DEPTH = Gauge(
+    "leadstream_sink_queue_depth", "Leads waiting in a sink's in-memory queue.", ["sink"])
+SINK_SCHEDULED = Gauge(
+    "leadstream_sink_scheduled", "Leads waiting in Redis for a sink's later attempt (retries and overflow).",
+    ["sink"])
+SINK_UNDECODABLE = Counter(
+    "leadstream_sink_undecodable_records_total", "qualified-leads records the sinks could not decode (skipped).")
+
 
 def owner(metric_name: str) -> str:
     """The process that exports ``metric_name``: collector, sinks, or worker (the stages)."""

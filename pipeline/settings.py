@@ -18,7 +18,7 @@ import os
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError,
@@ -134,6 +134,135 @@ class ConsentSettings(_Frozen):
         ConsentAction.anonymize, description="SP-Anonymous: * (Snowplow) or X-Leadstream-Anonymous: 1")
 
 
+
+# --- sinks (``leadstream sinks``): where each site's qualified leads go ---------------------------
+
+_TIER = re.compile(r"^[A-C][1-3]$")
+_SINK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SinkFilter(_Frozen):
+    """Which leads a sink receives; every condition must hold (an empty list means any)."""
+    min_identity_confidence: float = Field(
+        0.0, ge=0, le=1, description="Person confidence for person-level leads, else company confidence")
+    min_tier: str | None = Field(None, description="A1 (best) .. C3; the lead's tier must be this or better")
+    countries: list[str] = Field(default_factory=list, description="ISO country codes of the company")
+
+    @field_validator("min_tier")
+    @classmethod
+    def _tier(cls, value: str | None) -> str | None:
+        if value is not None and not _TIER.match(value.upper()):
+            raise ValueError("must be a tier A1 .. C3")
+        return value.upper() if value else value
+
+    @field_validator("countries")
+    @classmethod
+    def _countries(cls, value: list[str]) -> list[str]:
+        return [c.strip().upper() for c in value if c.strip()]
+
+
+class SinkRetry(_Frozen):
+    """Exponential backoff with jitter: attempt n waits initial * multiplier**(n-1), at most max, +- jitter."""
+    attempts: int = Field(5, ge=1, le=100, description="Delivery attempts before the dead-letter topic")
+    initial_backoff_s: float = Field(60.0, ge=0)
+    multiplier: float = Field(4.0, ge=1)
+    max_backoff_s: float = Field(3600.0, ge=0)
+    jitter: float = Field(0.2, ge=0, le=1, description="Each wait is scaled by a random factor in [1-j, 1+j]")
+
+
+class _SinkBase(_Frozen):
+    name: str = Field(description="Unique within the site; part of the delivery-state key (lead id, sink)")
+    enabled: bool = True
+    filter: SinkFilter = SinkFilter()
+    retry: SinkRetry = SinkRetry()
+    timeout_s: float = Field(10.0, gt=0, description="Longest wait for one delivery attempt")
+    queue_size: int = Field(1000, ge=1, description="Leads held in memory for this sink; beyond it they wait in Redis")
+    concurrency: int = Field(4, ge=1, le=256, description="Deliveries in flight at once for this sink")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _SINK_NAME.match(value):
+            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-'")
+        return value
+
+
+class WebhookSinkSettings(_SinkBase):
+    """A Standard Webhooks endpoint (standardwebhooks.com): signed JSON POST of each lead."""
+    type: Literal["webhook"] = "webhook"
+    url: str = Field(description="http(s) URL the lead is POSTed to")
+    secrets: list[SecretStr] = Field(
+        min_length=1, max_length=2,
+        description="whsec_<base64> signing secrets; two during a rotation (both signatures are sent)")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
+        import base64
+        import binascii
+        for secret in value:
+            raw = secret.get_secret_value()
+            if not raw.startswith("whsec_"):
+                raise ValueError("each secret must start with whsec_ followed by base64")
+            try:
+                key = base64.b64decode(raw[len("whsec_"):], validate=True)
+            except binascii.Error:
+                raise ValueError("a secret's part after whsec_ is not valid base64") from None
+            if not 24 <= len(key) <= 64:
+                raise ValueError("a secret must decode to 24-64 bytes (Standard Webhooks)")
+        return value
+
+
+class SlackSinkSettings(_SinkBase):
+    """A Slack incoming webhook; each lead becomes one Block Kit message."""
+    type: Literal["slack"] = "slack"
+    concurrency: int = Field(1, ge=1, le=256, description="Slack accepts about one message per second per webhook")
+    webhook_url: SecretStr = Field(description="https://hooks.slack.com/services/... (a secret: anyone with it can post)")
+
+
+class HubSpotSinkSettings(_SinkBase):
+    """HubSpot CRM: company by domain, contact by email, their association and the lead's scores."""
+    type: Literal["hubspot"] = "hubspot"
+    token: SecretStr = Field(description="Private-app access token (scopes: crm.objects.companies/contacts "
+                             "read+write, crm.schemas.companies/contacts write for `leadstream sinks hubspot-setup`)")
+    base_url: str = "https://api.hubapi.com"
+    portal_id: int | None = Field(None, description="HubSpot account id, for links to records in Slack")
+    property_prefix: str = Field("leadstream_", pattern=r"^[a-z][a-z0-9_]{0,40}$")
+
+
+class JsonlSinkSettings(_SinkBase):
+    """Appends each lead as one JSON line to a local file (for local use and debugging)."""
+    type: Literal["jsonl"] = "jsonl"
+    path: Path
+    concurrency: int = Field(1, ge=1, le=1)
+
+
+SinkSettings = Annotated[WebhookSinkSettings | SlackSinkSettings | HubSpotSinkSettings | JsonlSinkSettings,
+                         Field(discriminator="type")]
+
+
+class SinksProcessSettings(_Frozen):
+    """The ``leadstream sinks`` process (the sinks themselves are configured per site)."""
+    group_id: str = Field("leadstream-sinks", description="Its consumer group on qualified-leads")
+    host: str = Field("127.0.0.1", description="Address /metrics and /health bind (0.0.0.0 in containers)")
+    port: int = Field(9103, ge=0, le=65535, description="/metrics and /health port (0 disables the server)")
+    namespace: str = Field("ls:sinks", description="Redis key prefix of delivery state and scheduled retries")
+    state_ttl_days: int = Field(400, ge=1, description="How long a (lead, sink) delivery is remembered; "
+                                "keep it above qualified-leads' retention so a replay never delivers twice")
+    lease_s: float = Field(60.0, gt=0, description="A claimed retry or an in-flight delivery is another "
+                           "process's to finish for this long (then a crash's leftovers are retried)")
+    retry_poll_s: float = Field(1.0, gt=0, description="How often scheduled retries are looked for")
+    commit_interval_s: float = Field(1.0, gt=0)
+
+
 _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -219,6 +348,17 @@ class SiteSettings(_Frozen):
     def identity_config(self) -> IdentityConfig:
         """The identity rules with this site's confidences per link source."""
         return _trust_config(self.identity.browser_confidence, self.identity.verified_confidence)
+    sinks: list[SinkSettings] = Field(default_factory=list,
+                                      description="Where this site's qualified leads go (`leadstream sinks`)")
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_sinks(cls, value: list[Any]) -> list[Any]:
+        names = [sink.name for sink in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sink names must be unique within a site: {', '.join(dupes)}")
+        return value
 
     @property
     def own_hosts(self) -> tuple[str, ...]:
@@ -328,6 +468,7 @@ class StageSettings(_Frozen):
         "is never clamped")
 
 
+
 class Settings(BaseSettings):
     """Validated, immutable configuration of every Leadstream process."""
 
@@ -341,6 +482,7 @@ class Settings(BaseSettings):
     collector: CollectorSettings = CollectorSettings()
     stages: StageSettings = StageSettings()
     leads: LeadsSettings = LeadsSettings()
+    sinks: SinksProcessSettings = SinksProcessSettings()
     sites: list[SiteSettings] = Field(default_factory=list)
     data_dir: Path = Field(Path(".leadstream"), description="Local state: Faust tables, embedded brokers")
     log_level: Literal["debug", "info", "warn", "error"] = "info"

@@ -36,7 +36,7 @@ import yaml
 
 import pipeline
 
-from ..settings import Settings, SettingsError, SiteSettings, with_overrides
+from ..settings import JsonlSinkSettings, Settings, SettingsError, SiteSettings, with_overrides
 from ..topology import create_topics
 from .kafka import KafkaBroker, KafkaUnavailable, free_port, log_tail
 from .redis import EmbeddedRedis, RedisServer, RedisUnavailable, find_system_redis_server
@@ -141,14 +141,19 @@ def prepare(settings: Settings, stack: Stack, real_kafka: bool = False) -> Setti
     changes["kafka"] = kafka
     changes["stages"] = stages
     if not settings.sites:
+        # the demo site's leads also land in a local JSON Lines file (the JSONL sink)
         changes["sites"] = [SiteSettings(site_id=DEMO_SITE, name="Demo site", allowed_origins=["*"],
-                                         capture_forms=True).model_dump()]
+                                         capture_forms=True, sinks=[JsonlSinkSettings(
+                                             name="local-file", path=data_dir / "qualified-leads.jsonl")],
+                                         ).model_dump()]
     changes["collector"] = collector
     salt = persisted_identity_salt(settings, data_dir)
     if salt is not None:
         changes["identity_salt"] = salt
     if settings.metrics_port and not _port_free("127.0.0.1", settings.metrics_port):
         changes["metrics_port"] = free_port()  # a second `up` on this machine must not fail on the default
+    if settings.sinks.port and not _port_free(settings.sinks.host, settings.sinks.port):
+        changes["sinks"] = {**settings.sinks.model_dump(), "port": free_port()}
     effective = with_overrides(settings, **changes)
     create_topics(effective)
     return effective
@@ -305,6 +310,9 @@ def run_up(settings: Settings, demo: bool = False, real_kafka: bool = False) -> 
         stack.restarters["worker"] = lambda: spawn(stack, "worker", ["worker"], config, logs)
         stack.restarters["worker"]()
         collector = spawn(stack, "collector", ["collector"], config, logs)
+        sinks = [f"{site.site_id}/{c.name} ({c.type})" for site in effective.sites for c in site.sinks if c.enabled]
+        if sinks:
+            spawn(stack, "sinks", ["sinks"], config, logs)
         base = effective.collector.public_url or f"http://{effective.collector.host}:{effective.collector.port}"
         wait_http(f"{base}/health", collector, logs / "collector.log")
         from ..collector.snippet import snippet
@@ -312,6 +320,11 @@ def run_up(settings: Settings, demo: bool = False, real_kafka: bool = False) -> 
         print(f"collector  {base}  (metrics: {base}/metrics)", flush=True)
         if effective.metrics_port:
             print(f"worker     metrics on http://127.0.0.1:{effective.metrics_port}/metrics", flush=True)
+        if sinks:
+            where = f" (metrics: http://127.0.0.1:{effective.sinks.port}/metrics)" if effective.sinks.port else ""
+            print(f"sinks      {', '.join(sinks)}{where}", flush=True)
+        else:
+            print("sinks      none configured (add `sinks:` to a site in the settings file)", flush=True)
         spawn(stack, "leads", ["leads", "serve"], config, logs)
         leads_url = f"http://{effective.leads.host}:{effective.leads.port}/"
         if leads_token:

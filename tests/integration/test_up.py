@@ -161,7 +161,8 @@ def test_up_demo_shows_a_qualified_lead_within_a_minute_and_stops_cleanly(up_fac
     assert settings.kafka.idempotence is False
     children = up.descendants()
     names = " ".join(" ".join(p.cmdline()) for p in children)
-    for part in ("tansu", "redis-server", "pipeline.cli worker", "pipeline.cli collector", "demo-traffic"):
+    for part in ("tansu", "redis-server", "pipeline.cli worker", "pipeline.cli collector", "pipeline.cli sinks",
+                 "demo-traffic"):
         assert part in names, (part, names)
     assert httpx.get(f"{url}/health").status_code == 200
 
@@ -180,6 +181,10 @@ def test_up_demo_shows_a_qualified_lead_within_a_minute_and_stops_cleanly(up_fac
     assert lead["filters"] and all(f["passed"] for f in lead["filters"])
     assert lead["model_version"] and lead["summary"].startswith(lead["tier"])
     assert lead["sessions"] and lead["pages"] and lead["enrichment_sources"]
+    # the demo site's JSONL sink receives it through `leadstream sinks`
+    assert "sinks      demo/local-file (jsonl)" in up.output, up.output
+    jsonl = Path(settings.sites[0].sinks[0].path)
+    up.wait_for(lambda: jsonl.exists() and lead["lead_id"] in jsonl.read_text(), "the lead in the JSONL sink", 30)
 
     # the filters visibly do their job on the same traffic
     expected = {"c:digital-services.gov.example": "sector_excluded:government",

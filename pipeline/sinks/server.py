@@ -1,0 +1,31 @@
+"""The sinks process's small HTTP server: ``/metrics`` (Prometheus) and ``/health``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+Health = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+async def serve_http(host: str, port: int, health: Health) -> Callable[[], Awaitable[None]]:
+    """Start serving; returns the coroutine function that stops it."""
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_request: web.Request) -> web.Response:
+        ok, detail = health()
+        return web.Response(status=200 if ok else 503, text=json.dumps({"ok": ok, **detail}),
+                            content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner.cleanup

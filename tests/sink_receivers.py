@@ -1,0 +1,212 @@
+"""Local receivers for the sinks' tests: a Standard Webhooks endpoint, a Slack incoming webhook and a
+fake HubSpot that checks each request against HubSpot's documented shapes and answers as HubSpot does.
+
+One aiohttp app on 127.0.0.1 serves all three; ``Receivers`` runs it in a thread (integration tests,
+where ``leadstream sinks`` is another process) or in the test's own loop (``start_async``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+HUBSPOT_TOKEN = "pat-na1-test-token"
+_LEAD_IN_CONTEXT = re.compile(r"lead ([0-9a-f-]{36})")
+
+
+class Receivers:
+    def __init__(self, webhook_secret: str = WEBHOOK_SECRET, hubspot_token: str = HUBSPOT_TOKEN) -> None:
+        self.verifier = Webhook(webhook_secret)
+        self.hubspot_token = hubspot_token
+        self.lock = threading.Lock()
+        self.webhook: list[tuple[str, float]] = []      # (webhook-id, arrival epoch s)
+        self.webhook_bodies: dict[str, dict[str, Any]] = {}
+        self.webhook_rejected = 0
+        self.webhook_status = 200                        # what the endpoint answers
+        self.slack: list[tuple[str, float]] = []
+        self.slack_payloads: list[dict[str, Any]] = []
+        self.slack_429 = 0                               # answer this many 429s first
+        self.hubspot_requests: list[tuple[str, str, Any]] = []
+        self.hubspot_errors: list[str] = []              # shape violations found
+        self.hubspot_fail: list[tuple[int, dict[str, str]]] = []  # next answers to give instead
+        self.companies: dict[str, dict[str, Any]] = {}   # id -> properties
+        self.contacts: dict[str, dict[str, Any]] = {}
+        self.associations: set[tuple[str, str]] = set()
+        self.hubspot_leads: list[tuple[str, float]] = []  # leadstream_lead_id written to a company, arrival
+        self.properties: dict[str, set[str]] = {"companies": set(), "contacts": set()}
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- counts ------------------------------------------------------------------------------------
+    @staticmethod
+    def counts(items: list[tuple[str, float]]) -> Counter[str]:
+        return Counter(i for i, _ in items)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- handlers ----------------------------------------------------------------------------------
+    async def _webhook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            payload = self.verifier.verify(body, dict(request.headers))
+        except WebhookVerificationError:
+            with self.lock:
+                self.webhook_rejected += 1
+            return web.Response(status=400, text="bad signature")
+        if self.webhook_status != 200:
+            return web.Response(status=self.webhook_status, text="receiver failing on purpose")
+        with self.lock:
+            self.webhook.append((request.headers["webhook-id"], time.time()))
+            self.webhook_bodies[request.headers["webhook-id"]] = payload
+        return web.Response(status=204)
+
+    async def _slack(self, request: web.Request) -> web.Response:
+        payload = await request.json()
+        if self.slack_429 > 0:
+            self.slack_429 -= 1
+            return web.Response(status=429, text="rate_limited", headers={"Retry-After": "1"})
+        if not isinstance(payload.get("blocks"), list) or not payload.get("text"):
+            return web.Response(status=400, text="invalid_blocks")
+        context = json.dumps(payload["blocks"][-1])
+        found = _LEAD_IN_CONTEXT.search(context)
+        with self.lock:
+            self.slack.append((found.group(1) if found else "?", time.time()))
+            self.slack_payloads.append(payload)
+        return web.Response(text="ok")
+
+    def _hubspot_check(self, request: web.Request) -> web.Response | None:
+        if request.headers.get("authorization") != f"Bearer {self.hubspot_token}":
+            return web.json_response({"status": "error", "category": "INVALID_AUTHENTICATION",
+                                      "message": "Authentication credentials not found."}, status=401)
+        if self.hubspot_fail:
+            status, headers = self.hubspot_fail.pop(0)
+            return web.json_response({"status": "error", "message": "injected", "category": "RATE_LIMITS"
+                                      if status == 429 else "INTERNAL_ERROR"}, status=status, headers=headers)
+        return None
+
+    def _bad(self, request: web.Request, why: str) -> web.Response:
+        self.hubspot_errors.append(f"{request.method} {request.path}: {why}")
+        return web.json_response({"status": "error", "category": "VALIDATION_ERROR", "message": why}, status=400)
+
+    async def _hubspot(self, request: web.Request) -> web.Response:
+        refused = self._hubspot_check(request)
+        if refused is not None:
+            return refused
+        body = await request.json() if request.can_read_body else None
+        path, method = request.path, request.method
+        with self.lock:
+            self.hubspot_requests.append((method, path, body))
+        if method == "POST" and path == "/crm/v3/objects/companies/search":
+            try:
+                f = body["filterGroups"][0]["filters"][0]
+                assert f["propertyName"] == "domain" and f["operator"] == "EQ"
+            except (KeyError, IndexError, TypeError, AssertionError):
+                return self._bad(request, "search needs filterGroups[0].filters[0] domain EQ")
+            found = [{"id": i, "properties": {"domain": p["domain"]}} for i, p in self.companies.items()
+                     if p.get("domain") == f["value"]]
+            return web.json_response({"total": len(found), "results": found[:1]})
+        if method == "POST" and path == "/crm/v3/objects/companies":
+            props = (body or {}).get("properties")
+            if not isinstance(props, dict) or not props.get("domain"):
+                return self._bad(request, "properties.domain required")
+            if any(p.get("domain") == props["domain"] for p in self.companies.values()):
+                return web.json_response({"status": "error", "category": "CONFLICT",
+                                          "message": "A company with this domain already exists"}, status=409)
+            return self._write_company(str(len(self.companies) + 1001), props, 201)
+        m = re.fullmatch(r"/crm/v3/objects/companies/(\d+)", path)
+        if method == "PATCH" and m:
+            if m.group(1) not in self.companies:
+                return web.json_response({"status": "error", "category": "OBJECT_NOT_FOUND"}, status=404)
+            props = (body or {}).get("properties")
+            if not isinstance(props, dict):
+                return self._bad(request, "properties required")
+            return self._write_company(m.group(1), props, 200)
+        if method == "POST" and path == "/crm/v3/objects/contacts/batch/upsert":
+            try:
+                inputs = body["inputs"]
+                assert all(i["idProperty"] == "email" and "@" in i["id"] and isinstance(i["properties"], dict)
+                           for i in inputs)
+            except (KeyError, TypeError, AssertionError):
+                return self._bad(request, "inputs[] of {idProperty: email, id, properties}")
+            results = []
+            for item in inputs:
+                cid = next((k for k, v in self.contacts.items() if v.get("email") == item["id"]),
+                           str(len(self.contacts) + 5001))
+                self.contacts[cid] = {**self.contacts.get(cid, {}), **item["properties"], "email": item["id"]}
+                results.append({"id": cid, "properties": self.contacts[cid], "new": False})
+            return web.json_response({"status": "COMPLETE", "results": results})
+        m = re.fullmatch(r"/crm/v4/objects/contacts/(\d+)/associations/default/companies/(\d+)", path)
+        if method == "PUT" and m:
+            if m.group(1) not in self.contacts or m.group(2) not in self.companies:
+                return web.json_response({"status": "error", "category": "OBJECT_NOT_FOUND"}, status=404)
+            self.associations.add((m.group(1), m.group(2)))
+            return web.json_response({"status": "COMPLETE", "results": []})
+        m = re.fullmatch(r"/crm/v3/properties/(companies|contacts)(/groups)?", path)
+        if method == "POST" and m:
+            name = (body or {}).get("name")
+            if not name or (not m.group(2) and not all(body.get(k) for k in ("label", "type", "fieldType",
+                                                                              "groupName"))):
+                return self._bad(request, "name, label, type, fieldType, groupName required")
+            key = f"group:{name}" if m.group(2) else name
+            if key in self.properties[m.group(1)]:
+                return web.json_response({"status": "error", "category": "OBJECT_ALREADY_EXISTS"}, status=409)
+            self.properties[m.group(1)].add(key)
+            return web.json_response({"name": name}, status=201)
+        return web.json_response({"status": "error", "message": f"no route {method} {path}"}, status=404)
+
+    def _write_company(self, cid: str, props: dict[str, Any], status: int) -> web.Response:
+        with self.lock:
+            self.companies[cid] = {**self.companies.get(cid, {}), **props}
+            if props.get("leadstream_lead_id"):
+                self.hubspot_leads.append((props["leadstream_lead_id"], time.time()))
+        return web.json_response({"id": cid, "properties": self.companies[cid]}, status=status)
+
+    # -- running -----------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/webhook", self._webhook)
+        app.router.add_post("/slack", self._slack)
+        app.router.add_route("*", "/crm/{tail:.*}", self._hubspot)
+        return app
+
+    async def start_async(self) -> "Receivers":
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop_async(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def start_thread(self) -> "Receivers":
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.start_async())
+            ready.set()
+            self._loop.run_forever()
+
+        threading.Thread(target=serve, daemon=True).start()
+        assert ready.wait(10), "receivers did not start"
+        return self
+
+    def stop_thread(self) -> None:
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self.stop_async(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
