@@ -307,8 +307,6 @@ async def forget(settings: Settings, site_id: str, kind: Kind, value: str, *,
     accounts = tuple(f"v:{v}" for v in visitors)
     report.visitors = len(visitors)
 
-    report.tombstones = await write_tombstones(settings, tombstones(settings, site_id, visitors))
-
     view = LeadsView(aredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10))
     try:
         report.view_accounts_removed = await view.remove(site_id, list(accounts))
@@ -317,6 +315,9 @@ async def forget(settings: Settings, site_id: str, kind: Kind, value: str, *,
         report.view_accounts_updated = updated
     finally:
         await view.aclose()
+
+    # after the view: `leads serve` also drops an account on its tombstone (and so wins no race here)
+    report.tombstones = await write_tombstones(settings, tombstones(settings, site_id, visitors))
 
     subject = ErasureSubject(site_id, person_id, tuple(visitors), normalised if kind == "email" else None,
                              email_hashes, accounts)
