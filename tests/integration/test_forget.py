@@ -5,6 +5,7 @@ changelogs, read as compaction will leave them), or in the prospect list, while 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 import redis
 
 from pipeline.core.identity import hash_email
-from pipeline.ops.forget import audit_key
+from pipeline.ops.forget import ErasureSubject, audit_key, forget
+from pipeline.settings import load_settings
 from pipeline.topology import changelog_topic
 
 from .pipeline_harness import DAY, Pipeline, Visitor, now_ms
@@ -198,14 +200,35 @@ def test_forget_an_anonymous_visitor_twice(erasure: Erasure) -> None:
     needles = {"visitor": visitor.visitor_id.encode()}
     assert set(erasure.leftovers(needles)["compacted topics"]) == {"visitor"}
 
-    for run in range(2):
-        done = erasure.cli("--site", "acme", "--visitor", visitor.visitor_id)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "3 tombstones for 1 visitor ids" in done.stdout and "no person" in done.stdout, done.stdout
-        wait_until(lambda: not any(erasure.leftovers(needles).values()), 30, f"the visitor gone (run {run + 1})",
-                   lambda: json.dumps(erasure.leftovers(needles)))
+    done = erasure.cli("--site", "acme", "--visitor", visitor.visitor_id)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 tombstones for 1 visitor ids" in done.stdout and "no person" in done.stdout, done.stdout
+    wait_until(lambda: not any(erasure.leftovers(needles).values()), 30, "the visitor gone",
+               lambda: json.dumps(erasure.leftovers(needles)))
+
+    # again, in process, with a sink's erasure hook: it is told whom to stop sequences for
+    hook = Sequences()
+    report = asyncio.run(forget(load_settings(erasure.leads.config_path), "acme", "visitor", visitor.visitor_id,
+                                hooks=[hook]))
+    assert (report.person_found, report.tombstones, report.view_accounts_removed, report.sequences_stopped) == (
+        False, 3, 0, 1)
+    assert [(s.person_id, s.visitor_ids, s.accounts) for s in hook.subjects] == [
+        (None, (visitor.visitor_id,), (accounts[0],))]
+    assert not any(erasure.leftovers(needles).values())
     assert erasure.doc(accounts[0]) is None and erasure.doc(accounts[1]) is not None
     assert found({"other": other.visitor_id.encode()}, redis_contents(erasure.client))
     audit = [json.loads(line) for line in erasure.cli("--site", "acme", "--audit").stdout.splitlines()]
-    assert [e["kind"] for e in audit] == ["visitor", "visitor"]
-    assert [e["view_accounts_removed"] for e in audit] == ["0", "1"]
+    assert [(e["kind"], e["view_accounts_removed"], e["hooks"], e["sequences_stopped"]) for e in audit] == [
+        ("visitor", "0", ["test-sequences"], "1"), ("visitor", "1", [], "0")]
+
+
+class Sequences:
+    """A sink's erasure hook (the interface pipeline.sinks implements), recording whom it was asked to stop."""
+    name = "test-sequences"
+
+    def __init__(self) -> None:
+        self.subjects: list[ErasureSubject] = []
+
+    async def forget(self, subject: ErasureSubject) -> int:
+        self.subjects.append(subject)
+        return 1
