@@ -232,3 +232,23 @@ class Sequences:
     async def forget(self, subject: ErasureSubject) -> int:
         self.subjects.append(subject)
         return 1
+
+
+def test_tombstones_replace_the_latest_value_on_both_brokers(any_broker: Any, new_topic: Any,
+                                                             unique_name: Any) -> None:
+    """`leadstream up` runs the embedded broker: a tombstone must be a null value there too."""
+    from kafka import KafkaProducer
+
+    from pipeline.ops.forget import Tombstone, write_tombstones
+    from pipeline.settings import Settings
+
+    topic = new_topic(any_broker, 2, config={"cleanup.policy": "compact"})
+    producer = KafkaProducer(bootstrap_servers=any_broker.bootstrap, acks="all")
+    for partition, key in ((0, b"acme|v:a"), (1, b"acme|v:b"), (1, b"acme|v:c")):
+        producer.send(topic, key=key, value=b"state", partition=partition).get(30)
+    producer.close()
+    settings = Settings(kafka={"bootstrap_servers": any_broker.bootstrap})  # type: ignore[arg-type]
+    sent = asyncio.run(write_tombstones(settings, [Tombstone(topic, 0, b"acme|v:a"), Tombstone(topic, 1, b"acme|v:c")]))
+    assert sent == 2
+    latest = {(r.partition, r.key): r.value for r in read_all(any_broker.bootstrap, topic)}
+    assert latest == {(0, b"acme|v:a"): None, (1, b"acme|v:b"): b"state", (1, b"acme|v:c"): None}
