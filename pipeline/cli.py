@@ -263,10 +263,15 @@ def forget(site: Annotated[Optional[str], typer.Option("--site", help="A site id
     if len(given) != 1:
         _fail("give exactly one of --email, --visitor or --person (or --audit to list past erasures)")
     kind, value = given[0]
+    import redis.exceptions
+    from aiokafka.errors import KafkaError
     try:
         report = asyncio.run(run_forget(settings, site, kind, value))  # type: ignore[arg-type]
     except ForgetError as exc:
         _fail(str(exc))
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError) as exc:
+        _fail(f"erasure not finished, {type(exc).__name__}: {exc}. Nothing is lost by running the same "
+              "`forget` again once Redis and Kafka are reachable", 1)
     typer.echo(report.summary())
     if report.hook_errors:
         _fail("some sinks could not stop the person's sequences: run `forget` again once they are back", 1)

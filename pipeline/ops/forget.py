@@ -1,21 +1,23 @@
 """Erasure (``leadstream forget``): remove one person from everything Leadstream keeps about them.
 
-Given a site and one identifier (an email, a visitor id or a person id), :func:`forget`
+Given a site and one identifier (an email, a visitor id or a person id), :func:`forget` looks the
+person up in the site's identity graph (their person id, visitor ids and email hashes; a visitor
+id no person owns is erased on its own), then
 
-1. erases the person from the site's identity graph in Redis
-   (:meth:`~pipeline.enrich.identity_store.IdentityStore.forget`): every identifier link, the
-   profile, the id set, and every identity-log entry naming them. A visitor id that no person
-   owns is still erased downstream (steps 2 and 3);
+1. removes them from the prospect list (the ``v:<visitor>`` accounts, the person from every
+   account's people, their visitors' sessions from company accounts);
 2. writes tombstones (null values) for the keys that are the person's own in the compacted
    topics, so compaction replaces their latest values (:func:`tombstones`):
    ``lead-scores`` keyed ``site|v:<visitor>`` (an unresolved visitor's own account) and the
    worker's table changelogs ``<app_id>-visitor-state-changelog`` (``site|<visitor>``) and
    ``<app_id>-account-state-changelog`` (``site|v:<visitor>``), keys encoded as the Faust
    table writes them, each to the partition the table writes it to;
-3. removes them from the prospect list (the ``v:<visitor>`` accounts, the person from every
-   account's people, their visitors' sessions from company accounts);
-4. asks every registered :class:`ErasureHook` (the sinks' email sequences) to stop what it runs
+3. asks every registered :class:`ErasureHook` (the sinks' email sequences) to stop what it runs
    for the person;
+4. erases the person from the identity graph in Redis
+   (:meth:`~pipeline.enrich.identity_store.IdentityStore.forget`): every identifier link, the
+   profile, the id set, and every identity-log entry naming them. Last, so that a run that fails
+   half way (Kafka or Redis away) finds everything again when run again;
 5. appends an audit entry to ``ls:{<site>}:audit`` (a Redis stream): time, site, the kind of
    identifier, an HMAC of it under the site's salt (so "was X erased?" can be answered by
    whoever holds the salt and X) and counts of what was removed. No email, visitor or person id
@@ -261,6 +263,34 @@ def _target(kind: Kind, value: str) -> tuple[str, str]:
     return value, value
 
 
+def _subject(site_id: str, kind: Kind, normalised: str, salt: str, person_id: str | None,
+             visitor_ids: Sequence[str], identifiers: Sequence[tuple[IdType, str]]) -> ErasureSubject:
+    visitors = tuple(dict.fromkeys([*visitor_ids, *([normalised] if kind == "visitor" else [])]))
+    email_hashes = tuple(dict.fromkeys([*([hash_email(normalised, salt)] if kind == "email" else []),
+                                        *(v for ty, v in identifiers if ty is IdType.email)]))
+    return ErasureSubject(site_id, person_id or (normalised if kind == "person" else None), visitors,
+                          normalised if kind == "email" else None, email_hashes, tuple(f"v:{v}" for v in visitors))
+
+
+async def _downstream(settings: Settings, redis_url: str, subject: ErasureSubject, report: ForgetReport) -> None:
+    """The prospect list, then the tombstones (``leads serve`` also drops an account on its tombstone:
+    clearing the list first keeps the counts exact)."""
+    import redis.asyncio as aredis
+
+    from ..leads.store import LeadsView
+
+    view = LeadsView(aredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10))
+    try:
+        report.view_accounts_removed += await view.remove(subject.site_id, list(subject.accounts))
+        if subject.person_id:
+            report.view_accounts_updated += await view.forget_person(subject.site_id, subject.person_id)
+        report.view_accounts_updated += await view.forget_visitors(subject.site_id, subject.visitor_ids)
+    finally:
+        await view.aclose()
+    report.visitors += len(subject.visitor_ids)
+    report.tombstones += await write_tombstones(settings, tombstones(settings, subject.site_id, subject.visitor_ids))
+
+
 async def forget(settings: Settings, site_id: str, kind: Kind, value: str, *,
                  hooks: Sequence[ErasureHook] | None = None, now_ms: int | None = None) -> ForgetReport:
     """Erase one person (see the module doc). Raises :class:`ForgetError` before touching
@@ -289,45 +319,30 @@ async def forget(settings: Settings, site_id: str, kind: Kind, value: str, *,
     import redis.asyncio as aredis
 
     from ..enrich.identity_store import IdentityStore
-    from ..leads.store import LeadsView
 
     identity = IdentityStore.from_url(redis_url)
     try:
+        # Downstream first, the graph last: until the graph forgets, running again finds everything again.
+        found = await identity.lookup_person(site_id, target, salt=salt)
+        subject = _subject(site_id, kind, normalised, salt, found.person_id, found.visitor_ids, found.identifiers)
+        await _downstream(settings, redis_url, subject, report)
+        for hook in hooks:
+            report.hooks.append(hook.name)
+            try:
+                report.sequences_stopped += int(await hook.forget(subject))
+            except Exception as exc:  # one sink down must not leave the rest of the erasure undone
+                log.error("erasure hook %s failed", hook.name, exc_info=True)
+                report.hook_errors.append(f"{hook.name}: {type(exc).__name__}")
         result = await identity.forget(site_id, target, salt=salt, tstamp=t)
     finally:
         await identity.aclose()
     report.person_found = result.person_id is not None
     report.identifiers_removed = result.links_removed
     report.log_entries_removed = result.log_entries_removed
-    visitors = list(dict.fromkeys([*result.visitor_ids, *([normalised] if kind == "visitor" else [])]))
-    person_id = result.person_id or (normalised if kind == "person" else None)
-    email_hashes = tuple(dict.fromkeys(
-        [*([hash_email(normalised, salt)] if kind == "email" else []),
-         *(v for ty, v in result.identifiers if ty is IdType.email)]))
-    accounts = tuple(f"v:{v}" for v in visitors)
-    report.visitors = len(visitors)
-
-    view = LeadsView(aredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10))
-    try:
-        report.view_accounts_removed = await view.remove(site_id, list(accounts))
-        updated = await view.forget_person(site_id, person_id) if person_id else 0
-        updated += await view.forget_visitors(site_id, visitors)
-        report.view_accounts_updated = updated
-    finally:
-        await view.aclose()
-
-    # after the view: `leads serve` also drops an account on its tombstone (and so wins no race here)
-    report.tombstones = await write_tombstones(settings, tombstones(settings, site_id, visitors))
-
-    subject = ErasureSubject(site_id, person_id, tuple(visitors), normalised if kind == "email" else None,
-                             email_hashes, accounts)
-    for hook in hooks:
-        report.hooks.append(hook.name)
-        try:
-            report.sequences_stopped += int(await hook.forget(subject))
-        except Exception as exc:  # one sink down must not leave the rest of the erasure undone
-            log.error("erasure hook %s failed", hook.name, exc_info=True)
-            report.hook_errors.append(f"{hook.name}: {type(exc).__name__}")
+    late = [v for v in result.visitor_ids if v not in subject.visitor_ids]
+    if late:  # linked to the person while this ran: erase those downstream too
+        await _downstream(settings, redis_url, ErasureSubject(site_id, result.person_id, tuple(late),
+                                                              accounts=tuple(f"v:{v}" for v in late)), report)
 
     client = aredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
     try:

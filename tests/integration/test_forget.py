@@ -252,3 +252,28 @@ def test_tombstones_replace_the_latest_value_on_both_brokers(any_broker: Any, ne
     assert sent == 2
     latest = {(r.partition, r.key): r.value for r in read_all(any_broker.bootstrap, topic)}
     assert latest == {(0, b"acme|v:a"): None, (1, b"acme|v:b"): b"state", (1, b"acme|v:c"): None}
+
+
+def test_a_run_that_fails_half_way_finds_the_person_again(redis_server: Any, redis_client: redis.Redis,
+                                                          tmp_path: Any) -> None:
+    """Kafka away: the tombstones cannot be written, so the identity graph must still hold the person
+    (erased last), and the CLI says to run it again."""
+    import yaml
+
+    from pipeline.core.identity import CreatePerson, IdType, Link
+    from pipeline.enrich.identity_store import SyncIdentityStore
+
+    store = SyncIdentityStore.from_url(redis_server.url)
+    salt = "test-salt"
+    store.apply("acme", [CreatePerson("p-erin", 1), Link(IdType.email, hash_email(EMAIL, salt), "p-erin", "identify"),
+                         Link(IdType.visitor, "v-erin", "p-erin", "identify")])
+    path = tmp_path / "down.yaml"
+    path.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": "127.0.0.1:1"}, "redis": {"url": redis_server.url},
+                                    "identity_salt": salt, "sites": [{"site_id": "acme"}]}))
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "forget", "-c", str(path), "--site", "acme",
+                           "--email", EMAIL], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1 and "erasure not finished" in done.stderr, done.stdout + done.stderr
+    assert store.lookup_person("acme", EMAIL, salt=salt).visitor_ids == ("v-erin",)
+    assert not redis_client.exists(audit_key("acme"))
+    store.close()

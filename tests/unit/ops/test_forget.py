@@ -59,6 +59,12 @@ def test_forget_needs_redis_kafka_and_a_salt_before_touching_anything(tmp_path: 
             asyncio.run(forget(load_settings(path), "acme", "email", "a@b.example", hooks=[]))
 
 
+def test_unreachable_redis_is_a_clear_error_that_says_to_run_again(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["forget", "-c", str(config(tmp_path)), "--site", "acme", "--visitor", "v1"])
+    assert result.exit_code == 1, result.output
+    assert "erasure not finished" in result.output and "running the same `forget` again" in result.output
+
+
 def test_tombstone_keys_and_partitions_are_the_ones_the_stages_write(tmp_path: Path) -> None:
     from pipeline.stages.main import create_worker_app
     settings = load_settings(config(tmp_path))
