@@ -293,6 +293,50 @@ def _register_identity_kinds(settings: Settings) -> None:
     register_identity_kinds(settings)
 
 
+@app.command()
+def forget(site: Annotated[Optional[str], typer.Option("--site", help="A site id from the settings' `sites:`")] = None,
+           email: Annotated[Optional[str], typer.Option(help="The person's email address")] = None,
+           visitor: Annotated[Optional[str], typer.Option(help="One of the person's visitor ids")] = None,
+           person: Annotated[Optional[str], typer.Option(help="The person id")] = None,
+           audit: Annotated[bool, typer.Option("--audit", help="List the site's erasure audit instead")] = False,
+           count: Annotated[int, typer.Option(help="With --audit: the newest this many entries")] = 100,
+           config: ConfigOption = None) -> None:
+    """Erase a person everywhere: identity graph and profile in Redis, tombstones in the compacted
+    topics, the prospect list, the sinks' email sequences; records an audit entry without personal
+    data. Give exactly one of --email, --visitor, --person. See README, "Erasure"."""
+    import asyncio
+
+    from .ops.forget import ForgetError, forget as run_forget, read_audit
+    settings = _settings(config)
+    if site is None:
+        _fail("--site is required")
+    if settings.site(site) is None:
+        known = ", ".join(s.site_id for s in settings.sites) or "none configured"
+        _fail(f"unknown site {site!r} (sites: {known})")
+    given = [(k, v) for k, v in (("email", email), ("visitor", visitor), ("person", person)) if v is not None]
+    if audit:
+        if given:
+            _fail("--audit lists the audit: give no --email, --visitor or --person with it")
+        for row in read_audit(_redis_url(settings), site, count):
+            typer.echo(json.dumps(row))
+        return
+    if len(given) != 1:
+        _fail("give exactly one of --email, --visitor or --person (or --audit to list past erasures)")
+    kind, value = given[0]
+    import redis.exceptions
+    from aiokafka.errors import KafkaError
+    try:
+        report = asyncio.run(run_forget(settings, site, kind, value))  # type: ignore[arg-type]
+    except ForgetError as exc:
+        _fail(str(exc))
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KafkaError, OSError) as exc:
+        _fail(f"erasure not finished, {type(exc).__name__}: {exc}. Nothing is lost by running the same "
+              "`forget` again once Redis and Kafka are reachable", 1)
+    typer.echo(report.summary())
+    if report.hook_errors:
+        _fail("some sinks could not stop the person's sequences: run `forget` again once they are back", 1)
+
+
 @topics_app.command("create")
 def topics_create(config: ConfigOption = None) -> None:
     """Create every missing topic with the catalogue's partitions, retention and compaction."""

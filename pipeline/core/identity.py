@@ -575,9 +575,11 @@ def resolve_visitor(snapshot: IdentitySnapshot, visitor_id: str | None,
 
 
 def forget_person(snapshot: IdentitySnapshot, person_id: str, tstamp: int) -> IdentityResult:
-    """Erasure ops for one person: every identifier link and the profile."""
+    """Erasure ops for one person: every identifier link and the profile. The log entry names
+    neither the person nor an identifier: after an erasure nothing in the graph points at them
+    (what was erased is recorded, hashed, in the erasure audit: ``pipeline.ops.forget``)."""
     record = snapshot.persons.get(person_id)
     ids = _all_ids(record) if record else tuple(k for k, link in snapshot.links.items() if link.person_id == person_id)
     ops: list[IdentityOp] = [ForgetPerson(person_id, ids),
-                             LogEntry("forget", tstamp, f"erased person {person_id}", (), (person_id,))]
+                             LogEntry("forget", tstamp, f"erased a person ({len(ids)} identifiers)", (), ())]
     return IdentityResult(None, tuple(ops), apply_ops(snapshot, ops))

@@ -501,23 +501,41 @@ def _target(value: str, salt: str | None) -> tuple[Identifier | None, str | None
     return None, value
 
 
-def _plan_forget(keys: IdentityKeys, target: str, salt: str | None, st: _Settings, tstamp: int,
-                 scrub_log: bool) -> Plan[ForgetResult]:
+def _plan_subject(keys: IdentityKeys, target: str, salt: str | None) -> Plan[tuple[str, IdentitySnapshot] | None]:
+    """The person ``forget``'s argument names and a snapshot holding them; None: no one."""
     ident, pid = _target(target, salt)
     if ident is not None:
         snap = yield from _plan_load(keys, [ident])
         link = snap.links.get(ident) or (snap.links.get((IdType.email, ident[1]))
                                          if ident[0] is IdType.email_click else None)
         if link is None:
-            return ForgetResult(None)
+            return None
         pid = link.person_id
     assert pid is not None
     persons = yield from _plan_persons(keys, [pid])
     record = persons.get(pid)
     links = {ident: LinkRecord(pid, "unknown")} if ident is not None and record is None else {}
-    snapshot = IdentitySnapshot(keys.site_id, links, persons)
     if record is None and not links:
+        return None
+    return pid, IdentitySnapshot(keys.site_id, links, persons)
+
+
+def _plan_lookup(keys: IdentityKeys, target: str, salt: str | None) -> Plan[ForgetResult]:
+    """What :func:`_plan_forget` would erase, erasing nothing (counts 0)."""
+    found = yield from _plan_subject(keys, target, salt)
+    if found is None:
         return ForgetResult(None)
+    pid, snapshot = found
+    forget_op = next(op for op in forget_person(snapshot, pid, 0).ops if isinstance(op, ForgetPerson))
+    return ForgetResult(pid, tuple(v for t, v in forget_op.identifiers if t is IdType.visitor), forget_op.identifiers)
+
+
+def _plan_forget(keys: IdentityKeys, target: str, salt: str | None, st: _Settings, tstamp: int,
+                 scrub_log: bool) -> Plan[ForgetResult]:
+    found = yield from _plan_subject(keys, target, salt)
+    if found is None:
+        return ForgetResult(None)
+    pid, snapshot = found
     result = forget_person(snapshot, pid, tstamp)
     forget_op = next(op for op in result.ops if isinstance(op, ForgetPerson))
     commands = _apply_commands(keys, result.ops, st)
@@ -647,6 +665,11 @@ class IdentityStore(_Base):
         return await self._run(_plan_forget(self.keys(site_id), person_id_or_email, salt, self.settings, stamp,
                                             scrub_log))
 
+    async def lookup_person(self, site_id: str, person_id_or_email: str, *, salt: str | None = None) -> ForgetResult:
+        """Who :meth:`forget` would erase (person id, visitor ids, identifiers), erasing nothing:
+        an erasure clears everything downstream first, so a failure there can be run again."""
+        return await self._run(_plan_lookup(self.keys(site_id), person_id_or_email, salt))
+
     async def dump_site(self, site_id: str) -> IdentitySnapshot:
         """The site's whole graph (SCAN based; tests, audits, exports)."""
         return await self._run(_plan_dump(self.keys(site_id)))
@@ -712,6 +735,10 @@ class SyncIdentityStore(_Base):
         stamp = int(time.time() * 1000) if tstamp is None else tstamp
         return self._run(_plan_forget(self.keys(site_id), person_id_or_email, salt, self.settings, stamp,
                                       scrub_log))
+
+    def lookup_person(self, site_id: str, person_id_or_email: str, *, salt: str | None = None) -> ForgetResult:
+        """See :meth:`IdentityStore.lookup_person`."""
+        return self._run(_plan_lookup(self.keys(site_id), person_id_or_email, salt))
 
     def dump_site(self, site_id: str) -> IdentitySnapshot:
         """See :meth:`IdentityStore.dump_site`."""

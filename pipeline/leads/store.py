@@ -195,6 +195,28 @@ class LeadsView:
         await self.client.delete(k.person(person_id))
         return len(changed)
 
+    async def forget_visitors(self, site_id: str, visitor_ids: Sequence[str]) -> int:
+        """Drop the sessions of ``visitor_ids`` from every account document that lists them (an
+        erased person's visits to a company account); returns how many accounts changed.
+        Reads every document of the site (HSCAN): an erasure, never a request path."""
+        wanted = set(visitor_ids)
+        if not wanted:
+            return 0
+        k = self.keys(site_id)
+        docs: dict[str, dict[str, Any]] = {}
+        async for account, raw in self.client.hscan_iter(k.docs, count=500):
+            doc = json.loads(raw)
+            if any(s.get("visitor_id") in wanted for s in doc.get("sessions") or ()):
+                docs[_s(account)] = doc
+        changed = []
+        for doc in docs.values():
+            changed.append({**doc, "sessions": [s for s in doc.get("sessions") or ()
+                                                if s.get("visitor_id") not in wanted]})
+        if changed:
+            previous = {a: d for a, d in docs.items()}
+            await self.put(changed, previous)
+        return len(changed)
+
     async def mark_built(self) -> None:
         await self.client.hset(f"{self.namespace}:lv:meta", "built", "1")
 

@@ -163,16 +163,29 @@ class ViewUpdater:
                             rebuild = False
                         ends = await consumer.end_offsets(parts)
                     batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-                scores = []
+                latest: dict[tuple[str, str], Any] = {}   # (site, account) -> its last score, None: tombstone
                 for records in batch.values():
                     for rec in records:
                         if rec.value is None:
+                            # a tombstone (erasure): the account leaves the view
+                            site_id, sep, account = (rec.key or b"").decode("utf-8", "replace").partition("|")
+                            if sep:
+                                latest[(site_id, account)] = None
                             continue
                         try:
-                            scores.append(self.codec.decode(rec.value, "LeadScore"))
+                            score = self.codec.decode(rec.value, "LeadScore")
                         except CodecError as exc:
                             log.warning("leads view: skipping unreadable lead-scores record %s:%d (%s)",
                                         rec.partition, rec.offset, exc)
+                            continue
+                        latest[(score["site_id"], score["account"])] = score
+                scores = [s for s in latest.values() if s is not None]
+                gone: dict[str, list[str]] = {}
+                for (site_id, account), score in latest.items():
+                    if score is None:
+                        gone.setdefault(site_id, []).append(account)
+                for site_id, accounts in gone.items():
+                    await self.view.remove(site_id, accounts)
                 if scores:
                     self.applied += await apply_scores(self.view, scores, self.settings, self.model)
                 if batch:

@@ -203,6 +203,10 @@ class TestEventsAndResolution:
         f = forget_person(r.snapshot, r.person_id or "", T0 + 1)
         assert f.snapshot.links == {} and f.snapshot.persons == {}
         assert kinds(f.ops) == ["ForgetPerson", "forget"]
+        # the log entry left behind names neither the person nor any identifier
+        entry = f.ops[-1]
+        assert isinstance(entry, LogEntry) and entry.persons == () and entry.identifiers == ()
+        assert (r.person_id or "?") not in entry.detail and "v1" not in entry.detail
 
     def test_apply_ops_profile_merge(self) -> None:
         snap = apply_ops(EMPTY, [CreatePerson("A", 1), CreatePerson("B", 2), SetProfile("A", {"title": "x"}),
