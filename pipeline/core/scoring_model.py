@@ -27,7 +27,7 @@ from .model import Sector
 
 __all__ = ["ScoringModelError", "Activity", "PageSignal", "Breadth", "IntentModel", "FitRule", "FitModel",
            "Thresholds", "Tiering", "Qualification", "Filters", "ScoringModel", "SiteRules", "EffectiveRules",
-           "load_scoring_model", "default_scoring_model", "effective_rules"]
+           "load_scoring_model", "default_scoring_model", "effective_rules", "site_digest"]
 
 
 class ScoringModelError(ValueError):
@@ -220,11 +220,24 @@ class EffectiveRules(_Frozen):
 
 
 def effective_rules(model: ScoringModel, site: SiteRules | None = None) -> EffectiveRules:
-    """Merge ``site`` over ``model`` (a set section replaces the model's section)."""
+    """Merge ``site`` over ``model`` (a set section replaces the model's section).
+
+    ``model_digest`` names what was merged: the model's digest when the site overrides nothing,
+    else a digest over the model's digest and the site's overrides, so a site's rule change
+    shows in its leads' digest."""
     s = site or SiteRules()
-    return EffectiveRules(model_version=model.version, model_digest=model.digest, intent=model.intent,
+    return EffectiveRules(model_version=model.version, model_digest=site_digest(model, s), intent=model.intent,
                           fit=s.icp or model.fit, thresholds=s.thresholds or model.thresholds,
                           qualification=s.qualification or model.qualification, filters=s.filters or model.filters)
+
+
+def site_digest(model: ScoringModel, site: SiteRules | None) -> str:
+    """12 hex chars naming ``model`` with ``site``'s overrides (the model's digest when there are none)."""
+    overrides = site.model_dump(mode="json", exclude_none=True) if site is not None else {}
+    if not overrides:
+        return model.digest
+    doc = json.dumps({"model": model.digest, "site": overrides}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
 
 def _format(exc: ValidationError) -> str:
