@@ -293,12 +293,20 @@ def model_promote(file: Annotated[Path, typer.Argument(help="The scoring model Y
     if not file.is_file():
         _fail(f"no such file: {file}")
     try:
-        switch = registry.promote(file.read_text(encoding="utf-8"), by=by)
+        switch = registry.promote(file.read_text(encoding="utf-8"), by=by, baseline=_configured_model_text(settings))
     except (ScoringModelError, ModelRegistryError) as exc:
         _fail(str(exc))
     typer.echo(f"promoted {switch.version} ({switch.digest}), replacing {switch.previous_version or 'the configured model'}"
                f"{f' ({switch.previous_digest})' if switch.previous_digest else ''}; workers switch within "
                f"{settings.stages.model_poll_s:g} s")
+
+
+def _configured_model_text(settings: Settings) -> str:
+    """The YAML of the model workers run when none is promoted (``scoring_model`` or the built-in one)."""
+    if settings.scoring_model is not None:
+        return Path(settings.scoring_model).read_text(encoding="utf-8")
+    from importlib import resources
+    return resources.files("pipeline.core").joinpath("default_model.yaml").read_text(encoding="utf-8")
 
 
 @model_app.command("rollback")

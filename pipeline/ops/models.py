@@ -1,7 +1,8 @@
 """The active scoring model in Redis: promote, roll back, and workers that follow it without a restart.
 
 ``leadstream model promote FILE`` stores the model's YAML under its digest, makes it the
-active model and records the switch; ``leadstream model rollback`` makes the model that was
+active model and records the switch (the first promotion records the workers' configured
+model first, as the ``baseline``); ``leadstream model rollback`` makes the model that was
 active before the last promotion active again. Every worker polls the active model's digest
 every ``stages.model_poll_s`` seconds and, when it changed, rebuilds the account stage's rules
 from the stored YAML (:meth:`AccountStage.use_model`). Leads and lead scores name the model
@@ -84,7 +85,7 @@ def who() -> str:
 
 
 # Make ARGV[1] (digest) active: KEYS active, stack, history, yaml; ARGV digest, version, at, by, yaml, action.
-# promote pushes the digest; rollback pops the current one first (its caller checked the stack).
+# promote and baseline push the digest; rollback pops the current one first (its caller checked the stack).
 _SWITCH = """
 local prev_version = redis.call('HGET', KEYS[1], 'version')
 local prev_digest = redis.call('HGET', KEYS[1], 'digest')
@@ -136,21 +137,28 @@ class ModelRegistry:
             return None
         return _parse(self.model_text(active.digest), active.digest)
 
-    def promote(self, text: str, by: str | None = None) -> ModelSwitch:
+    def promote(self, text: str, by: str | None = None, baseline: str | None = None) -> ModelSwitch:
         """Make the model in ``text`` (a scoring model YAML) active. Raises ScoringModelError when
-        it is invalid and ModelRegistryError when it is already the active model."""
+        it is invalid and ModelRegistryError when it is already the active model.
+
+        ``baseline``: the model the workers run when none was promoted (their ``scoring_model``).
+        The first promotion records it first (action ``baseline``), so a rollback can return to it.
+        """
         model = load_scoring_model(text)
         active = self.active()
         if active is not None and active.digest == model.digest:
             raise ModelRegistryError(f"model {model.version} ({model.digest}) is already active")
+        if active is None and baseline is not None and not self.client.exists(STACK):
+            base = load_scoring_model(baseline)
+            if base.digest != model.digest:
+                self._do("baseline", base.version, base.digest, baseline, by)
         return self._do("promote", model.version, model.digest, text, by)
 
     def rollback(self, by: str | None = None) -> ModelSwitch:
         """Make the model active before the last promotion active again."""
         digests = [_s(d) for d in self.client.lrange(STACK, 0, 1)]
         if len(digests) < 2:
-            raise ModelRegistryError("nothing to roll back to: fewer than two models were promoted "
-                                     "(workers without an active model use their scoring_model)")
+            raise ModelRegistryError("nothing to roll back to: no model was active before the current one")
         target = digests[1]
         text = self.model_text(target)
         model = _parse(text, target)

@@ -205,13 +205,20 @@ def commit_start(replay: Settings, rng: ReplayRange) -> None:
         consumer.close()
 
 
-def bounded(handler: Handler, rng: ReplayRange) -> Handler:
+@dataclass
+class FirstRecord:
+    at: float | None = None   # time.monotonic() when the first record of the range was handed over
+
+
+def bounded(handler: Handler, rng: ReplayRange, first: FirstRecord | None = None) -> Handler:
     """``handler`` for records inside the range; a record outside it changes nothing and sends
     nothing (the live topic keeps growing while a replay runs)."""
 
     async def within(partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:
         if not rng.contains(partition, offset):
             return HandlerResult()
+        if first is not None and first.at is None:
+            first.at = time.monotonic()
         return await handler(partition, offset, value, states)
 
     return within
@@ -300,11 +307,12 @@ def run_replay(settings: Settings, model_file: Path, since_ms: int, until_ms: in
     app, stages = create_worker_app(replay)
     visitor = next(s for s in stages if s.name == "visitor")
     account = next(s for s in stages if s.name == "account")
-    visitor.runner.handler = bounded(visitor.runner.handler, rng)
+    first = FirstRecord()
+    visitor.runner.handler = bounded(visitor.runner.handler, rng, first)
     summary = ReplaySummary(name, model.version, model.digest, records=rng.records,
                             topics={k: replay.topics.name(k) for k in OUTPUTS})
-    monitor = _Monitor(replay, rng, visitor, account, summary, progress, started, on_done)
-    app.timer(0.5, name="replay-progress")(monitor.tick)
+    monitor = _Monitor(replay, rng, visitor, account, summary, progress, started, on_done, first)
+    app.timer(1.0, name="replay-progress")(monitor.tick)
 
     from ..stages.worker import run_worker
     try:
@@ -320,7 +328,8 @@ class _Monitor:
     stage every visits record it produced, the summary is made and the worker told to stop."""
 
     def __init__(self, replay: Settings, rng: ReplayRange, visitor: Any, account: Any, summary: ReplaySummary,
-                 show: bool, started: float, on_done: Callable[[ReplaySummary], None] | None) -> None:
+                 show: bool, started: float, on_done: Callable[[ReplaySummary], None] | None,
+                 first: FirstRecord) -> None:
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
@@ -334,7 +343,7 @@ class _Monitor:
                                  console=Console(stderr=True), disable=not show, refresh_per_second=4)
         self.task = self.progress.add_task("replay", total=rng.records or 1, name=summary.name, events=0, rate=0.0,
                                            stage="starting")
-        self.first_at: float | None = None
+        self.first = first
         self.visits_end: dict[int, int] | None = None
         self.finished = False
         self._consumer: Any = None
@@ -364,11 +373,10 @@ class _Monitor:
         now = time.monotonic()
         progress = {p: self.visitor.runner.progress(p) for p in self.rng.start}
         applied = self.rng.applied(progress)
-        if applied and self.first_at is None:
-            self.first_at = now
         events = self._events()
-        rate = events / (now - self.first_at) if self.first_at and now > self.first_at else 0.0
-        stage = "visitor stage" if self.first_at else "starting"
+        first = self.first.at
+        rate = events / (now - first) if first is not None and now > first else 0.0
+        stage = "visitor stage" if first is not None else "starting"
         if self.rng.done(progress):
             if self.visits_end is None:  # every visits record of the range is acknowledged by now
                 self.visits_end = await self._end_offsets(self.replay.topics.visits, self.account.partitions)
@@ -383,7 +391,9 @@ class _Monitor:
     async def _finish(self, events: int, now: float) -> None:
         s = self.summary
         s.events = events
-        s.seconds = now - (self.first_at or now)
+        # from the first record handed to the visitor stage to the last the account stage applied
+        last = max(getattr(self.account.runner, "last_activity", {}).values(), default=now)
+        s.seconds = max(0.0, last - (self.first.at if self.first.at is not None else last))
         s.wall_seconds = now - self.started
         ends = await self._end_offsets(self.replay.topics.qualified_leads,
                                        _partitions(self.replay, "qualified_leads"))
