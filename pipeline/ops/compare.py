@@ -235,8 +235,8 @@ def render(comparison: Comparison, limit: int = 50) -> Any:
     head.add_column(f"replay: {comparison.replay.name}")
     head.add_row("models", "\n".join(comparison.live.models) or "-", "\n".join(comparison.replay.models) or "-")
     parts.append(head)
-    if not comparison.sites:
-        parts.append("the replay scored no accounts")
+    if not any(s.accounts for s in comparison.sites.values()):
+        parts.append("the replay scored no accounts: nothing to compare")
     for site_id, s in sorted(comparison.sites.items()):
         summary = Table(title=f"site {site_id}", show_header=True, header_style="bold")
         for col in ("accounts", "leads live", "leads replay", "gained", "lost", "tier changes", "score changes",

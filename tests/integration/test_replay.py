@@ -22,7 +22,7 @@ import pytest
 import redis
 import yaml
 
-from pipeline.core.scoring_model import default_scoring_model, load_scoring_model
+from pipeline.core.scoring_model import default_scoring_model, effective_rules, load_scoring_model
 
 from .pipeline_harness import CODEC, Pipeline, Visitor, now_ms
 from .stagekit import REPO
@@ -166,7 +166,10 @@ def test_replay_of_a_time_range_is_isolated_and_deterministic_and_compare_report
     assert {c["account"] for c in site["lost"]} == (live_latest - replay_latest) & accounts
     assert site["score_changes"], "a model with twice the saturation scores intent lower"
     assert all(c["intent_delta"] < 0 for c in site["score_changes"])
-    assert report["replay"]["models"] == [f"strict-1 ({strict_model.digest})"]
+    site_rules = p.settings.site("acme").rules  # type: ignore[union-attr]
+    acme_digest = effective_rules(strict_model, site_rules).model_digest  # the site's overrides are in it
+    assert acme_digest != strict_model.digest
+    assert report["replay"]["models"] == [f"strict-1 ({acme_digest})"]
     table = cli(p, "compare", "live", names[0])
     assert table.returncode == 0 and "site acme" in table.stdout and "Δ intent" in table.stdout
     print(table.stdout)
