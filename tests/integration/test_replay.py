@@ -218,3 +218,47 @@ def test_running_worker_follows_promote_and_rollback(pipeline: Pipeline, tmp_pat
     assert history[0]["previous_version"] == "next-2" and all(h["by"] == "tester" and h["at"] > 0 for h in history)
     nothing = cli(p, "model", "rollback")
     assert nothing.returncode != 0 and "nothing to roll back to" in nothing.stderr
+
+
+@pytest.mark.bench
+def test_replay_rate(kafka_broker: Any, redis_server: Any, tmp_path: Path) -> None:
+    """Events/s of `leadstream replay` over 60,000 events (3,000 visitors, 20 events each, 20 requests
+    per record), with the built-in model, then with a stricter one, and what `compare` says of the two.
+
+        ./scripts/test tests/integration/test_replay.py -m bench -s
+    """
+    from kafka import KafkaProducer
+
+    from loadtest.traffic import batch_records, visitor_payloads
+
+    from .pipeline_harness import load_reference_data
+
+    load_reference_data(redis_server.url)
+    p = Pipeline(kafka_broker, redis_server.url, tmp_path, f"bench-{uuid.uuid4().hex[:8]}")
+    p.create_topics()
+    since = now_ms()
+    payloads = list(visitor_payloads(3000, 20, seed=11, t0=now_ms() - 86_400_000, one_visitor_per_company=False))
+    events = sum(len(x["events"]) for x in payloads)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all", max_request_size=4 * 1024 * 1024)
+    for r in batch_records(iter(payloads), 8, 20):
+        producer.send(p.topics["pixel_events"], CODEC.encode("CollectorBatch", r.value), key=r.key,
+                      partition=r.partition)
+    producer.flush()
+    producer.close()
+    default = REPO / "pipeline" / "core" / "default_model.yaml"
+    strict = model_file(tmp_path, "strict", version="strict-1", intent={"saturation_points": 120},
+                        fit={"rules": [{"name": "big", "attribute": "employees", "min": 1000, "weight": 50},
+                                       {"name": "software", "attribute": "industry", "values": ["software"],
+                                        "weight": 50}]})
+    summaries = {}
+    for name, model in (("base", default), ("strict", strict)):
+        run = cli(p, "replay", "--since", iso(since), "--model", str(model), "--name", f"{p.name}-{name}",
+                  "--no-progress", "--json", timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+        summaries[name] = json_line(run.stdout)
+        assert summaries[name]["events"] == events, summaries[name]
+        print(json.dumps(summaries[name]))
+    table = cli(p, "compare", f"{p.name}-base", f"{p.name}-strict", "--limit", "12")
+    assert table.returncode == 0, table.stderr
+    print(table.stdout)
+    assert summaries["base"]["events_per_s"] > 0
