@@ -226,8 +226,7 @@ def replay(since: Annotated[str, typer.Option(help="Replay from the first pixel-
            config: ConfigOption = None) -> None:
     """Rescore history: run the stages over pixel-events with another model into topics of their own.
 
-    Never writes the live topics, the live quota or the identity graph (read as it is now); stops by
-    itself at --until or at the end of the topic when it started, then prints a summary."""
+    Never writes the live topics, the live quota or the identity graph (read as it is now). Stops by itself at --until or at the end of the topic when it started, then prints a summary."""  # noqa: E501
     import time
 
     from .ops.replay import ReplayError, parse_time, run_replay

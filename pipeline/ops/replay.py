@@ -236,6 +236,7 @@ class ReplaySummary:
     bad_rows: int = 0
     seconds: float = 0.0          # first record applied to the last output acknowledged
     wall_seconds: float = 0.0     # the whole command, worker start-up included
+    cpu_seconds: float = 0.0      # CPU time of this process (all threads): a figure a busy machine skews less
     topics: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -246,13 +247,16 @@ class ReplaySummary:
         return {"name": self.name, "model_version": self.model_version, "model_digest": self.model_digest,
                 "records": self.records, "events": self.events, "lead_scores": self.lead_scores,
                 "leads": self.leads, "bad_rows": self.bad_rows, "seconds": round(self.seconds, 3),
-                "wall_seconds": round(self.wall_seconds, 3), "events_per_s": round(self.events_per_s, 1),
+                "wall_seconds": round(self.wall_seconds, 3), "cpu_seconds": round(self.cpu_seconds, 3),
+                "events_per_s": round(self.events_per_s, 1),
+                "events_per_cpu_s": round(self.events / self.cpu_seconds, 1) if self.cpu_seconds else 0.0,
                 "topics": dict(self.topics)}
 
     def text(self) -> str:
         return (f"replay {self.name}: {self.events:,} events in {self.records:,} records, "
                 f"{self.lead_scores:,} lead scores, {self.leads:,} qualified leads, {self.bad_rows:,} bad rows; "
-                f"{self.events_per_s:,.0f} events/s ({self.seconds:.1f} s applying, {self.wall_seconds:.1f} s in all)"
+                f"{self.events_per_s:,.0f} events/s ({self.seconds:.1f} s applying, {self.wall_seconds:.1f} s in all, "
+                f"{self.cpu_seconds:.1f} s of CPU)"
                 f"\n  model {self.model_version} ({self.model_digest})\n  outputs: "
                 + ", ".join(self.topics[k] for k in ("qualified_leads", "lead_scores", "visits", "bad_events")))
 
@@ -395,6 +399,7 @@ class _Monitor:
         last = max(getattr(self.account.runner, "last_activity", {}).values(), default=now)
         s.seconds = max(0.0, last - (self.first.at if self.first.at is not None else last))
         s.wall_seconds = now - self.started
+        s.cpu_seconds = time.process_time()
         ends = await self._end_offsets(self.replay.topics.qualified_leads,
                                        _partitions(self.replay, "qualified_leads"))
         s.leads = sum(ends.values())
