@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..settings import Settings, with_overrides
+from ..settings import Settings, SettingsError, with_overrides
 from ..stages.runtime import Handler, HandlerResult, StateView
 from ..topology import TopicSpec, changelog_specs, create_topics, topic_specs
 
@@ -290,7 +290,10 @@ def run_replay(settings: Settings, model_file: Path, since_ms: int, until_ms: in
         raise ReplayError("--until must be after --since")
     if not Path(model_file).is_file():
         raise ReplayError(f"no such model file: {model_file}")
-    replay = replay_settings(settings, name, Path(model_file), since_ms)
+    try:
+        replay = replay_settings(settings, name, Path(model_file), since_ms)
+    except SettingsError as exc:  # names the model file's bad key paths
+        raise ReplayError(str(exc)) from None
     model = replay.load_scoring_model()
     admin = KafkaAdminClient(**settings.kafka.client_options())
     try:

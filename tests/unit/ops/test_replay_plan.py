@@ -124,3 +124,15 @@ def test_replay_settings_keep_the_input_and_change_everything_it_writes(tmp_path
                         live.topics.bad_events}
     with pytest.raises(ReplayError):
         replay_settings(live, "a.b", model, NOW)
+
+
+def test_a_bad_model_file_is_refused_with_its_key_path(tmp_path: Path) -> None:
+    from pipeline.ops.replay import run_replay
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: v9\nintnet: {}\n")
+    with pytest.raises(ReplayError, match="intnet"):
+        run_replay(_settings(tmp_path), bad, NOW, name="x")
+    with pytest.raises(ReplayError, match="no such model file"):
+        run_replay(_settings(tmp_path), tmp_path / "missing.yaml", NOW, name="x")
+    with pytest.raises(ReplayError, match="--until must be after --since"):
+        run_replay(_settings(tmp_path), bad, NOW, NOW - 1, name="x")
