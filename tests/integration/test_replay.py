@@ -221,8 +221,9 @@ def test_running_worker_follows_promote_and_rollback(pipeline: Pipeline, tmp_pat
 
 
 @pytest.mark.bench
+@pytest.mark.timeout(1800)
 def test_replay_rate(kafka_broker: Any, redis_server: Any, tmp_path: Path) -> None:
-    """Events/s of `leadstream replay` over 60,000 events (3,000 visitors, 20 events each, 20 requests
+    """Events/s of `leadstream replay` over 30,000 events (1,500 visitors, 20 events each, 20 requests
     per record), with the built-in model, then with a stricter one, and what `compare` says of the two.
 
         ./scripts/test tests/integration/test_replay.py -m bench -s
@@ -237,7 +238,7 @@ def test_replay_rate(kafka_broker: Any, redis_server: Any, tmp_path: Path) -> No
     p = Pipeline(kafka_broker, redis_server.url, tmp_path, f"bench-{uuid.uuid4().hex[:8]}")
     p.create_topics()
     since = now_ms()
-    payloads = list(visitor_payloads(3000, 20, seed=11, t0=now_ms() - 86_400_000, one_visitor_per_company=False))
+    payloads = list(visitor_payloads(1500, 20, seed=11, t0=now_ms() - 86_400_000, one_visitor_per_company=False))
     events = sum(len(x["events"]) for x in payloads)
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all", max_request_size=4 * 1024 * 1024)
     for r in batch_records(iter(payloads), 8, 20):
