@@ -27,7 +27,7 @@ from .model import Sector
 
 __all__ = ["ScoringModelError", "Activity", "PageSignal", "Breadth", "IntentModel", "FitRule", "FitModel",
            "Thresholds", "Tiering", "Qualification", "Filters", "ScoringModel", "SiteRules", "EffectiveRules",
-           "load_scoring_model", "default_scoring_model", "effective_rules", "site_digest"]
+           "load_scoring_model", "default_scoring_model", "effective_rules", "with_site_digest"]
 
 
 class ScoringModelError(ValueError):
@@ -222,22 +222,23 @@ class EffectiveRules(_Frozen):
 def effective_rules(model: ScoringModel, site: SiteRules | None = None) -> EffectiveRules:
     """Merge ``site`` over ``model`` (a set section replaces the model's section).
 
-    ``model_digest`` names what was merged: the model's digest when the site overrides nothing,
-    else a digest over the model's digest and the site's overrides, so a site's rule change
-    shows in its leads' digest."""
+    ``model_digest`` names the rules in effect (see :func:`with_site_digest`)."""
     s = site or SiteRules()
-    return EffectiveRules(model_version=model.version, model_digest=site_digest(model, s), intent=model.intent,
-                          fit=s.icp or model.fit, thresholds=s.thresholds or model.thresholds,
-                          qualification=s.qualification or model.qualification, filters=s.filters or model.filters)
+    return with_site_digest(model, EffectiveRules(
+        model_version=model.version, model_digest=model.digest, intent=model.intent,
+        fit=s.icp or model.fit, thresholds=s.thresholds or model.thresholds,
+        qualification=s.qualification or model.qualification, filters=s.filters or model.filters))
 
 
-def site_digest(model: ScoringModel, site: SiteRules | None) -> str:
-    """12 hex chars naming ``model`` with ``site``'s overrides (the model's digest when there are none)."""
-    overrides = site.model_dump(mode="json", exclude_none=True) if site is not None else {}
-    if not overrides:
-        return model.digest
-    doc = json.dumps({"model": model.digest, "site": overrides}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(doc.encode()).hexdigest()[:12]
+def with_site_digest(model: ScoringModel, rules: EffectiveRules) -> EffectiveRules:
+    """``rules`` with the digest of what is in effect: the model's own digest when the site's
+    overrides change nothing, else 12 hex chars of sha256 over the model's digest and the merged
+    sections, so a change of a site's rules shows in the digest its scores and leads carry."""
+    sections = rules.model_dump(mode="json", exclude={"model_version", "model_digest"})
+    if sections == {k: getattr(model, k).model_dump(mode="json") for k in sections}:
+        return rules
+    doc = json.dumps({"model": model.digest, "effective": sections}, sort_keys=True, separators=(",", ":"))
+    return rules.model_copy(update={"model_digest": hashlib.sha256(doc.encode()).hexdigest()[:12]})
 
 
 def _format(exc: ValidationError) -> str:

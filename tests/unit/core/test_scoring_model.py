@@ -73,3 +73,8 @@ def test_site_overrides_are_part_of_the_digest() -> None:
     assert len(effective_rules(m, strict).model_digest) == len(m.digest)
     other = load_scoring_model({"version": m.version, "intent": {"half_life_days": 3}})
     assert effective_rules(other, strict).model_digest != effective_rules(m, strict).model_digest
+
+
+def test_an_override_equal_to_the_model_keeps_the_models_digest() -> None:
+    m = default_scoring_model()
+    assert effective_rules(m, SiteRules(thresholds=m.thresholds)).model_digest == m.digest
