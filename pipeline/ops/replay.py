@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -324,7 +325,8 @@ def run_replay(settings: Settings, model_file: Path, since_ms: int, until_ms: in
     from ..stages.worker import run_worker
     try:
         with monitor:
-            run_worker(app, loglevel="warn" if settings.log_level != "debug" else "debug")
+            # stdout carries only the summary (Faust's spinner goes to stderr with the progress bar)
+            run_worker(app, loglevel="warn" if settings.log_level != "debug" else "debug", stdout=sys.stderr)
     except SystemExit:
         pass
     return summary if monitor.finished else None
