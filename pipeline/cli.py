@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -22,12 +22,15 @@ bench_app = typer.Typer(help="Benchmarks, each reported as a ratio against a bas
                         no_args_is_help=True)
 leads_app = typer.Typer(help="The prospect list: ranked accounts, the people seen and why (see README).",
                         invoke_without_command=True)
+model_app = typer.Typer(help="The scoring model the running workers use: promote, roll back, status, history.",
+                        no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(leads_app, name="leads")
 app.add_typer(bench_app, name="bench")
 sinks_app = typer.Typer(help="Deliver qualified leads to each site's sinks (webhook, Slack, HubSpot, JSONL).",
                         invoke_without_command=True)
 app.add_typer(sinks_app, name="sinks")
+app.add_typer(model_app, name="model")
 
 ConfigOption = Annotated[Optional[Path], typer.Option(
     "--config", "-c", help="YAML settings file (default: $LEADSTREAM_CONFIG or ./leadstream.yaml)")]
@@ -359,6 +362,146 @@ def topics_describe(config: ConfigOption = None) -> None:
     for spec in topic_specs(settings):
         typer.echo(f"{spec.name:20} value={spec.value_schema:16} partitions={spec.partitions:<3} "
                    f"retention_ms={spec.retention_ms} compacted={spec.compacted}\n    key: {spec.key}")
+
+
+@app.command()
+def replay(since: Annotated[str, typer.Option(help="Replay from the first pixel-events record written at or after "
+                                              "this time: ISO 8601, epoch ms, or a duration ago (2h, 7d)")],
+           model: Annotated[Path, typer.Option(help="The scoring model YAML to score with")],
+           until: Annotated[Optional[str], typer.Option(help="Stop before the records written at this time "
+                                                        "(default: the end of the topic when the command starts)")] = None,
+           name: Annotated[Optional[str], typer.Option(help="Names the replay's topics <name>.qualified-leads ... "
+                                                       "(default: replay-<UTC time>); must be new")] = None,
+           progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+           json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+           config: ConfigOption = None) -> None:
+    """Rescore history: run the stages over pixel-events with another model into topics of their own.
+
+    Never writes the live topics, the live quota or the identity graph (read as it is now). Stops by itself at --until or at the end of the topic when it started, then prints a summary."""  # noqa: E501
+    import time
+
+    from .ops.replay import ReplayError, parse_time, run_replay
+    settings = _settings(config)
+    if not settings.kafka.bootstrap_servers:
+        _fail("kafka.bootstrap_servers is not set")
+    now = int(time.time() * 1000)
+    try:
+        since_ms = parse_time(since, now)
+        until_ms = parse_time(until, now) if until else None
+
+        def done(summary: Any) -> None:
+            typer.echo(json.dumps(summary.as_dict()) if json_ else summary.text())
+            sys.stdout.flush()
+
+        result = run_replay(settings, model, since_ms, until_ms, name=name, progress=progress, on_done=done)
+    except ReplayError as exc:
+        _fail(str(exc))
+    if result is None:
+        _fail("replay interrupted before its end", 130)
+
+
+@app.command()
+def compare(live: Annotated[str, typer.Argument(help="`live`, a replay's name, or a lead-scores / qualified-leads topic")],
+            replay: Annotated[str, typer.Argument(help="A replay's name (or one of its topics)")],
+            json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
+            limit: Annotated[int, typer.Option(help="Changed accounts shown per site")] = 50,
+            min_delta: Annotated[float, typer.Option(help="Smallest fit or intent change reported")] = 0.5,
+            config: ConfigOption = None) -> None:
+    """Leads gained and lost, tier and score changes per site, between two runs (e.g. live and a replay)."""
+    from .ops.compare import compare as compare_runs
+    from .ops.compare import read_side, render
+    settings = _settings(config)
+    if not settings.kafka.bootstrap_servers:
+        _fail("kafka.bootstrap_servers is not set")
+    try:
+        result = compare_runs(read_side(settings, live), read_side(settings, replay), min_delta=min_delta)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    if json_:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    from rich.console import Console
+    Console(width=max(120, Console().width)).print(render(result, limit=limit))
+
+
+def _registry(config: Path | None) -> Any:
+    from .ops.models import ModelRegistry
+    settings = _settings(config)
+    if not settings.redis.url_value:
+        _fail("redis.url is not set (LEADSTREAM_REDIS__URL): the active model lives in Redis")
+    return ModelRegistry.from_url(settings.redis.url_value), settings
+
+
+@model_app.command("promote")
+def model_promote(file: Annotated[Path, typer.Argument(help="The scoring model YAML")],
+                  by: Annotated[Optional[str], typer.Option(help="Who promotes (default: user@host)")] = None,
+                  config: ConfigOption = None) -> None:
+    """Make FILE the model every running worker scores with (they switch within stages.model_poll_s)."""
+    from .core.scoring_model import ScoringModelError
+    from .ops.models import ModelRegistryError
+    registry, settings = _registry(config)
+    if not file.is_file():
+        _fail(f"no such file: {file}")
+    try:
+        switch = registry.promote(file.read_text(encoding="utf-8"), by=by, baseline=_configured_model_text(settings))
+    except (ScoringModelError, ModelRegistryError) as exc:
+        _fail(str(exc))
+    typer.echo(f"promoted {switch.version} ({switch.digest}), replacing {switch.previous_version or 'the configured model'}"
+               f"{f' ({switch.previous_digest})' if switch.previous_digest else ''}; workers switch within "
+               f"{settings.stages.model_poll_s:g} s")
+
+
+def _configured_model_text(settings: Settings) -> str:
+    """The YAML of the model workers run when none is promoted (``scoring_model`` or the built-in one)."""
+    if settings.scoring_model is not None:
+        return Path(settings.scoring_model).read_text(encoding="utf-8")
+    from importlib import resources
+    return resources.files("pipeline.core").joinpath("default_model.yaml").read_text(encoding="utf-8")
+
+
+@model_app.command("rollback")
+def model_rollback(by: Annotated[Optional[str], typer.Option(help="Who rolls back (default: user@host)")] = None,
+                   config: ConfigOption = None) -> None:
+    """Make the model that was active before the last promotion active again."""
+    from .ops.models import ModelRegistryError
+    registry, settings = _registry(config)
+    try:
+        switch = registry.rollback(by=by)
+    except ModelRegistryError as exc:
+        _fail(str(exc))
+    typer.echo(f"rolled back to {switch.version} ({switch.digest}) from {switch.previous_version} "
+               f"({switch.previous_digest}); workers switch within {settings.stages.model_poll_s:g} s")
+
+
+@model_app.command("status")
+def model_status(config: ConfigOption = None) -> None:
+    """The active model (or the configured one when none was promoted)."""
+    from datetime import datetime, timezone
+    registry, settings = _registry(config)
+    active = registry.active()
+    if active is None:
+        model = settings.load_scoring_model()
+        typer.echo(f"no model promoted: workers use {settings.scoring_model or 'the built-in model'}, "
+                   f"{model.version} ({model.digest})")
+        return
+    at = datetime.fromtimestamp(active.at / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+    typer.echo(f"active: {active.version} ({active.digest}), since {at} by {active.by}")
+
+
+@model_app.command("list")
+def model_list(limit: Annotated[int, typer.Option(help="Entries shown, newest first")] = 50,
+               json_: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
+               config: ConfigOption = None) -> None:
+    """Every model switch, newest first: when, what, by whom, and what it replaced."""
+    from datetime import datetime, timezone
+    registry, _ = _registry(config)
+    for s in registry.history(limit):
+        if json_:
+            typer.echo(json.dumps(s.as_dict()))
+            continue
+        at = datetime.fromtimestamp(s.at / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+        typer.echo(f"{at}  {s.action:8}  {s.version} ({s.digest})  by {s.by}"
+                   + (f"  replaced {s.previous_version} ({s.previous_digest})" if s.previous_digest else ""))
 
 
 @bench_app.command("collector")

@@ -466,6 +466,20 @@ class StageSettings(_Frozen):
         7.0, ge=0, description="Event time: the longest delay between a tracker creating an event (dtm) and "
         "sending it (stm) that is believed; a longer one is clamped to it (0: no limit). A true timestamp (ttm) "
         "is never clamped")
+    # -- replay and model switching (``leadstream replay``, ``leadstream model``) --------------------------
+    source_start_ms: int | None = Field(
+        None, description="Where a source partition with no applied progress starts: the first offset whose "
+        "broker timestamp is at or after this epoch-ms time (Kafka offsets_for_times). Unset: the log start. "
+        "`leadstream replay` sets it from --since")
+    quota_prefix: str = Field(
+        "ls:quota", min_length=1, description="Redis key prefix of the per-site monthly lead quota "
+        "(`<prefix>:<site>:<YYYY-MM>`); a replay uses its own")
+    identity_writes: bool = Field(
+        True, description="The visitor stage writes identify links to the identity graph. A replay reads the "
+        "graph as it is and writes nothing (false)")
+    model_poll_s: float = Field(
+        5.0, ge=0, description="How often workers check Redis for a model switched by `leadstream model "
+        "promote/rollback` (0: never; the worker keeps `scoring_model`)")
 
 
 

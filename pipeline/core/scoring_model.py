@@ -32,7 +32,8 @@ from .model import Sector
 __all__ = ["ScoringModelError", "Activity", "PageSignal", "Breadth", "BuyingStage", "ActionRule", "IntentModel",
            "FitRule", "FitModel",
            "Thresholds", "Tiering", "Qualification", "Filters", "ScoringModel", "SiteRules", "EffectiveRules",
-           "load_scoring_model", "default_scoring_model", "effective_rules", "merge_section"]
+           "load_scoring_model", "default_scoring_model", "effective_rules", "merge_section",
+           "with_site_digest"]
 
 
 class ScoringModelError(ValueError):
@@ -413,16 +414,27 @@ def effective_rules(model: ScoringModel, site: SiteRules | None = None,
     if conversion_names:
         intent["conversions"] = [{"name": "conversion_names", "events": list(conversion_names)},
                                  *[c for c in intent.get("conversions", ()) if c.get("name") != "conversion_names"]]
-    return EffectiveRules(model_version=model.version, model_digest=model.digest,
-                          intent=IntentModel.model_validate(intent),
-                          fit=FitModel.model_validate(merged(model.fit, s.icp)),
-                          thresholds=Thresholds.model_validate(merged(model.thresholds, s.thresholds)),
-                          qualification=Qualification.model_validate(merged(model.qualification, s.qualification)),
-                          filters=Filters.model_validate(merged(model.filters, s.filters)))
+    return with_site_digest(model, EffectiveRules(
+        model_version=model.version, model_digest=model.digest, intent=IntentModel.model_validate(intent),
+        fit=FitModel.model_validate(merged(model.fit, s.icp)),
+        thresholds=Thresholds.model_validate(merged(model.thresholds, s.thresholds)),
+        qualification=Qualification.model_validate(merged(model.qualification, s.qualification)),
+        filters=Filters.model_validate(merged(model.filters, s.filters))))
 
 
 _SECTIONS.update({"icp": FitModel, "intent": IntentModel, "thresholds": Thresholds,
                   "qualification": Qualification, "filters": Filters})
+
+
+def with_site_digest(model: ScoringModel, rules: EffectiveRules) -> EffectiveRules:
+    """``rules`` with the digest of what is in effect: the model's own digest when the site's
+    overrides change nothing, else 12 hex chars of sha256 over the model's digest and the merged
+    sections, so a change of a site's rules shows in the digest its scores and leads carry."""
+    sections = rules.model_dump(mode="json", exclude={"model_version", "model_digest"})
+    if sections == {k: getattr(model, k).model_dump(mode="json") for k in sections}:
+        return rules
+    doc = json.dumps({"model": model.digest, "effective": sections}, sort_keys=True, separators=(",", ":"))
+    return rules.model_copy(update={"model_digest": hashlib.sha256(doc.encode()).hexdigest()[:12]})
 
 
 def _format(exc: ValidationError) -> str:

@@ -57,10 +57,15 @@ class AccountStage:
         self.codec = codec
         self.topics = topics
         self.quota = quota
-        self.rules: dict[str, EffectiveRules] = {s.site_id: effective_rules(model, s.rules, s.conversion_names)
-                                                 for s in settings.sites}
-        self.default_rules = effective_rules(model, None)
+        self.rules: dict[str, EffectiveRules] = {}
+        self.use_model(model)
         self.limit = settings.collector.bad_row_payload_limit
+
+    def use_model(self, model: ScoringModel) -> None:
+        """Score with ``model`` (and each site's overrides) from the next record on: a model switch
+        (``leadstream model promote``) takes effect without a restart."""
+        self.rules = {s.site_id: effective_rules(model, s.rules, s.conversion_names) for s in self.settings.sites}
+        self.default_rules = effective_rules(model, None)
 
     async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:
         result = HandlerResult()
@@ -166,7 +171,8 @@ def _source(update_id: str) -> tuple[str, int, int]:
 
 
 class RedisQuota:
-    """The per-site monthly lead quota in Redis: ``ls:quota:<site>:<YYYY-MM>`` is the set of lead ids."""
+    """The per-site monthly lead quota in Redis: ``<prefix>:<site>:<YYYY-MM>`` is the set of lead ids
+    (prefix ``stages.quota_prefix``, ``ls:quota`` live; a replay counts in its own namespace)."""
 
     _SCRIPT = """
     if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
@@ -178,9 +184,13 @@ class RedisQuota:
     return 0
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, prefix: str = "ls:quota") -> None:
         self.client = client
+        self.prefix = prefix
         self._claim = client.register_script(self._SCRIPT)
 
+    def key(self, site_id: str, month: str) -> str:
+        return f"{self.prefix}:{site_id}:{month}"
+
     def claim(self, site_id: str, month: str, lead_id: str, quota: int) -> bool:
-        return bool(self._claim(keys=[f"ls:quota:{site_id}:{month}"], args=[lead_id, quota]))
+        return bool(self._claim(keys=[self.key(site_id, month)], args=[lead_id, quota]))

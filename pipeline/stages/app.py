@@ -88,7 +88,8 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
     table = app.Table(f"{name}-state", default=None, partitions=partitions)
     gap_reader = None
     if settings.stages.gap_repair:
-        gap_reader = GapReader(source_topic, settings.stages.app_id, _client_options(settings))
+        gap_reader = GapReader(source_topic, settings.stages.app_id, _client_options(settings),
+                               start_at_ms=settings.stages.source_start_ms)
     runner = RecordRunner(table, handler, faust_sender(app), gap_reader, name=name, retryable=retryable,
                           on_error=on_error)
     stage = Stage(name, source_topic, partitions, table, runner)

@@ -10,12 +10,13 @@ partitions and their table state between them.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import faust
 
 from .. import metrics
 from ..codec import make_codec
+from ..core.identity import IdentitySnapshot, Identifier
 from ..metrics import STAGE_GAPS, STAGE_RECORD_SECONDS, STAGE_RECORDS, STAGE_REPLAYED
 from ..settings import Settings
 from ..topology import topic_specs
@@ -43,8 +44,10 @@ def build_handlers(settings: Settings) -> tuple[VisitorStage, AccountStage]:
 
         from ..enrich.redis_store import ReferenceStore
         reference = ReferenceStore.from_url(redis_url)
-        quota = RedisQuota(redis.Redis.from_url(redis_url))
+        quota = RedisQuota(redis.Redis.from_url(redis_url), settings.stages.quota_prefix)
         identity = _identity_store(redis_url)
+        if identity is not None and not settings.stages.identity_writes:
+            identity = ReadOnlyIdentity(identity)
     else:
         log.warning("redis.url is not set: no company data, identity graph or quota; leads need a company")
     visitor = VisitorStage(settings, codec, VisitorTopics(visits.name, visits.partitions, specs["bad_events"].name),
@@ -68,6 +71,9 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
                         on_error=account.failed, retryable=retry)]
     for stage in stages:
         _count(stage)
+    if settings.stages.model_poll_s > 0 and settings.redis.url_value:
+        from ..ops.models import follow_models
+        follow_models(app, settings, account)  # `leadstream model promote/rollback` without a restart
     return app, stages
 
 
@@ -88,6 +94,19 @@ def _identity_store(redis_url: str) -> IdentityPort | None:
         return None
     store: IdentityPort = IdentityStore.from_url(redis_url)
     return store
+
+
+class ReadOnlyIdentity:
+    """The identity graph read as it is, never written (a replay must not change the live graph)."""
+
+    def __init__(self, inner: IdentityPort) -> None:
+        self.inner = inner
+
+    async def load_snapshot(self, site_id: str, identifiers: Sequence[Identifier]) -> IdentitySnapshot:
+        return await self.inner.load_snapshot(site_id, identifiers)
+
+    async def apply(self, site_id: str, ops: Sequence[Any]) -> None:
+        return None
 
 
 def _timed(name: str, handler: Any) -> Any:

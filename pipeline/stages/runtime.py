@@ -88,9 +88,12 @@ class OutputSender(Protocol):
 class GapReader:
     """Reads a range of offsets of one partition outside the consumer group (no commits)."""
 
-    def __init__(self, topic: str, group_id: str, client_options: Mapping[str, Any]) -> None:
+    def __init__(self, topic: str, group_id: str, client_options: Mapping[str, Any],
+                 start_at_ms: int | None = None) -> None:
         self.topic = topic
         self.group_id = group_id
+        #: a partition without progress starts at this broker time instead of the log start (a replay)
+        self.start_at_ms = start_at_ms
         self._options = dict(client_options)
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
@@ -109,10 +112,16 @@ class GapReader:
         A partition without progress has no state either (progress and state travel in the
         same changelog), so every record the log still holds must be applied, whatever the
         group committed: a commit past records whose state is not in the table would be a loss.
+        A replay (``start_at_ms``) starts instead at the first record at or after that time.
         """
         async with self._lock:
             consumer = await self._ensure()
             tp = TopicPartition(self.topic, partition)
+            if self.start_at_ms is not None:
+                found = (await consumer.offsets_for_times({tp: self.start_at_ms})).get(tp)
+                if found is not None:
+                    return int(found.offset)
+                return int((await consumer.end_offsets([tp]))[tp])  # nothing at or after it yet
             starts = await consumer.beginning_offsets([tp])
             return int(starts[tp])
 

@@ -43,9 +43,11 @@ class _Worker(faust.Worker):
         super()._on_sigint()
 
 
-def run_worker(app: faust.App, loglevel: str = "info") -> NoReturn:
-    """Run ``app`` until SIGTERM/SIGINT; a graceful stop finishes the records in flight."""
+def run_worker(app: faust.App, loglevel: str = "info", stdout: Any = None) -> NoReturn:
+    """Run ``app`` until SIGTERM/SIGINT; a graceful stop finishes the records in flight.
+    ``stdout``: where Faust writes its terminal spinner (default: standard output)."""
     level = {"warning": "warn"}.get(loglevel, loglevel)  # Faust spells it `warn`
-    worker: Any = _Worker(app, loglevel=level, quiet=True, redirect_stdouts=False)
+    extra = {"stdout": stdout} if stdout is not None else {}
+    worker: Any = _Worker(app, loglevel=level, quiet=True, redirect_stdouts=False, **extra)
     worker.execute_from_commandline()
     raise SystemExit(0)  # execute_from_commandline exits itself; keeps the NoReturn contract

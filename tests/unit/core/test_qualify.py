@@ -53,7 +53,8 @@ class TestThresholds:
         lead = d.lead
         assert lead.lead_id == lead_id("s1", "c:acme.com", MODEL.version, 1) and lead.sequence == 1
         ex = lead.explanation
-        assert ex["model"] == {"version": MODEL.version, "digest": MODEL.digest}
+        # these rules override the model's intent: the digest names the rules in effect
+        assert ex["model"] == {"version": MODEL.version, "digest": RULES.model_digest} and RULES.model_digest != MODEL.digest
         assert {c["rule"] for c in ex["intent"]["contributions"]} >= {"page:pricing", "page:demo", "page:contact"}
         assert {c["rule"] for c in ex["fit"]["contributions"]} == {r.name for r in MODEL.fit.rules}
         assert ex["intent"]["pages"]["pricing"] == [f"{U}/pricing"]

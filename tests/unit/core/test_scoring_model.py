@@ -57,3 +57,24 @@ def test_site_rules_override_by_section() -> None:
     assert effective_rules(m).thresholds == m.thresholds
     with pytest.raises(Exception):
         SiteRules.model_validate({"icp": {"rules": []}, "typo": 1})
+
+
+def test_site_overrides_are_part_of_the_digest() -> None:
+    """A lead names the rules that produced it: a site's overrides change its digest, the same
+    overrides give the same digest, and a site without overrides has the model's own digest."""
+    m = default_scoring_model()
+    strict = SiteRules(thresholds=Thresholds(fit_min=80))
+    stricter = SiteRules(thresholds=Thresholds(fit_min=90))
+    assert effective_rules(m).model_digest == m.digest
+    assert effective_rules(m, SiteRules()).model_digest == m.digest
+    assert effective_rules(m, strict).model_digest != m.digest
+    assert effective_rules(m, strict).model_digest != effective_rules(m, stricter).model_digest
+    assert effective_rules(m, strict).model_digest == effective_rules(m, SiteRules(thresholds=Thresholds(fit_min=80))).model_digest
+    assert len(effective_rules(m, strict).model_digest) == len(m.digest)
+    other = load_scoring_model({"version": m.version, "intent": {"half_life_days": 3}})
+    assert effective_rules(other, strict).model_digest != effective_rules(m, strict).model_digest
+
+
+def test_an_override_equal_to_the_model_keeps_the_models_digest() -> None:
+    m = default_scoring_model()
+    assert effective_rules(m, SiteRules(thresholds=m.thresholds)).model_digest == m.digest
