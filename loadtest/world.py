@@ -18,8 +18,9 @@ Ground truth per account: an account should be a lead when its company is an ICP
 company (kind ``icp`` or ``boundary_in``: not a customer, competitor or public body) and
 at least one genuine buyer (``buyer``, ``remote_buyer``, ``branch_buyer``) visited.
 
-The world's addresses are RFC 2544 benchmark (198.18.0.0/15) and RFC 6598 shared
-(100.64.0.0/10) ranges; its domains end in ``.example``.
+The world's addresses are in the RFC 2544 benchmark range: offices and branches in
+198.18.0.0/16 (a /24 each), broadband, cellular and hosting ranges in 198.19.0.0/16 (a /20
+each); its domains end in ``.example``.
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ class _Plan:
     """Hands out /24s (offices, branches) and ASNs."""
 
     def __init__(self) -> None:
-        self.office = iter(ipaddress.ip_network("198.18.0.0/15").subnets(new_prefix=24))
+        self.office = iter(ipaddress.ip_network("198.18.0.0/16").subnets(new_prefix=24))
         self.asn = 64_600
 
     def next_office(self) -> str:
@@ -308,16 +309,16 @@ def _company(rng: random.Random, names: _Names, plan: _Plan, kind: str) -> Compa
 
 def _public_networks() -> list[Network]:
     out = []
-    isps = (("100.64.0.0/16", "US", "Northwind Broadband"), ("100.65.0.0/16", "DE", "Rheinnetz DSL"),
-            ("100.66.0.0/16", "GB", "Albion Fibre"), ("100.67.0.0/16", "FR", "Hexagone Telecom"),
-            ("100.68.0.0/16", "NL", "Polder Kabel"))
+    isps = (("198.19.0.0/20", "US", "Northwind Broadband"), ("198.19.16.0/20", "DE", "Rheinnetz DSL"),
+            ("198.19.32.0/20", "GB", "Albion Fibre"), ("198.19.48.0/20", "FR", "Hexagone Telecom"),
+            ("198.19.64.0/20", "NL", "Polder Kabel"))
     for i, (cidr, country, name) in enumerate(isps):
         out.append(Network(cidr, "isp", country, "residential", "Cable/DSL", 64_500 + i, name, name))
-    out.append(Network("100.72.0.0/16", "mobile", "US", "cellular", "Cellular", 64_510, "Skyline Wireless",
+    out.append(Network("198.19.96.0/20", "mobile", "US", "cellular", "Cellular", 64_510, "Skyline Wireless",
                        "Skyline Wireless"))
-    out.append(Network("100.73.0.0/16", "mobile", "GB", "cellular", "Cellular", 64_511, "Isles Mobile",
+    out.append(Network("198.19.112.0/20", "mobile", "GB", "cellular", "Cellular", 64_511, "Isles Mobile",
                        "Isles Mobile"))
-    out.append(Network("100.80.0.0/16", "hosting", "US", "hosting", "Corporate", 64_520, "Cumulus Cloud Hosting",
+    out.append(Network("198.19.128.0/20", "hosting", "US", "hosting", "Corporate", 64_520, "Cumulus Cloud Hosting",
                        "Cumulus Cloud Hosting"))
     return out
 
