@@ -165,6 +165,33 @@ def evaluate(world: World, lead_records: list[Mapping[str, Any]],
     }
 
 
+def visitor_diagnostics(world: World, updates: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the visitor stage made of each visitor (from ``visits``): bot verdicts and company
+    resolution, per true class. A bot "leaked" when some of its updates went out as a human's."""
+    by_visitor: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for u in updates:
+        by_visitor[str(u.get("visitor_id"))].append(u)
+    bots: Counter[str] = Counter()
+    humans_as_bots: dict[str, Counter[str]] = defaultdict(Counter)
+    resolved: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for v in world.visitors:
+        ups = by_visitor.get(v.visitor_id, [])
+        flagged = [u for u in ups if u.get("is_bot")]
+        if v.cls == "bot":
+            bots["visitors"] += 1
+            bots["flagged"] += bool(flagged)
+            bots["leaked_updates"] += sum(1 for u in ups if not u.get("is_bot"))
+            for u in flagged[:1]:
+                bots["reason:" + str(u.get("bot_reason") or "?").split(":")[0]] += 1
+        elif flagged:
+            humans_as_bots[v.cls][str(flagged[0].get("bot_reason") or "?").split(":")[0]] += 1
+        if v.company is not None and ups:
+            resolved[v.cls][1] += 1
+            resolved[v.cls][0] += ups[-1].get("account") == company_account(v.company)
+    return {"bots": dict(bots), "humans_flagged_as_bots": {k: dict(c) for k, c in humans_as_bots.items()},
+            "resolved_to_own_company": {k: f"{a}/{n}" for k, (a, n) in sorted(resolved.items())}}
+
+
 def meets_targets(report: Mapping[str, Any]) -> bool:
     p, n = report["product"], report["naive"]
     return (p["precision"] >= TARGET_PRECISION and p["recall"] >= TARGET_RECALL
@@ -175,7 +202,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     p, n = report["product"], report["naive"]
     w = report.get("world", {})
     lines = [f"Lead quality: seed {report.get('seed')}, server-side share {report.get('server_side_share')}, "
-             f"{'ttm sent' if report.get('true_timestamp') else 'dtm/stm only'} "
+             f"{'ttm sent' if report.get('true_timestamp') else 'dtm/stm only'}, one request per {report.get('requests_per')} "
              f"({w.get('companies')} companies, {w.get('visitors')} visitors, {w.get('events')} events, "
              f"{w.get('requests')} requests, {len(report['truth'])} accounts should be leads; "
              f"{report.get('seconds', '?')} s)",
@@ -192,6 +219,11 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(f"    FN {fn['account']:32} buyers {fn['buyers']}: {fn['reason']}")
         for acct, why in fn["visitor_accounts"].items():
             lines.append(f"         {acct}: {why}")
+    diag = report.get("visitors_seen_by_product")
+    if diag:
+        lines.append(f"  bots (visits): {diag['bots']}")
+        lines.append(f"  humans flagged as bots: {diag['humans_flagged_as_bots'] or 'none'}")
+        lines.append(f"  visitors resolved to their own company: {diag['resolved_to_own_company']}")
     multi = {a: k for a, k in report["lead_records_per_account"].items() if k > 1}
     lines.append(f"  lead records: {report['lead_records']} for {report['lead_accounts']} accounts"
                  + (f"; more than one: {multi}" if multi else ""))
@@ -250,9 +282,11 @@ def _event(world: World, v: Visitor, hit: Hit, n: int, sid: str, index: int, ser
     return e
 
 
-def requests_for(world: World, server_side_share: float = 0.0, true_timestamp: bool = False) -> list[Request]:
+def requests_for(world: World, server_side_share: float = 0.0, true_timestamp: bool = False,
+                 per: str = "page") -> list[Request]:
     """Every tracker request of the world in event-time order: one tp2 POST per page (its page view,
-    page pings and form submit), as the tracker's queue sends them."""
+    page pings and form submit), or with ``per="session"`` one per session (a tracker's offline
+    queue flushing it; bots, which have none, still send one request per page)."""
     out: list[Request] = []
     for i, v in enumerate(world.visitors):
         server_side = v.server_side_draw < server_side_share
@@ -269,7 +303,7 @@ def requests_for(world: World, server_side_share: float = 0.0, true_timestamp: b
             page: list[dict[str, str]] = []
             first = 0
             for hit in session:
-                if hit.kind == "pv" and page:
+                if hit.kind == "pv" and page and (per == "page" or v.cls == "bot"):
                     out.append(Request(first, i, tuple(page), headers))
                     page = []
                 if not page:
@@ -369,7 +403,8 @@ def site_config(fit_min: float | None = None) -> dict[str, Any]:
 
 
 def run_world(world: World, *, bootstrap: str, redis_url: str, work: Path, server_side_share: float = 0.0,
-              true_timestamp: bool = False, fit_min: float | None = None, drain_timeout_s: float = 240) -> dict[str, Any]:
+              true_timestamp: bool = False, fit_min: float | None = None, per: str = "page",
+              drain_timeout_s: float = 300) -> dict[str, Any]:
     """Configure, run and replay ``world`` through the real collector and worker; the report."""
     import yaml
 
@@ -406,7 +441,8 @@ def run_world(world: World, *, bootstrap: str, redis_url: str, work: Path, serve
     if imported.returncode != 0:
         raise RuntimeError(f"leadstream import companies failed: {imported.stdout}{imported.stderr}")
 
-    requests = requests_for(world, server_side_share, true_timestamp)
+    requests = requests_for(world, server_side_share, true_timestamp, per)
+    phases: dict[str, float] = {}
     worker = _cli(["worker", "-c", str(config)], work / "worker.log")
     collector = _cli(["collector", "-c", str(config)], work / "collector.log")
     url = f"http://127.0.0.1:{port}"
@@ -423,7 +459,9 @@ def run_world(world: World, *, bootstrap: str, redis_url: str, work: Path, serve
             if collector.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the collector did not start: {_tail(work / 'collector.log')}")
             time.sleep(0.2)
+        phases["start"] = round(time.perf_counter() - started, 1)
         statuses = asyncio.run(replay(url, requests))
+        phases["replay"] = round(time.perf_counter() - started - phases["start"], 1)
         if set(statuses) != {200}:
             raise RuntimeError(f"the collector refused requests: {dict(statuses)}: {_tail(work / 'collector.log')}")
         # drained: the worker applied every pixel-events and visits record, and nothing moved for 3 s
@@ -441,6 +479,7 @@ def run_world(world: World, *, bootstrap: str, redis_url: str, work: Path, serve
             if state != last:
                 last, stable_since = state, time.monotonic()
             elif done and time.monotonic() - stable_since >= 3:
+                phases["drain"] = round(time.perf_counter() - started - phases["start"] - phases["replay"], 1)
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not drain in {drain_timeout_s} s ({state}): "
@@ -457,10 +496,13 @@ def run_world(world: World, *, bootstrap: str, redis_url: str, work: Path, serve
             scores[str(rec["account"])] = rec
     leads = [json.loads(line)["value"] for line in tail_topic(settings, settings.topics.qualified_leads)]
     bad = sum(1 for _ in tail_topic(settings, settings.topics.bad_events))
+    updates = [u for line in tail_topic(settings, settings.topics.visits)
+               for u in (json.loads(line)["value"] or {}).get("updates", ())]
     report = evaluate(world, leads, scores)
+    report["visitors_seen_by_product"] = visitor_diagnostics(world, updates)
     report.update({
         "seed": world.seed, "server_side_share": server_side_share, "true_timestamp": true_timestamp,
-        "fit_min": fit_min, "bad_rows": bad, "seconds": round(time.perf_counter() - started, 1),
+        "fit_min": fit_min, "requests_per": per, "bad_rows": bad, "phases_s": phases, "seconds": round(time.perf_counter() - started, 1),
         "world": {"companies": len(world.companies), "visitors": len(world.visitors),
                   "events": sum(len(r.events) for r in requests), "requests": len(requests),
                   "classes": dict(Counter(v.cls for v in world.visitors)),
@@ -477,8 +519,8 @@ def world_t0(now_ms: int | None = None) -> int:
 
 
 def bench(seed: int = 1, server_side_share: float = 0.0, *, true_timestamp: bool = False,
-          fit_min: float | None = None, bootstrap: str | None = None, redis_url: str | None = None,
-          keep: bool = False) -> dict[str, Any]:
+          fit_min: float | None = None, per: str = "page", bootstrap: str | None = None,
+          redis_url: str | None = None, keep: bool = False) -> dict[str, Any]:
     """One seed end to end; starts a real Kafka broker and Redis unless given."""
     from pipeline.local.kafka import KafkaBroker
     from pipeline.local.redis import EmbeddedRedis, RedisServer, find_system_redis_server
@@ -496,7 +538,8 @@ def bench(seed: int = 1, server_side_share: float = 0.0, *, true_timestamp: bool
             redis_url = redis_server.url
         world = build_world(seed, world_t0())
         report = run_world(world, bootstrap=bootstrap, redis_url=redis_url, work=work / "run",
-                           server_side_share=server_side_share, true_timestamp=true_timestamp, fit_min=fit_min)
+                           server_side_share=server_side_share, true_timestamp=true_timestamp, fit_min=fit_min,
+                           per=per)
         report["work_dir"] = str(work) if keep else None
         return report
     finally:

@@ -264,3 +264,17 @@ def test_rejection_names_filters_not_already_in_the_reasons() -> None:
     text = rejection({"fit": 40.0, "intent": 70.0, "reasons": ["fit 40 < 50"],
                       "filters": [{"name": "sector", "passed": False, "reason": "government"}]})
     assert text == "fit 40 intent 70: fit 40 < 50; sector: government"
+
+
+def test_visitor_diagnostics_count_leaked_bots_and_humans_taken_for_bots() -> None:
+    from loadtest.bench_quality import visitor_diagnostics
+    w = _tiny_world()
+    w.visitors.append(_visitor("vbot", "bot", None, "198.18.0.9", [(1, "/pricing")]))
+    updates = [{"visitor_id": "vbot", "is_bot": False, "account": "c:a.example"},
+               {"visitor_id": "vbot", "is_bot": True, "bot_reason": "page_rate:40/min", "account": "c:a.example"},
+               {"visitor_id": "va", "is_bot": False, "account": "c:a.example"},
+               {"visitor_id": "vb", "is_bot": True, "bot_reason": "no_accept_language", "account": "v:vb"}]
+    d = visitor_diagnostics(w, updates)
+    assert d["bots"] == {"visitors": 1, "flagged": 1, "leaked_updates": 1, "reason:page_rate": 1}
+    assert d["humans_flagged_as_bots"] == {"remote_buyer": {"no_accept_language": 1}}
+    assert d["resolved_to_own_company"] == {"buyer": "1/1", "remote_buyer": "0/1"}
