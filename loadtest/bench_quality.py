@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ def rejection(score_record: Mapping[str, Any] | None) -> str:
             + ("; ".join(parts) if parts else "qualified earlier, not now"))
 
 
-def evaluate(world: World, lead_records: list[Mapping[str, Any]],
+def evaluate(world: World, lead_records: Sequence[Mapping[str, Any]],
              scores: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The report: product and naive scores, FPs by true class, FNs with the rejection reason,
     lead records per account. ``scores``: the latest LeadScore per account."""
@@ -194,7 +194,7 @@ def visitor_diagnostics(world: World, updates: Iterable[Mapping[str, Any]]) -> d
 
 def meets_targets(report: Mapping[str, Any]) -> bool:
     p, n = report["product"], report["naive"]
-    return (p["precision"] >= TARGET_PRECISION and p["recall"] >= TARGET_RECALL
+    return bool(p["precision"] >= TARGET_PRECISION and p["recall"] >= TARGET_RECALL
             and p["f1"] >= n["f1"] + TARGET_F1_OVER_NAIVE)
 
 
@@ -283,7 +283,7 @@ def _event(world: World, v: Visitor, hit: Hit, n: int, sid: str, index: int, ser
 
 
 def requests_for(world: World, server_side_share: float = 0.0, true_timestamp: bool = False,
-                 per: str = "page") -> list[Request]:
+                 per: str = "session") -> list[Request]:
     """Every tracker request of the world in event-time order: one tp2 POST per page (its page view,
     page pings and form submit), or with ``per="session"`` one per session (a tracker's offline
     queue flushing it; bots, which have none, still send one request per page)."""
@@ -403,7 +403,7 @@ def site_config(fit_min: float | None = None) -> dict[str, Any]:
 
 
 def run_world(world: World, *, bootstrap: str, redis_url: str, work: Path, server_side_share: float = 0.0,
-              true_timestamp: bool = False, fit_min: float | None = None, per: str = "page",
+              true_timestamp: bool = False, fit_min: float | None = None, per: str = "session",
               drain_timeout_s: float = 300) -> dict[str, Any]:
     """Configure, run and replay ``world`` through the real collector and worker; the report."""
     import yaml
@@ -519,7 +519,7 @@ def world_t0(now_ms: int | None = None) -> int:
 
 
 def bench(seed: int = 1, server_side_share: float = 0.0, *, true_timestamp: bool = False,
-          fit_min: float | None = None, per: str = "page", bootstrap: str | None = None,
+          fit_min: float | None = None, per: str = "session", bootstrap: str | None = None,
           redis_url: str | None = None, keep: bool = False) -> dict[str, Any]:
     """One seed end to end; starts a real Kafka broker and Redis unless given."""
     from pipeline.local.kafka import KafkaBroker

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["DAYS", "DAY_MS", "SITE_ID", "SITE_HOST", "ICP", "CompanyKind", "Company", "Network", "Hit",
            "Visitor", "World", "VISITOR_CLASSES", "BUYER_CLASSES", "LEAD_KINDS", "build_world", "write_geoip",
@@ -268,7 +268,7 @@ def _company(rng: random.Random, names: _Names, plan: _Plan, kind: str) -> Compa
     industry = rng.choice(ICP_INDUSTRIES)
     country = rng.choice(ICP_COUNTRIES)
     employees = rng.randint(80, 900)
-    sector, tags = "private", ()
+    sector, tags = "private", cast(tuple[str, ...], ())
     lo, hi = ICP["employees_min"], ICP["employees_max"]
     if kind == CompanyKind.boundary_in:
         employees = rng.choice((rng.randint(lo, lo + 5), rng.randint(hi - 20, hi)))
@@ -447,7 +447,6 @@ def build_world(seed: int, t0: int) -> World:
             gated = rng.random() < 0.35
             v.email = _email(rng, c.domain) if gated else None
         else:
-            c = None
             net, mobile = anon_net()
             v = _person(rng, "researcher", None, net.host(rng), mobile, net.country)
             gated = False

@@ -68,21 +68,21 @@ def test_labels_agree_with_the_firmographics_and_networks(world: World) -> None:
             assert lo - 12 <= c.employees < lo or hi < c.employees <= hi + 150
         assert c.office.domain == c.domain and (c.branch is None or c.branch.country != c.country)
     for v in world.visitors:
-        c = world.company(v.company)
+        vc = world.company(v.company)
         addr = ipaddress.ip_address(v.ip)
         on = {n.kind for n in world.networks if addr in ipaddress.ip_network(n.cidr)}
         assert len(on) == 1, (v, on)
         if v.cls == "buyer":
-            assert c is not None and c.kind in LEAD_KINDS and on == {"office"}
+            assert vc is not None and vc.kind in LEAD_KINDS and on == {"office"}
         if v.cls == "branch_buyer":
-            assert c is not None and on == {"branch"} and c.branch is not None and addr in ipaddress.ip_network(c.branch.cidr)
+            assert vc is not None and on == {"branch"} and vc.branch is not None and addr in ipaddress.ip_network(vc.branch.cidr)
         if v.cls == "remote_buyer":
             assert on == {"isp"} and v.email is not None and v.email.endswith("@" + (v.company or "?"))
             assert any(h.kind == "form" and h.email == v.email for h in v.hits())
         if v.cls in ("customer", "competitor", "public_buyer"):
             kind = {"customer": CompanyKind.customer, "competitor": CompanyKind.competitor,
                     "public_buyer": CompanyKind.public}[v.cls]
-            assert c is not None and c.kind == kind
+            assert vc is not None and vc.kind == kind
         if v.cls == "job_seeker":
             assert v.company is None and v.email is not None and v.email.split("@")[1] in (
                 "gmail.com", "outlook.com", "yahoo.com", "proton.me")
@@ -93,8 +93,8 @@ def test_labels_agree_with_the_firmographics_and_networks(world: World) -> None:
             assert T0 <= h.t < T0 + DAYS * DAY_MS + DAY_MS
     truth = world.should_be_lead()
     for domain in truth:
-        c = world.company(domain)
-        assert c is not None and c.kind in LEAD_KINDS
+        tc = world.company(domain)
+        assert tc is not None and tc.kind in LEAD_KINDS
         assert any(v.cls in BUYER_CLASSES for v in world.visitors_of(domain))
 
 
@@ -237,10 +237,10 @@ def test_naive_rule_and_truth_on_a_hand_made_world() -> None:
 
 def test_evaluate_counts_accounts_classes_and_reasons() -> None:
     w = _tiny_world()
-    leads = [{"account": "c:a.example", "sessions": [{"visitor_id": "va"}]},
+    leads: list[dict[str, Any]] = [{"account": "c:a.example", "sessions": [{"visitor_id": "va"}]},
              {"account": "c:a.example", "sessions": [{"visitor_id": "va"}]},
              {"account": "c:c.example", "sessions": [{"visitor_id": "vc"}]}]
-    scores = {"c:b.example": {"fit": 100.0, "intent": 20.0, "reasons": ["filter:exclude_isp"],
+    scores: dict[str, dict[str, Any]] = {"c:b.example": {"fit": 100.0, "intent": 20.0, "reasons": ["filter:exclude_isp"],
                               "filters": [{"name": "exclude_isp", "passed": False, "reason": "isp network"},
                                           {"name": "exclude_bots", "passed": True, "reason": None}]},
               "c:c.example": {"fit": 100.0, "intent": 80.0}}
