@@ -317,8 +317,9 @@ def requests_for(world: World, server_side_share: float = 0.0, true_timestamp: b
 
 
 async def replay(url: str, requests: list[Request], concurrency: int = 16) -> Counter[int]:
-    """Send the requests in event-time order, one hour of world time at a time; within an hour,
-    visitors in parallel and each visitor's requests in order. ``stm`` is the send time."""
+    """Send the requests in event-time order, one UTC day of world time at a time (scoring counts
+    whole days); within a day, visitors in parallel and each visitor's requests in order. ``stm``
+    is the send time."""
     import httpx
 
     statuses: Counter[int] = Counter()
@@ -336,11 +337,11 @@ async def replay(url: str, requests: list[Request], concurrency: int = 16) -> Co
                         await asyncio.sleep(0.5 * (attempt + 1))
                     statuses[resp.status_code] += 1
 
-        hours: dict[int, dict[int, list[Request]]] = defaultdict(lambda: defaultdict(list))
+        days: dict[int, dict[int, list[Request]]] = defaultdict(lambda: defaultdict(list))
         for r in requests:
-            hours[r.t // 3_600_000][r.visitor].append(r)
-        for hour in sorted(hours):
-            await asyncio.gather(*(visitor_chain(chain) for chain in hours[hour].values()))
+            days[r.t // DAY_MS][r.visitor].append(r)
+        for day in sorted(days):
+            await asyncio.gather(*(visitor_chain(chain) for chain in days[day].values()))
     return statuses
 
 
