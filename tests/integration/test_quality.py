@@ -20,10 +20,11 @@ from pipeline.local.redis import RedisServer
 SEED = 1
 SERVER_SIDE_SHARE = 0.25
 
-#: Today's floor, measured on this seed before the model fixes (see the lead's note in #12).
-TODAY_MIN_PRECISION = 0.35
-TODAY_MIN_RECALL = 0.55
-TODAY_MIN_F1 = 0.45
+#: Today's floor: measured on this seed and share before the model fixes of #12 (precision 0.452,
+#: recall 1.0, F1 0.623; naive rule 0.474 / 0.947 / 0.632), minus a small margin.
+TODAY_MIN_PRECISION = 0.40
+TODAY_MIN_RECALL = 0.90
+TODAY_MIN_F1 = 0.55
 
 #: The issue's targets: precision >= 0.95, recall >= 0.90, F1 >= naive + 0.1.
 ENFORCE_ISSUE_TARGETS = False
