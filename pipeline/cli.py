@@ -533,6 +533,27 @@ def bench_pipeline(
         raise typer.Exit(1)
 
 
+@bench_app.command("quality")
+def bench_quality(
+    seed: Annotated[int, typer.Option(help="The world's seed: every random choice of the labelled world")] = 1,
+    server_side_share: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of visitors whose events a server-side tracker relays")] = 0.0,
+    true_timestamp: Annotated[bool, typer.Option(
+        "--true-timestamp", help="Also send Snowplow's true timestamp (ttm) with the history")] = False,
+    fit_min: Annotated[Optional[float], typer.Option(help="Set the site's fit_min (default: the model's)")] = None,
+    requests_per: Annotated[str, typer.Option(
+        help="session: a tracker's offline queue flushes each session of history in one request; "
+             "page: one request per page (bots always send one per page)")] = "session",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Precision, recall and F1 of the leads on a labelled world, through the real collector and worker, next to a naive rule."""
+    from loadtest.bench_quality import bench, format_report
+    if requests_per not in ("session", "page"):
+        _fail("--requests-per: session or page")
+    report = bench(seed, server_side_share, true_timestamp=true_timestamp, fit_min=fit_min, per=requests_per)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
 @leads_app.callback()
 def leads(ctx: typer.Context,
           site: Annotated[Optional[str], typer.Option(help="Site id (default: the only configured site)")] = None,

@@ -1,0 +1,49 @@
+"""Lead quality on a labelled world (#12): the benchmark's own function on a fixed seed, through the
+real collector and worker on the real broker and Redis. Event time comes from the world, so the
+run is deterministic up to the collector's clock (dtm/stm history); the thresholds are what the
+product achieves today minus a small margin. Once the model fixes of #12 are merged, switch
+``ENFORCE_ISSUE_TARGETS`` on: the issue's targets then apply."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+
+from loadtest.bench_quality import (TARGET_F1_OVER_NAIVE, TARGET_PRECISION, TARGET_RECALL, format_report,
+                                    run_world, world_t0)
+from loadtest.world import build_world
+from pipeline.local.kafka import KafkaBroker
+from pipeline.local.redis import RedisServer
+
+SEED = 1
+SERVER_SIDE_SHARE = 0.25
+
+#: Today's floor: measured on this seed and share before the model fixes of #12 (precision 0.452,
+#: recall 1.0, F1 0.623; naive rule 0.474 / 0.947 / 0.632), minus a small margin.
+TODAY_MIN_PRECISION = 0.40
+TODAY_MIN_RECALL = 0.90
+TODAY_MIN_F1 = 0.55
+
+#: The issue's targets: precision >= 0.95, recall >= 0.90, F1 >= naive + 0.1.
+ENFORCE_ISSUE_TARGETS = False
+
+
+def test_lead_quality_on_a_labelled_world(kafka_broker: KafkaBroker, redis_server: RedisServer,
+                                          redis_client: redis.Redis, tmp_path: Path) -> None:
+    redis_url = redis_server.url    # redis_client emptied its database
+    world = build_world(SEED, world_t0())
+    report = run_world(world, bootstrap=kafka_broker.bootstrap, redis_url=redis_url, work=tmp_path,
+                       server_side_share=SERVER_SIDE_SHARE)
+    summary = format_report(report) + "\n" + json.dumps(report["world"])
+    product, naive = report["product"], report["naive"]
+    assert report["bad_rows"] == 0, summary
+    assert naive["tp"] > 0 and len(report["truth"]) >= 8, summary
+    assert product["precision"] >= TODAY_MIN_PRECISION, summary
+    assert product["recall"] >= TODAY_MIN_RECALL, summary
+    assert product["f1"] >= TODAY_MIN_F1, summary
+    if ENFORCE_ISSUE_TARGETS:
+        assert product["precision"] >= TARGET_PRECISION, summary
+        assert product["recall"] >= TARGET_RECALL, summary
+        assert product["f1"] >= naive["f1"] + TARGET_F1_OVER_NAIVE, summary
