@@ -60,6 +60,7 @@ ACCOUNT_STATE_VERSION = 1
 _SIG = "sig:"
 _MAX_SIGNAL_PAGES = 5
 _MAX_PAGES = 50
+_MAX_BOT_VISITORS = 100
 _MAX_CONVERSIONS = 10
 _AMBIENT = frozenset({"page_view", "session", "repeat_visit", "active_day", "engaged_minute", "deep_scroll",
                       "other_action", "breadth"})
@@ -109,6 +110,11 @@ class AccountState:
     bot_visits: int = 0
     seen: Mapping[str, Any] = field(default_factory=dict)    # latest human visit: ts, country, ip, nc, vis
     lead: Mapping[str, Any] = field(default_factory=dict)
+    #: each visitor's own share of ``days`` ({visitor: {day: {activity: count}}}), so a visitor later
+    #: found to be a bot can have its earlier activity withdrawn
+    by_visitor: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
+    #: visitors found to be bots here (newest last, bounded): their activity never counts again
+    bot_visitors: tuple[str, ...] = ()
     offset: int = -1
     conversions: tuple[Mapping[str, Any], ...] = ()
 
@@ -124,7 +130,9 @@ class AccountState:
                 "co": dict(self.company) if self.company else None,
                 "ppl": {k: dict(v) for k, v in self.persons.items()}, "bots": self.bot_visits,
                 "seen": dict(self.seen), "lead": dict(self.lead), "off": self.offset,
-                "conv": [dict(c) for c in self.conversions]}
+                "conv": [dict(c) for c in self.conversions],
+                "bv": {v: {d: dict(c) for d, c in days.items()} for v, days in self.by_visitor.items()},
+                "bvs": list(self.bot_visitors)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AccountState":
@@ -137,7 +145,9 @@ class AccountState:
                    pages=tuple(d.get("pages", ())), company=dict(d["co"]) if d.get("co") else None,
                    persons={k: dict(v) for k, v in d.get("ppl", {}).items()}, bot_visits=d.get("bots", 0),
                    seen=dict(d.get("seen", {})), lead=dict(d.get("lead", {})), offset=d.get("off", -1),
-                   conversions=tuple(dict(c) for c in d.get("conv", ())))
+                   conversions=tuple(dict(c) for c in d.get("conv", ())),
+                   by_visitor={v: {day: dict(c) for day, c in days.items()} for v, days in d.get("bv", {}).items()},
+                   bot_visitors=tuple(d.get("bvs", ())))
 
 
 def decay_factor(age_days: int, half_life_days: float) -> float:
@@ -181,13 +191,42 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
     seen: dict[str, Any] = dict(state.seen)
     conversions = [dict(c) for c in state.conversions]
 
+    by_visitor = {v: {d: dict(c) for d, c in vd.items()} for v, vd in state.by_visitor.items()}
+    bot_visitors = list(state.bot_visitors)
+    current: str | None = None   # the visitor of the update being folded
+
     def bump(ts: int, key: str, n: float = 1) -> None:
-        c = days.setdefault(str(ts // DAY_MS), {})
+        day = str(ts // DAY_MS)
+        c = days.setdefault(day, {})
         c[key] = c.get(key, 0) + n
+        if current is not None:
+            vc = by_visitor.setdefault(current, {}).setdefault(day, {})
+            vc[key] = vc.get(key, 0) + n
+
+    def withdraw(visitor: str) -> None:
+        """A visitor found to be a bot: what it added before the verdict no longer counts."""
+        for day, counts in by_visitor.pop(visitor, {}).items():
+            c = days.get(day, {})
+            for key, n in counts.items():
+                left = c.get(key, 0) - n
+                if left > 1e-9:
+                    c[key] = left
+                else:
+                    c.pop(key, None)
+            if day in days and not c:
+                del days[day]
+        for sid in [k for k, rec in sessions.items() if rec.get("vis") == visitor]:
+            del sessions[sid]
+        visitors.pop(visitor, None)
+        conversions[:] = [c for c in conversions if c.get("vis") != visitor]
 
     for u in updates:
-        if u.is_bot:
+        current = u.visitor_id
+        if u.is_bot or (u.visitor_id is not None and u.visitor_id in bot_visitors):
             bots += 1
+            if u.visitor_id is not None and u.visitor_id not in bot_visitors:
+                withdraw(u.visitor_id)
+                bot_visitors.append(u.visitor_id)
             continue
         s = u.session
         last_ts = max(last_ts, s.end)
@@ -263,7 +302,8 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
                   signal_pages={k: tuple(v) for k, v in signal_pages.items()},
                   pages=tuple(recent_pages[-_MAX_PAGES:]), company=company, persons=persons, bot_visits=bots, seen=seen,
                   offset=offset if offset is not None else state.offset,
-                  conversions=tuple(sorted(conversions, key=lambda c: int(c["t"]))[-_MAX_CONVERSIONS:]))
+                  conversions=tuple(sorted(conversions, key=lambda c: int(c["t"]))[-_MAX_CONVERSIONS:]),
+                  by_visitor=by_visitor, bot_visitors=tuple(bot_visitors[-_MAX_BOT_VISITORS:]))
     new = _prune(new, model)
     return new, score_intent(new, model)
 
@@ -278,7 +318,10 @@ def _prune(state: AccountState, model: IntentModel) -> AccountState:
     vis = sorted(((day, v) for v, day in state.visitors.items() if day >= keep_from), reverse=True)
     visitors = {v: day for day, v in sorted(vis[:model.max_visitors_kept], key=lambda x: x[1])}
     persons = dict(sorted(state.persons.items(), key=lambda kv: (-int(kv[1].get("ts", 0)), kv[0]))[:20])
-    return replace(state, days=dict(sorted(days.items())), sessions=sessions, visitors=visitors, persons=persons)
+    by_visitor = {v: {d: c for d, c in sorted(vd.items()) if int(d) >= keep_from}
+                  for v, vd in sorted(state.by_visitor.items()) if v in visitors}
+    return replace(state, days=dict(sorted(days.items())), sessions=sessions, visitors=visitors, persons=persons,
+                   by_visitor={v: vd for v, vd in by_visitor.items() if vd})
 
 
 def score_intent(state: AccountState, model: IntentModel, now: int | None = None) -> IntentScore:

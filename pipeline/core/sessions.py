@@ -40,6 +40,9 @@ STATE_VERSION = 1
 _SESSION_NS = uuid.UUID("6f1f0c1e-7d7c-4c1b-9d57-0a3c5e2f9b11")
 
 
+MAX_RATE_VIEWS = 120    # page-view times kept for the page rate: enough to see any rate a bot rule uses
+
+
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     """Sessionization settings. ``page_classes`` is an ordered list of (class, URL
@@ -83,7 +86,7 @@ class SessionState:
     referrer_host: str | None = None
     campaign: dict[str, Any] | None = None
     pages: list[str] = field(default_factory=list)
-    recent_pv: list[int] = field(default_factory=list)   # last page-view times, for the page rate
+    recent_pv: list[int] = field(default_factory=list)   # page-view times in the rate window (page rate)
     peak_ppm: int = 0                                    # most page views within rate_window_ms
 
     def to_dict(self) -> dict[str, Any]:
@@ -316,9 +319,10 @@ def _add(s: SessionState, e: TrackedEvent, cfg: SessionConfig, touch: _Touch) ->
             s.exit_url, s.exit_ts = e.url, e.tstamp
         if e.url and e.url not in s.pages and len(s.pages) < cfg.max_session_pages:
             s.pages.append(e.url)
-        recent = sorted(s.recent_pv + [e.tstamp])[-10:]
+        # every view time inside the rate window (at most MAX_RATE_VIEWS: any rate beyond is a bot's)
+        recent = sorted(t for t in (*s.recent_pv, e.tstamp) if e.tstamp - cfg.rate_window_ms < t)[-MAX_RATE_VIEWS:]
         s.recent_pv = recent
-        in_window = sum(1 for t in recent if e.tstamp - cfg.rate_window_ms < t <= e.tstamp)
+        in_window = sum(1 for t in recent if t <= e.tstamp)
         s.peak_ppm = max(s.peak_ppm, in_window)
         touch.hits.append(Hit(e.tstamp, "page_view", e.url, e.page_title, e.scroll_depth or 0))
     if _is_action(e, cfg):

@@ -179,3 +179,30 @@ class TestStateBehaviour:
         s = score_intent(merged, BARE)
         assert contrib(s, "page:pricing") == 20 and set(merged.visitors) == {"v1", "v9"}
         assert merged.account == "c:acme.com" and merged.company is not None
+
+
+M = default_scoring_model().intent
+
+
+class TestBotWithdrawal:
+    """A visitor found to be a bot after some of its pages were counted: those pages stop counting."""
+
+    def test_a_visitor_found_to_be_a_bot_has_its_earlier_activity_withdrawn(self) -> None:
+        human = visit(T0, [f"{U}/pricing", f"{U}/docs"], visitor="human", sid="h1")
+        bot_early = visit(T0 + MIN, [f"{U}/pricing", f"{U}/demo", f"{U}/contact"] * 3, visitor="crawler", sid="b1")
+        alone, alone_score = apply_visits(new(), [human], M)
+        st, before = apply_visits(alone, [bot_early], M)
+        assert before.score > alone_score.score          # counted while it looked human
+        st, after = apply_visits(st, [visit(T0 + 2 * MIN, [f"{U}/pricing"], visitor="crawler", sid="b1",
+                                            is_bot=True)], M)
+        assert after.score == alone_score.score           # withdrawn: only the human's activity counts
+        assert "crawler" not in st.visitors and "crawler" in st.bot_visitors
+        assert all(rec.get("vis") != "crawler" for rec in st.sessions.values())
+        # later updates of that visitor never count again, even if one looks human
+        st, later = apply_visits(st, [visit(T0 + 3 * MIN, [f"{U}/demo"], visitor="crawler", sid="b2")], M)
+        assert later.score == alone_score.score
+
+    def test_state_round_trips_with_the_per_visitor_counts(self) -> None:
+        st, _ = apply_visits(new(), [visit(T0, [f"{U}/pricing"], visitor="a", sid="s")], M)
+        assert st.by_visitor["a"]
+        assert AccountState.from_dict(json.loads(json.dumps(st.to_dict()))) == st

@@ -186,3 +186,18 @@ class TestStateAndReplay:
         b = run(list(evs))
         assert a[0].to_dict() == b[0].to_dict()
         assert [u.summary.to_dict() for u in a[1].updates] == [u.summary.to_dict() for u in b[1].updates]
+
+
+class TestPageRate:
+    def test_peak_page_rate_counts_every_view_in_the_minute(self) -> None:
+        # 45 page views 1.3 s apart: a crawler's pace. Keeping only the last 10 view times capped the
+        # peak at 10, so no page-rate rule above 10/min could ever fire.
+        views = [ev(T0 + i * 1300, url=f"{U}/p{i}") for i in range(45)]
+        st, out = run(views)
+        assert max(u.summary.peak_pages_per_minute for u in out.updates) >= 45
+
+    def test_page_rate_state_is_bounded(self) -> None:
+        views = [ev(T0 + i * 100, url=f"{U}/p{i}") for i in range(500)]
+        st, out = run(views)
+        assert st.open_session is not None and len(st.open_session.recent_pv) <= 120
+        assert max(u.summary.peak_pages_per_minute for u in out.updates) >= 120
