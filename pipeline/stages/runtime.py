@@ -199,6 +199,8 @@ class RunnerStats:
     gaps_repaired: int = 0        # records Faust skipped that the runner read itself
     gap_events: int = 0           # times a gap was detected
     reloads: int = 0              # partitions reloaded from their changelog after a rebalance
+    retries: int = 0              # tries that failed because Redis or the broker was unreachable
+    waited_s: float = 0.0         # seconds spent waiting for an unreachable dependency, in total
 
 
 class RecordRunner:
@@ -228,6 +230,8 @@ class RecordRunner:
         self.last_activity: dict[int, float] = {}
         #: a record is being applied (the stage may be waiting on Redis or the broker)
         self.busy = False
+        #: monotonic time since which the stage waits for an unreachable dependency (None: it does not)
+        self.waiting_since: float | None = None
 
     def assigned(self, partitions: Iterable[int]) -> None:
         """The consumer now owns ``partitions`` of the source topic (called on every rebalance).
@@ -309,14 +313,34 @@ class RecordRunner:
         """``call()`` until it succeeds, backing off on errors of ``retryable`` types (Redis or the
         broker unreachable): a record is never skipped because a dependency was down."""
         delay = 0.25
+        began: float | None = None
         while True:
             try:
-                return await call()
+                result = await call()
             except self.retryable as exc:
+                if began is None:
+                    began = self.waiting_since = time.monotonic()
+                self.stats.retries += 1
                 log.warning("%s: %s failed (%s: %s); retrying in %.1f s", self.name, what, type(exc).__name__,
                             exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
+                continue
+            if began is not None:
+                self._dependency_back(what, began)
+            return result
+
+    def _dependency_back(self, what: str, began: float) -> None:
+        """A wait for an unreachable dependency ended. No record of any partition could be applied
+        meanwhile, so the wait is not idle time: every owned partition's idle clock (which the stall
+        watchdog reads) moves forward by it."""
+        waited = time.monotonic() - began
+        self.waiting_since = None
+        self.stats.waited_s += waited
+        for partition in self._owned:
+            if partition in self.last_activity:
+                self.last_activity[partition] += waited
+        log.warning("%s: %s succeeded after waiting %.1f s for an unreachable dependency", self.name, what, waited)
 
     async def _handle_once(self, partition: int, offset: int, value: bytes) -> HandlerResult:
         try:

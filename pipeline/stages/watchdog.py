@@ -21,6 +21,18 @@ from there. Re-delivery is harmless (the runner skips what it has applied).
 If the same partition is still stalled after ``max_repairs`` repairs in a row,
 the worker exits with code 75 so its supervisor restarts it: a restart is
 lossless by design, a silent stall is not.
+
+Waiting on a dependency is not a stall. While Redis or the broker is
+unreachable the runner retries its record with backoff (``RecordRunner.busy``
+and ``waiting_since`` are set): the watchdog does nothing then, and when the
+wait ends the runner moves every owned partition's idle clock forward by the
+time it waited, so the partitions that queued up behind the outage are not
+taken for stalled the moment it ends. Likewise, when the watchdog itself
+cannot reach the broker (its end-offset query fails), it logs one line and
+skips the pass, and once the broker answers again it moves the idle clocks
+forward by the time the broker was away: the consumer gets ``stall_after_s``
+to fetch again before anything counts as a stall. Each outage therefore costs
+time, never a restart of the worker.
 """
 
 from __future__ import annotations
@@ -67,6 +79,8 @@ class StallWatchdog:
         self.max_repairs = max_repairs
         #: partition -> (the offset it was stalled at, repairs made there in a row)
         self._repairs: dict[int, tuple[int, int]] = {}
+        #: monotonic time of the first pass that could not reach the broker (None: the last one could)
+        self.broker_unreachable_since: float | None = None
 
     async def check(self) -> None:
         """One pass: find stalled partitions and repair them."""
@@ -76,8 +90,22 @@ class StallWatchdog:
         owned = runner.owned
         if not owned:
             return
-        ends = await runner.gap_reader.end_offsets(owned)
-        expected = {p: await runner.expected_offset(p) for p in owned}
+        try:
+            ends = await runner.gap_reader.end_offsets(owned)
+            expected = {p: await runner.expected_offset(p) for p in owned}
+        except runner.retryable as exc:
+            if self.broker_unreachable_since is None:
+                self.broker_unreachable_since = time.monotonic()
+                log.warning("%s: stall watchdog cannot reach the broker (%s: %s); not a stall, checking again "
+                            "later", runner.name, type(exc).__name__, exc)
+            return
+        if self.broker_unreachable_since is not None:
+            away = time.monotonic() - self.broker_unreachable_since
+            self.broker_unreachable_since = None
+            for partition in owned:   # nothing could be delivered while the broker was away
+                if partition in runner.last_activity:
+                    runner.last_activity[partition] += away
+            log.warning("%s: stall watchdog reaches the broker again after %.0f s", runner.name, away)
         # the records handled during the awaits above make their partitions active again
         stalled = stalled_partitions(runner.owned, ends, expected, runner.last_activity, time.monotonic(),
                                      self.stall_after_s)
