@@ -116,8 +116,9 @@ class Figures:
     other: dict[int, int] = field(default_factory=dict)
     recovered: int = 0
     duplicates: int = 0
-    time_to_recover_s: float = 0.0
-    rebalances: float = 0.0
+    time_to_recover_s: float = 0.0     # from the dependency back to every acknowledged event in visits
+    collector_back_s: float = 0.0      # from the dependency back to the collector's next 2xx
+    rebalances: int = 0              # counted by the broker's group coordinator
     dependency_retries: float = 0.0
     worker_exits: int = 0
 
@@ -135,6 +136,14 @@ def metric(p: _CliProcess, name: str) -> float:
     text = httpx.get(p.metrics_url, timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and line[len(name)] in " {")
+
+
+def group_rebalances(broker: KafkaBroker, group: str, since: int) -> int:
+    """Rebalances of consumer group ``group`` the broker's coordinator logged past byte ``since``."""
+    with open(broker.log_path, "rb") as log:
+        log.seek(since)
+        text = log.read().decode("utf-8", "replace")
+    return text.count(f"Preparing to rebalance group {group} ")
 
 
 def visits_by_visitor(p: Pipeline) -> dict[str, list[dict[str, Any]]]:
@@ -192,9 +201,9 @@ def start_pipeline(broker: KafkaBroker, redis_url: str, tmp: Path, name: str) ->
 
 
 def run_outage(p: Pipeline, worker: _CliProcess, figures: Figures, take_away: Callable[[], None],
-               bring_back: Callable[[], None], during: Callable[[], None] = lambda: None) -> Sender:
+               bring_back: Callable[[], None], during: Callable[[], None] = lambda: None) -> tuple[Sender, float]:
     """Traffic before, during and after one outage; fills ``figures`` and asserts no loss."""
-    rebalances_before = metric(worker, "leadstream_worker_rebalances_total")
+    log_start = p.broker.log_path.stat().st_size
     sender = Sender(p).start()
     time.sleep(BEFORE_S)
     take_away()
@@ -222,9 +231,11 @@ def run_outage(p: Pipeline, worker: _CliProcess, figures: Figures, take_away: Ca
     figures.recovered = sum(1 for s in acked if s.visitor_id in found)
     figures.duplicates = sum(len(found[s.visitor_id]) - 1 for s in acked if s.visitor_id in found)
     figures.time_to_recover_s = round(recovered_at - back, 1)
+    first_ack = min((s.at for s in acked if s.at > back), default=float("nan"))
+    figures.collector_back_s = round(first_ack - back, 1)
     figures.worker_exits = 0 if worker.alive() else 1
+    figures.rebalances = group_rebalances(p.broker, p.config["stages"]["app_id"], log_start)
     if worker.alive():
-        figures.rebalances = metric(worker, "leadstream_worker_rebalances_total") - rebalances_before
         figures.dependency_retries = metric(worker, "leadstream_stage_dependency_retries_total")
     figures.report()
 
@@ -240,7 +251,7 @@ def run_outage(p: Pipeline, worker: _CliProcess, figures: Figures, take_away: Ca
     assert figures.rebalances <= MAX_REBALANCES, f"{figures.rebalances} rebalances: a storm\n{p.logs()}"
     # the stream really went on around the outage
     assert sum(1 for s in acked if s.at < back - OUTAGE_S) > 10 and sum(1 for s in acked if s.at > back) > 10
-    return sender
+    return sender, back
 
 
 def test_redis_stopped_for_the_outage_then_restarted_loses_nothing(
@@ -275,8 +286,8 @@ def test_redis_hung_for_the_outage_neither_freezes_the_worker_nor_loses_anything
     pid = own_redis.process.pid
     try:
         run_outage(p, worker, figures, lambda: os.kill(pid, signal.SIGSTOP), lambda: os.kill(pid, signal.SIGCONT))
-        assert figures.dependency_retries > 0, "no lookup timed out: the worker waited on the hung Redis"
         assert figures.rebalances == 0, "the worker stopped heartbeating while Redis hung"
+        assert figures.dependency_retries > 0, "no lookup timed out: the worker waited on the hung Redis"
     finally:
         p.stop()
 
@@ -294,11 +305,77 @@ def test_broker_stopped_for_the_outage_then_restarted_loses_nothing(
         sink_health.append(httpx.get(f"{p.url}/sink-health", timeout=10).status_code)
 
     try:
-        sender = run_outage(p, worker, figures, own_broker.stop, own_broker.start, during)
+        sender, back = run_outage(p, worker, figures, own_broker.stop, own_broker.start, during)
         assert sink_health == [503], f"/sink-health answered {sink_health} while the broker was away"
         assert figures.unavailable_503 > 0, "the collector never answered 503 while the broker was away"
         assert set(figures.other) <= {0} and figures.other.get(0, 0) <= 2, figures.other
-        after = [s for s in sender.sent if s.at > time.monotonic() - 2]
-        assert all(200 <= s.status < 300 for s in after), "the collector still refuses after the broker is back"
+        late = [s.status for s in sender.sent if s.at > back + AFTER_S - 1.5]
+        assert late and all(200 <= st < 300 for st in late), f"the collector still refuses: {Counter(late)}"
     finally:
         p.stop()
+
+
+
+def test_every_redis_port_of_the_worker_fails_fast_on_a_hung_redis_without_blocking_the_loop(
+        own_redis: RedisServer, tmp_path: Path) -> None:
+    """Regression: reference lookups and quota claims were blocking calls on the event loop, on
+    clients without timeouts. Each port the worker wires must await Redis, and give up after
+    ``redis.socket_timeout_s`` with an error the runner retries, while the loop keeps running."""
+    from pipeline.core.identity import IdType
+    from pipeline.core.model import NetworkInfo
+    from pipeline.settings import load_settings
+    from pipeline.stages.main import build_handlers, retryable_errors
+
+    config = tmp_path / "worker.yaml"
+    config.write_text(json.dumps({"redis": {"url": own_redis.url, "socket_timeout_s": 0.5, "connect_timeout_s": 0.5},
+                                  "kafka": {"bootstrap_servers": "127.0.0.1:1"}, "identity_salt": "s",
+                                  "sites": [{"site_id": "acme", "allowed_origins": ["*"]}]}))
+    visitor, account = build_handlers(load_settings(config))
+    assert visitor.reference is not None and visitor.identity is not None and account.quota is not None
+    calls: dict[str, Callable[[], Any]] = {
+        "reference": lambda: visitor.reference.resolve_networks([NetworkInfo(ip="203.0.113.7")]),  # type: ignore[union-attr]
+        "identity": lambda: visitor.identity.load_snapshot("acme", [(IdType.visitor, "v1")]),  # type: ignore[union-attr]
+        "quota": lambda: account.quota.claim("acme", "2026-12", "lead-1", 10),  # type: ignore[union-attr]
+    }
+    import asyncio
+
+    async def probe(call: Callable[[], Any]) -> tuple[float, int, BaseException | None]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        began = time.monotonic()
+        error: BaseException | None = None
+        try:
+            result = call()
+            if asyncio.iscoroutine(result):
+                await asyncio.wait_for(result, 10)
+        except BaseException as exc:  # noqa: BLE001 - what it raised is the point
+            error = exc
+        took = time.monotonic() - began
+        ticker.cancel()
+        return took, ticks, error
+
+    async def warm_then_hang() -> dict[str, tuple[float, int, BaseException | None]]:
+        for call in calls.values():       # connections open while Redis answers
+            result = call()
+            if asyncio.iscoroutine(result):
+                await result
+        assert own_redis.process is not None
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            return {name: await probe(call) for name, call in calls.items()}
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+
+    load_reference_data(own_redis.url)
+    outcomes = asyncio.run(warm_then_hang())
+    for name, (took, ticks, error) in outcomes.items():
+        assert isinstance(error, retryable_errors()), f"{name}: {error!r} is not retried by the runner"
+        assert took < 3.0, f"{name} waited {took:.1f} s on a hung Redis (socket_timeout_s is 0.5)"
+        assert ticks >= 0.6 * took / 0.05, f"{name} blocked the event loop: {ticks} ticks in {took:.1f} s"
