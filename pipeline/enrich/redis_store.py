@@ -4,6 +4,11 @@ Every read is pipelined per batch of events: :meth:`ReferenceStore.lookup_batch`
 IPs, organisation names, domains and ASNs of a whole Kafka record in one round trip. Writes
 come from ``pipeline.ops.importer`` in chunks, one or two round trips per chunk.
 
+The reads are written once, as plans that yield their round trips, and run by two clients:
+:class:`ReferenceStore` (blocking ``redis``; reads and writes, for the CLI) and
+:class:`AsyncReferenceStore` (``redis.asyncio``; reads only, for the stage workers, whose
+event loop must never block on Redis).
+
 Key layout (``ls`` is the namespace, ``{scope}`` is ``global`` or ``site:<site_id>``)::
 
     ls:{scope}:company:<domain>        hash   name, industry, employees, employee_range, revenue,

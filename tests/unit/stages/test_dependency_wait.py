@@ -135,3 +135,24 @@ def test_redis_client_options_carry_the_timeouts() -> None:
 def test_redis_timeouts_must_be_positive() -> None:
     with pytest.raises(ValueError):
         RedisSettings(socket_timeout_s=0)
+
+
+def test_repeated_broker_client_errors_are_logged_once_per_window_with_a_count() -> None:
+    import logging
+
+    from pipeline.stages.worker import RepeatFilter
+
+    now = [0.0]
+    flt = RepeatFilter(10.0, clock=lambda: now[0])
+
+    def rec(msg: str, *args: Any) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, msg, args, None)
+
+    passed = [flt.filter(rec("Unable connect to node with id %s: %s", 1, "refused")) for _ in range(500)]
+    assert passed.count(True) == 1
+    assert flt.filter(rec("Unable to update metadata from %s", 1))          # another kind is its own
+    now[0] = 10.5
+    later = rec("Unable connect to node with id %s: %s", 1, "refused")
+    assert flt.filter(later)
+    assert later.getMessage() == ("Unable connect to node with id 1: refused "
+                                  "[499 more like this in the last 10 s not logged]")
