@@ -232,6 +232,8 @@ class RecordRunner:
         self.busy = False
         #: monotonic time since which the stage waits for an unreachable dependency (None: it does not)
         self.waiting_since: float | None = None
+        #: a record that takes this long was waiting, not working (see ``_not_idle``)
+        self.slow_record_s = 1.0
 
     def assigned(self, partitions: Iterable[int]) -> None:
         """The consumer now owns ``partitions`` of the source topic (called on every rebalance).
@@ -279,11 +281,22 @@ class RecordRunner:
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
         """Apply one input record (and any records Faust skipped before it)."""
         self.busy = True
+        started = time.monotonic()
         try:
             await self._handle(partition, offset, value)
         finally:
             self.busy = False
-            self.last_activity[partition] = time.monotonic()
+            now = self.last_activity[partition] = time.monotonic()
+            if now - started >= self.slow_record_s:
+                self._not_idle(now - started, now)
+
+    def _not_idle(self, waited: float, now: float) -> None:
+        """A record took ``waited`` seconds: the stage was waiting (on Redis, or on the broker to take
+        its outputs), and no partition could be delivered meanwhile. That is not idle time: every
+        owned partition's idle clock, which the stall watchdog reads, moves forward by it."""
+        for partition in self._owned:
+            if partition in self.last_activity:
+                self.last_activity[partition] = min(now, self.last_activity[partition] + waited)
 
     async def _handle(self, partition: int, offset: int, value: bytes) -> None:
         if partition in self._to_reload and self.reload is not None:
@@ -331,15 +344,10 @@ class RecordRunner:
             return result
 
     def _dependency_back(self, what: str, began: float) -> None:
-        """A wait for an unreachable dependency ended. No record of any partition could be applied
-        meanwhile, so the wait is not idle time: every owned partition's idle clock (which the stall
-        watchdog reads) moves forward by it."""
+        """A wait for an unreachable dependency ended (``handle`` then moves the idle clocks past it)."""
         waited = time.monotonic() - began
         self.waiting_since = None
         self.stats.waited_s += waited
-        for partition in self._owned:
-            if partition in self.last_activity:
-                self.last_activity[partition] += waited
         log.warning("%s: %s succeeded after waiting %.1f s for an unreachable dependency", self.name, what, waited)
 
     async def _handle_once(self, partition: int, offset: int, value: bytes) -> HandlerResult:

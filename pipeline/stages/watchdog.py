@@ -23,11 +23,16 @@ the worker exits with code 75 so its supervisor restarts it: a restart is
 lossless by design, a silent stall is not.
 
 Waiting on a dependency is not a stall. While Redis or the broker is
-unreachable the runner retries its record with backoff (``RecordRunner.busy``
-and ``waiting_since`` are set): the watchdog does nothing then, and when the
-wait ends the runner moves every owned partition's idle clock forward by the
-time it waited, so the partitions that queued up behind the outage are not
-taken for stalled the moment it ends. Likewise, when the watchdog itself
+unreachable the runner retries its record with backoff, or waits for the
+producer to deliver its outputs (``RecordRunner.busy`` is set, and
+``waiting_since`` while it retries): the watchdog does nothing then. A record
+that took ``RecordRunner.slow_record_s`` (1 s) or more was waiting, not
+working, and no partition could be delivered meanwhile (the agent is
+serial), so the runner moves every owned partition's idle clock forward by
+that time: the partitions that queued up behind an outage are not taken for
+stalled the moment it ends. (Records of normal speed move nothing, so a real
+stall is still found under full load; while every record is slow, say a
+Redis answering in seconds, a stall is found only once that ends.) Likewise, when the watchdog itself
 cannot reach the broker (its end-offset query fails), it logs one line and
 skips the pass, and once the broker answers again it moves the idle clocks
 forward by the time the broker was away: the consumer gets ``stall_after_s``

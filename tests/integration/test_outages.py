@@ -120,6 +120,7 @@ class Figures:
     collector_back_s: float = 0.0      # from the dependency back to the collector's next 2xx
     rebalances: int = 0              # counted by the broker's group coordinator
     dependency_retries: float = 0.0
+    stalls: float = 0.0              # partitions the stall watchdog took for stalled (must stay 0)
     worker_exits: int = 0
 
     def report(self) -> None:
@@ -237,6 +238,7 @@ def run_outage(p: Pipeline, worker: _CliProcess, figures: Figures, take_away: Ca
     figures.rebalances = group_rebalances(p.broker, p.config["stages"]["app_id"], log_start)
     if worker.alive():
         figures.dependency_retries = metric(worker, "leadstream_stage_dependency_retries_total")
+        figures.stalls = metric(worker, "leadstream_stage_stalls_total")
     figures.report()
 
     assert worker.alive(), f"the worker exited during the outage\n{p.logs()}"
@@ -249,6 +251,7 @@ def run_outage(p: Pipeline, worker: _CliProcess, figures: Figures, take_away: Ca
         assert len(copies) == 1, f"the copies of update {ids} differ"
         assert [h["url"] for h in updates[0]["hits"]] == [s.url]
     assert figures.rebalances <= MAX_REBALANCES, f"{figures.rebalances} rebalances: a storm\n{p.logs()}"
+    assert figures.stalls == 0, f"the stall watchdog took waiting on the outage for a stall\n{p.logs()}"
     # the stream really went on around the outage
     assert sum(1 for s in acked if s.at < back - OUTAGE_S) > 10 and sum(1 for s in acked if s.at > back) > 10
     return sender, back

@@ -64,19 +64,44 @@ async def test_the_wait_moves_every_owned_partitions_idle_clock_forward() -> Non
     long_ago = time.monotonic() - 100.0
     r.last_activity.update({0: long_ago, 1: long_ago, 2: long_ago})
     r.max_backoff_s = 0.2
+    r.slow_record_s = 0.3
     before = time.monotonic()
-
-    async def slow_first_tries() -> None:
-        await r.handle(0, 1, b"x")
-
-    await slow_first_tries()
+    await r.handle(0, 1, b"x")
     waited = r.stats.waited_s
-    assert waited >= 0.2
-    assert r.last_activity[1] == pytest.approx(long_ago + waited, abs=0.01)
+    assert waited >= 0.4
+    assert r.last_activity[1] == pytest.approx(long_ago + waited, abs=0.05)
     assert r.last_activity[0] >= before   # the partition whose record applied is fresh anyway
     # same verdict as before the outage for the other partitions: idle for 100 s, not 100 s + the wait
     now = time.monotonic()
     assert stalled_partitions({1}, {1: 9}, {1: 3}, r.last_activity, now, stall_after_s=100.0 + waited / 2) == []
+
+
+class SlowSend(Sink):
+    """A producer that holds the outputs while the broker is away (nothing raises)."""
+
+    async def __call__(self, outputs: Sequence[Output]) -> None:
+        import asyncio
+        await asyncio.sleep(0.4)
+        await super().__call__(outputs)
+
+
+async def test_a_record_slowed_by_its_outputs_does_not_make_the_other_partitions_look_stalled() -> None:
+    r = runner(Flaky(0, ValueError), SlowSend())
+    r.slow_record_s = 0.3
+    r.assigned([0, 1])
+    r.last_activity[1] = time.monotonic() - 9.8
+    await r.handle(0, 1, b"x")
+    assert stalled_partitions({1}, {1: 5}, {1: 0}, r.last_activity, time.monotonic(), stall_after_s=10.0) == []
+
+
+async def test_records_of_normal_speed_leave_a_stalled_partitions_clock_alone() -> None:
+    r = runner(Flaky(0, ValueError), Sink())
+    r.assigned([0, 1])
+    r.last_activity[1] = stalled_since = time.monotonic() - 50.0
+    for offset in range(1, 50):
+        await r.handle(0, offset, b"x")
+    assert r.last_activity[1] == stalled_since
+    assert stalled_partitions({1}, {1: 5}, {1: 0}, r.last_activity, time.monotonic(), stall_after_s=30.0) == [1]
 
 
 async def test_an_error_that_is_no_outage_is_not_retried() -> None:
