@@ -38,7 +38,7 @@ import redis
 from pipeline.local.kafka import KafkaBroker
 from pipeline.local.redis import RedisServer, find_system_redis_server
 
-from .pipeline_harness import Pipeline, _CliProcess, load_reference_data, now_ms
+from .pipeline_harness import CODEC, Pipeline, _CliProcess, load_reference_data, now_ms
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +117,8 @@ class Figures:
     recovered: int = 0
     duplicates: int = 0
     time_to_recover_s: float = 0.0     # from the dependency back to every acknowledged event in visits
+    resumed_s: float = 0.0             # from the dependency back to the worker's first visits record
+    drained_s: float = 0.0             # from the dependency back to the last acknowledged event's visits record
     collector_back_s: float = 0.0      # from the dependency back to the collector's next 2xx
     rebalances: int = 0              # counted by the broker's group coordinator
     dependency_retries: float = 0.0
@@ -154,6 +156,16 @@ def visits_by_visitor(p: Pipeline) -> dict[str, list[dict[str, Any]]]:
         for u in batch["updates"]:
             if u["visitor_id"]:
                 out[u["visitor_id"]].append(u)
+    return out
+
+
+def visits_written_at(p: Pipeline) -> dict[str, int]:
+    """The broker timestamp (ms) of each visitor's first visits record."""
+    out: dict[str, int] = {}
+    for record in p.records("visits"):
+        for u in CODEC.decode(record.value)["updates"]:
+            if u["visitor_id"]:
+                out[u["visitor_id"]] = min(out.get(u["visitor_id"], record.timestamp), record.timestamp)
     return out
 
 
@@ -212,7 +224,7 @@ def run_outage(p: Pipeline, worker: _CliProcess, figures: Figures, take_away: Ca
     during()
     time.sleep(max(0.0, away_until - time.monotonic()))
     bring_back()
-    back = time.monotonic()
+    back, back_wall_ms = time.monotonic(), now_ms()
     time.sleep(AFTER_S)
     sender.finish()
     acked = sender.acknowledged()
@@ -233,6 +245,10 @@ def run_outage(p: Pipeline, worker: _CliProcess, figures: Figures, take_away: Ca
     figures.duplicates = sum(len(found[s.visitor_id]) - 1 for s in acked if s.visitor_id in found)
     figures.time_to_recover_s = round(recovered_at - back, 1)
     first_ack = min((s.at for s in acked if s.at > back), default=float("nan"))
+    written = visits_written_at(p)
+    figures.resumed_s = round((min((t for t in written.values() if t >= back_wall_ms), default=0) - back_wall_ms)
+                              / 1000, 1)
+    figures.drained_s = round((max((written.get(s.visitor_id, 0) for s in acked), default=0) - back_wall_ms) / 1000, 1)
     figures.collector_back_s = round(first_ack - back, 1)
     figures.worker_exits = 0 if worker.alive() else 1
     figures.rebalances = group_rebalances(p.broker, p.config["stages"]["app_id"], log_start)
