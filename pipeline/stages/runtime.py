@@ -327,21 +327,25 @@ class RecordRunner:
         broker unreachable): a record is never skipped because a dependency was down."""
         delay = 0.25
         began: float | None = None
-        while True:
-            try:
-                result = await call()
-            except self.retryable as exc:
-                if began is None:
-                    began = self.waiting_since = time.monotonic()
-                self.stats.retries += 1
-                log.warning("%s: %s failed (%s: %s); retrying in %.1f s", self.name, what, type(exc).__name__,
-                            exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
-                continue
-            if began is not None:
-                self._dependency_back(what, began)
-            return result
+        try:
+            while True:
+                try:
+                    result = await call()
+                except self.retryable as exc:
+                    if began is None:
+                        began = self.waiting_since = time.monotonic()
+                    self.stats.retries += 1
+                    log.warning("%s: %s failed (%s: %s); retrying in %.1f s", self.name, what,
+                                type(exc).__name__, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_backoff_s)
+                    continue
+                if began is not None:
+                    self._dependency_back(what, began)
+                return result
+        finally:
+            if began is not None:   # also when another error (or a cancel) ends the wait
+                self.waiting_since = None
 
     def _dependency_back(self, what: str, began: float) -> None:
         """A wait for an unreachable dependency ended (``handle`` then moves the idle clocks past it)."""

@@ -32,12 +32,14 @@ serial), so the runner moves every owned partition's idle clock forward by
 that time: the partitions that queued up behind an outage are not taken for
 stalled the moment it ends. (Records of normal speed move nothing, so a real
 stall is still found under full load; while every record is slow, say a
-Redis answering in seconds, a stall is found only once that ends.) Likewise, when the watchdog itself
-cannot reach the broker (its end-offset query fails), it logs one line and
-skips the pass, and once the broker answers again it moves the idle clocks
-forward by the time the broker was away: the consumer gets ``stall_after_s``
-to fetch again before anything counts as a stall. Each outage therefore costs
-time, never a restart of the worker.
+Redis answering in seconds, a stall is found only once that ends.)
+
+Likewise, when the watchdog itself cannot reach the broker (its end-offset
+query fails), it logs one line and skips the pass, and once the broker
+answers again it moves the idle clocks forward by the time the broker was
+away: the consumer gets ``stall_after_s`` to fetch again before anything
+counts as a stall. Each outage therefore costs time, never a repair or a
+restart of the worker.
 """
 
 from __future__ import annotations
@@ -105,11 +107,12 @@ class StallWatchdog:
                             "later", runner.name, type(exc).__name__, exc)
             return
         if self.broker_unreachable_since is not None:
-            away = time.monotonic() - self.broker_unreachable_since
+            now = time.monotonic()
+            away = now - self.broker_unreachable_since
             self.broker_unreachable_since = None
             for partition in owned:   # nothing could be delivered while the broker was away
                 if partition in runner.last_activity:
-                    runner.last_activity[partition] += away
+                    runner.last_activity[partition] = min(now, runner.last_activity[partition] + away)
             log.warning("%s: stall watchdog reaches the broker again after %.0f s", runner.name, away)
         # the records handled during the awaits above make their partitions active again
         stalled = stalled_partitions(runner.owned, ends, expected, runner.last_activity, time.monotonic(),

@@ -181,3 +181,18 @@ def test_repeated_broker_client_errors_are_logged_once_per_window_with_a_count()
     assert flt.filter(later)
     assert later.getMessage() == ("Unable connect to node with id 1: refused "
                                   "[499 more like this in the last 10 s not logged]")
+
+
+async def test_the_waiting_gauge_clears_when_another_error_ends_the_wait() -> None:
+    class AwayThenBroken:
+        calls = 0
+
+        async def __call__(self, outputs: Sequence[Output]) -> None:
+            self.calls += 1
+            raise (redis.exceptions.ConnectionError if self.calls == 1 else RuntimeError)("x")
+
+    r = RecordRunner({}, Flaky(0, ValueError), AwayThenBroken(), None, retryable=retryable_errors(),
+                     max_backoff_s=0.01)
+    with pytest.raises(RuntimeError):
+        await r.handle(0, 1, b"x")
+    assert r.waiting_since is None and r.stats.retries == 1
