@@ -287,8 +287,15 @@ def test_redis_stopped_for_the_outage_then_restarted_loses_nothing(
                 pass
             own_redis.stop()
 
-        run_outage(p, worker, figures, take_away, own_redis.start)
+        waiting: list[float] = []
+
+        def during() -> None:
+            time.sleep(min(8.0, OUTAGE_S / 2))
+            waiting.append(metric(worker, "leadstream_stage_waiting_seconds"))
+
+        run_outage(p, worker, figures, take_away, own_redis.start, during)
         assert figures.dependency_retries > 0, "the worker never noticed Redis was away"
+        assert waiting[0] > 0, "leadstream_stage_waiting_seconds did not show the wait"
         assert figures.unavailable_503 == 0, "the collector does not need Redis"
     finally:
         p.stop()
