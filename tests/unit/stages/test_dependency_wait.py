@@ -196,3 +196,37 @@ async def test_the_waiting_gauge_clears_when_another_error_ends_the_wait() -> No
     with pytest.raises(RuntimeError):
         await r.handle(0, 1, b"x")
     assert r.waiting_since is None and r.stats.retries == 1
+
+
+async def test_the_broker_counts_as_away_since_the_last_pass_that_reached_it() -> None:
+    """A failing end-offset query can take its whole request timeout (40 s): the outage began before."""
+    gaps = _GapReader()
+    gaps.down = False
+    r = RecordRunner({RecordRunner.progress_key(0): 9}, Flaky(0, ValueError), Sink(), gaps,  # type: ignore[arg-type]
+                     retryable=retryable_errors())
+    r.assigned([0])
+    dog = StallWatchdog(_App(), r, "pixel-events", stall_after_s=30.0)
+    await dog.check()
+    reached = time.monotonic()
+    gaps.down = True
+    await dog.check()
+    assert dog.broker_unreachable_since is not None and dog.broker_unreachable_since <= reached
+
+
+async def test_a_query_that_waited_for_the_broker_counts_as_an_outage() -> None:
+    import asyncio
+
+    class SlowGaps(_GapReader):
+        async def end_offsets(self, partitions: Any) -> dict[int, int]:
+            await asyncio.sleep(0.3)           # waited for the broker, then got through
+            return {p: 10 for p in partitions}
+
+    r = RecordRunner({RecordRunner.progress_key(0): 8}, Flaky(0, ValueError), Sink(), SlowGaps(),  # type: ignore[arg-type]
+                     retryable=retryable_errors())
+    r.assigned([0])
+    dog = StallWatchdog(_App(), r, "pixel-events", stall_after_s=30.0)
+    dog.slow_query_s = 0.2
+    r.last_activity[0] = time.monotonic() - 29.9   # one more second and it is stalled, unless the wait counts
+    await dog.check()
+    assert dog._repairs == {}
+    assert time.monotonic() - r.last_activity[0] < 30.0
