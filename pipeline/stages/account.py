@@ -33,7 +33,7 @@ STAGE = "account"
 
 
 class QuotaPort(Protocol):
-    def claim(self, site_id: str, month: str, lead_id: str, quota: int) -> bool:
+    async def claim(self, site_id: str, month: str, lead_id: str, quota: int) -> bool:
         """True when ``lead_id`` fits in the site's quota for ``month`` (idempotent per lead id)."""
         ...
 
@@ -110,7 +110,7 @@ class AccountStage:
             is_bot = not human
             decision = qualify(state, intent, rules, None, is_bot=is_bot,
                                bot_reason=updates[-1].bot_reason if is_bot else None)
-            decision = self._apply_quota(decision, rules, state)
+            decision = await self._apply_quota(decision, rules, state)
             STAGE_EVENTS.labels(STAGE, "bot" if is_bot else "processed").inc(len(updates))
             for f in decision.filters:
                 if not f.passed:
@@ -141,13 +141,13 @@ class AccountStage:
                   f"{type(exc).__name__}: {exc}", value, None)
         return result
 
-    def _apply_quota(self, decision: Decision, rules: EffectiveRules, before: AccountState) -> Decision:
+    async def _apply_quota(self, decision: Decision, rules: EffectiveRules, before: AccountState) -> Decision:
         quota = rules.qualification.monthly_quota
         if not decision.qualified or decision.lead is None or quota is None:
             return decision
         lead = decision.lead
         month = month_of(lead.tstamp)
-        if self.quota is not None and self.quota.claim(lead.site_id, month, lead.lead_id, quota):
+        if self.quota is not None and await self.quota.claim(lead.site_id, month, lead.lead_id, quota):
             return decision
         if self.quota is None:
             log.warning("monthly_quota is set but no Redis is configured: the quota is not enforced")
@@ -172,7 +172,10 @@ def _source(update_id: str) -> tuple[str, int, int]:
 
 class RedisQuota:
     """The per-site monthly lead quota in Redis: ``<prefix>:<site>:<YYYY-MM>`` is the set of lead ids
-    (prefix ``stages.quota_prefix``, ``ls:quota`` live; a replay counts in its own namespace)."""
+    (prefix ``stages.quota_prefix``, ``ls:quota`` live; a replay counts in its own namespace).
+
+    ``client`` is a ``redis.asyncio.Redis`` (with the timeouts of ``RedisSettings``): a claim awaits
+    Redis, it never blocks the event loop."""
 
     _SCRIPT = """
     if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
@@ -192,5 +195,5 @@ class RedisQuota:
     def key(self, site_id: str, month: str) -> str:
         return f"{self.prefix}:{site_id}:{month}"
 
-    def claim(self, site_id: str, month: str, lead_id: str, quota: int) -> bool:
-        return bool(self._claim(keys=[self.key(site_id, month)], args=[lead_id, quota]))
+    async def claim(self, site_id: str, month: str, lead_id: str, quota: int) -> bool:
+        return bool(await self._claim(keys=[self.key(site_id, month)], args=[lead_id, quota]))

@@ -91,7 +91,7 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
         gap_reader = GapReader(source_topic, settings.stages.app_id, _client_options(settings),
                                start_at_ms=settings.stages.source_start_ms)
     runner = RecordRunner(table, handler, faust_sender(app), gap_reader, name=name, retryable=retryable,
-                          on_error=on_error)
+                          on_error=on_error, max_backoff_s=settings.stages.retry_backoff_max_s)
     stage = Stage(name, source_topic, partitions, table, runner)
 
     async def agent(stream: Any) -> None:

@@ -10,14 +10,17 @@ partitions and their table state between them.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Sequence
 
 import faust
+import redis.asyncio
 
 from .. import metrics
 from ..codec import make_codec
 from ..core.identity import IdentitySnapshot, Identifier
-from ..metrics import STAGE_GAPS, STAGE_RECORD_SECONDS, STAGE_RECORDS, STAGE_REPLAYED
+from ..metrics import (STAGE_DEPENDENCY_RETRIES, STAGE_GAPS, STAGE_RECORD_SECONDS, STAGE_RECORDS, STAGE_REPLAYED,
+                       STAGE_WAITING, WORKER_REBALANCES)
 from ..settings import Settings
 from ..topology import topic_specs
 from .account import AccountStage, AccountTopics, RedisQuota
@@ -40,12 +43,13 @@ def build_handlers(settings: Settings) -> tuple[VisitorStage, AccountStage]:
     reference = identity = quota = None
     redis_url = settings.redis.url_value
     if redis_url:
-        import redis
-
-        from ..enrich.redis_store import ReferenceStore
-        reference = ReferenceStore.from_url(redis_url)
-        quota = RedisQuota(redis.Redis.from_url(redis_url), settings.stages.quota_prefix)
-        identity = _identity_store(redis_url)
+        # asyncio clients with timeouts: a lookup or a claim awaits Redis and fails after
+        # redis.socket_timeout_s (the runner then retries the record), never blocking the loop
+        from ..enrich.redis_store import AsyncReferenceStore
+        options = settings.redis.client_options()
+        reference = AsyncReferenceStore.from_url(redis_url, **options)
+        quota = RedisQuota(redis.asyncio.Redis.from_url(redis_url, **options), settings.stages.quota_prefix)
+        identity = _identity_store(redis_url, options)
         if identity is not None and not settings.stages.identity_writes:
             identity = ReadOnlyIdentity(identity)
     else:
@@ -74,6 +78,11 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
     if settings.stages.model_poll_s > 0 and settings.redis.url_value:
         from ..ops.models import follow_models
         follow_models(app, settings, account)  # `leadstream model promote/rollback` without a restart
+
+    @app.on_partitions_assigned.connect
+    async def _rebalanced(_app: Any, /, *_args: Any, **_kw: Any) -> None:
+        WORKER_REBALANCES.inc()
+
     return app, stages
 
 
@@ -87,12 +96,12 @@ def retryable_errors() -> tuple[type[BaseException], ...]:
             kafka_errors.LeaderNotAvailableError, kafka_errors.NodeNotReadyError)
 
 
-def _identity_store(redis_url: str) -> IdentityPort | None:
+def _identity_store(redis_url: str, options: dict[str, Any]) -> IdentityPort | None:
     try:
         from ..enrich.identity_store import IdentityStore
     except ImportError:  # pragma: no cover - the module ships with the package
         return None
-    store: IdentityPort = IdentityStore.from_url(redis_url)
+    store: IdentityPort = IdentityStore(redis.asyncio.Redis.from_url(redis_url, **options))
     return store
 
 
@@ -125,15 +134,25 @@ def _timed(name: str, handler: Any) -> Any:
 def _count(stage: Stage) -> None:
     runner = stage.runner
     original = runner.handle
-    applied, replayed, gaps = (STAGE_RECORDS.labels(stage.name), STAGE_REPLAYED.labels(stage.name),
-                               STAGE_GAPS.labels(stage.name))
+    applied, replayed, gaps, retries = (STAGE_RECORDS.labels(stage.name), STAGE_REPLAYED.labels(stage.name),
+                                        STAGE_GAPS.labels(stage.name), STAGE_DEPENDENCY_RETRIES.labels(stage.name))
+
+    def waiting() -> float:
+        since = runner.waiting_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    STAGE_WAITING.labels(stage.name).set_function(waiting)
 
     async def counted(partition: int, offset: int, value: bytes) -> None:
-        before = (runner.stats.records, runner.stats.replayed_skipped, runner.stats.gaps_repaired)
-        await original(partition, offset, value)
-        applied.inc(runner.stats.records - before[0])
-        replayed.inc(runner.stats.replayed_skipped - before[1])
-        gaps.inc(runner.stats.gaps_repaired - before[2])
+        before = (runner.stats.records, runner.stats.replayed_skipped, runner.stats.gaps_repaired,
+                  runner.stats.retries)
+        try:
+            await original(partition, offset, value)
+        finally:
+            applied.inc(runner.stats.records - before[0])
+            replayed.inc(runner.stats.replayed_skipped - before[1])
+            gaps.inc(runner.stats.gaps_repaired - before[2])
+            retries.inc(runner.stats.retries - before[3])
 
     runner.handle = counted  # type: ignore[method-assign]
 

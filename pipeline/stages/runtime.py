@@ -208,6 +208,8 @@ class RunnerStats:
     gaps_repaired: int = 0        # records Faust skipped that the runner read itself
     gap_events: int = 0           # times a gap was detected
     reloads: int = 0              # partitions reloaded from their changelog after a rebalance
+    retries: int = 0              # tries that failed because Redis or the broker was unreachable
+    waited_s: float = 0.0         # seconds spent waiting for an unreachable dependency, in total
 
 
 class RecordRunner:
@@ -237,6 +239,10 @@ class RecordRunner:
         self.last_activity: dict[int, float] = {}
         #: a record is being applied (the stage may be waiting on Redis or the broker)
         self.busy = False
+        #: monotonic time since which the stage waits for an unreachable dependency (None: it does not)
+        self.waiting_since: float | None = None
+        #: a record that takes this long was waiting, not working (see ``_not_idle``)
+        self.slow_record_s = 1.0
 
     def assigned(self, partitions: Iterable[int]) -> None:
         """The consumer now owns ``partitions`` of the source topic (called on every rebalance).
@@ -284,11 +290,22 @@ class RecordRunner:
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
         """Apply one input record (and any records Faust skipped before it)."""
         self.busy = True
+        started = time.monotonic()
         try:
             await self._handle(partition, offset, value)
         finally:
             self.busy = False
-            self.last_activity[partition] = time.monotonic()
+            now = self.last_activity[partition] = time.monotonic()
+            if now - started >= self.slow_record_s:
+                self._not_idle(now - started, now)
+
+    def _not_idle(self, waited: float, now: float) -> None:
+        """A record took ``waited`` seconds: the stage was waiting (on Redis, or on the broker to take
+        its outputs), and no partition could be delivered meanwhile. That is not idle time: every
+        owned partition's idle clock, which the stall watchdog reads, moves forward by it."""
+        for partition in self._owned:
+            if partition in self.last_activity:
+                self.last_activity[partition] = min(now, self.last_activity[partition] + waited)
 
     async def _handle(self, partition: int, offset: int, value: bytes) -> None:
         if partition in self._to_reload and self.reload is not None:
@@ -318,14 +335,33 @@ class RecordRunner:
         """``call()`` until it succeeds, backing off on errors of ``retryable`` types (Redis or the
         broker unreachable): a record is never skipped because a dependency was down."""
         delay = 0.25
-        while True:
-            try:
-                return await call()
-            except self.retryable as exc:
-                log.warning("%s: %s failed (%s: %s); retrying in %.1f s", self.name, what, type(exc).__name__,
-                            exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+        began: float | None = None
+        try:
+            while True:
+                try:
+                    result = await call()
+                except self.retryable as exc:
+                    if began is None:
+                        began = self.waiting_since = time.monotonic()
+                    self.stats.retries += 1
+                    log.warning("%s: %s failed (%s: %s); retrying in %.1f s", self.name, what,
+                                type(exc).__name__, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_backoff_s)
+                    continue
+                if began is not None:
+                    self._dependency_back(what, began)
+                return result
+        finally:
+            if began is not None:   # also when another error (or a cancel) ends the wait
+                self.waiting_since = None
+
+    def _dependency_back(self, what: str, began: float) -> None:
+        """A wait for an unreachable dependency ended (``handle`` then moves the idle clocks past it)."""
+        waited = time.monotonic() - began
+        self.waiting_since = None
+        self.stats.waited_s += waited
+        log.warning("%s: %s succeeded after waiting %.1f s for an unreachable dependency", self.name, what, waited)
 
     async def _handle_once(self, partition: int, offset: int, value: bytes) -> HandlerResult:
         try:

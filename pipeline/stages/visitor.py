@@ -25,7 +25,7 @@ from ..core.scoring_model import ScoringModel
 from ..core.sessions import Hit, SessionConfig, VisitorState, apply_events
 from ..core.visit import VisitUpdate, build_visit_update
 from ..enrich.geoip import GeoIPReader
-from ..enrich.redis_store import ReferenceStore
+from ..enrich.redis_store import AsyncReferenceStore
 from ..enrich.useragent import analyze_user_agent
 from ..metrics import BOTS, IDENTITY_OPS, NETWORK_CLASSES, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS
 from ..settings import Settings, SiteSettings
@@ -68,7 +68,7 @@ class VisitorStage:
     """The visitor stage's handler (see module doc). Holds per-process resources only, no state."""
 
     def __init__(self, settings: Settings, codec: Codec, topics: VisitorTopics, model: ScoringModel,
-                 geoip: GeoIPReader | None, reference: ReferenceStore | None, identity: IdentityPort | None,
+                 geoip: GeoIPReader | None, reference: AsyncReferenceStore | None, identity: IdentityPort | None,
                  bot_config: BotConfig = BotConfig()) -> None:
         self.settings = settings
         self.codec = codec
@@ -105,7 +105,7 @@ class VisitorStage:
                           if p.person is not None and p.person.company_domain]
         lookup = None
         if self.reference is not None:
-            lookup = self.reference.resolve_networks(networks.values(), domains=person_domains)
+            lookup = await self.reference.resolve_networks(networks.values(), domains=person_domains)
 
         updates: list[tuple[VisitUpdate, bool, int]] = []
         for key, v in visitors.items():

@@ -21,6 +21,25 @@ from there. Re-delivery is harmless (the runner skips what it has applied).
 If the same partition is still stalled after ``max_repairs`` repairs in a row,
 the worker exits with code 75 so its supervisor restarts it: a restart is
 lossless by design, a silent stall is not.
+
+Waiting on a dependency is not a stall. While Redis or the broker is
+unreachable the runner retries its record with backoff, or waits for the
+producer to deliver its outputs (``RecordRunner.busy`` is set, and
+``waiting_since`` while it retries): the watchdog does nothing then. A record
+that took ``RecordRunner.slow_record_s`` (1 s) or more was waiting, not
+working, and no partition could be delivered meanwhile (the agent is
+serial), so the runner moves every owned partition's idle clock forward by
+that time: the partitions that queued up behind an outage are not taken for
+stalled the moment it ends. (Records of normal speed move nothing, so a real
+stall is still found under full load; while every record is slow, say a
+Redis answering in seconds, a stall is found only once that ends.)
+
+Likewise, when the watchdog itself cannot reach the broker (its end-offset
+query fails, possibly after its whole request timeout), it logs one line and
+skips the pass (a query that got through only after seconds counts the same), and once the broker answers again it moves the idle clocks
+forward by the time since the last pass that reached it: the consumer gets ``stall_after_s`` to fetch again before anything
+counts as a stall. Each outage therefore costs time, never a repair or a
+restart of the worker.
 """
 
 from __future__ import annotations
@@ -67,6 +86,12 @@ class StallWatchdog:
         self.max_repairs = max_repairs
         #: partition -> (the offset it was stalled at, repairs made there in a row)
         self._repairs: dict[int, tuple[int, int]] = {}
+        #: since when the broker may have been unreachable: the end of the last pass that reached it
+        #: before a pass that could not (None: the last pass reached it)
+        self.broker_unreachable_since: float | None = None
+        self._last_reached: float | None = None
+        #: end-offset queries this slow waited for an unreachable broker (they take milliseconds)
+        self.slow_query_s = 2.0
 
     async def check(self) -> None:
         """One pass: find stalled partitions and repair them."""
@@ -76,8 +101,30 @@ class StallWatchdog:
         owned = runner.owned
         if not owned:
             return
-        ends = await runner.gap_reader.end_offsets(owned)
-        expected = {p: await runner.expected_offset(p) for p in owned}
+        began = time.monotonic()
+        try:
+            ends = await runner.gap_reader.end_offsets(owned)
+            expected = {p: await runner.expected_offset(p) for p in owned}
+        except runner.retryable as exc:
+            if self.broker_unreachable_since is None:
+                # the query may have waited its whole request timeout: the broker may have been away
+                # since the last pass that reached it
+                self.broker_unreachable_since = self._last_reached if self._last_reached is not None else began
+                log.warning("%s: stall watchdog cannot reach the broker (%s: %s); not a stall, checking again "
+                            "later", runner.name, type(exc).__name__, exc)
+            return
+        if self.broker_unreachable_since is None and time.monotonic() - began >= self.slow_query_s:
+            # the queries waited for the broker and got through once it was back: same as a failed pass
+            self.broker_unreachable_since = self._last_reached if self._last_reached is not None else began
+        if self.broker_unreachable_since is not None:
+            now = time.monotonic()
+            away = now - self.broker_unreachable_since
+            self.broker_unreachable_since = None
+            for partition in owned:   # nothing could be delivered while the broker was away
+                if partition in runner.last_activity:
+                    runner.last_activity[partition] = min(now, runner.last_activity[partition] + away)
+            log.warning("%s: stall watchdog reaches the broker again after %.0f s", runner.name, away)
+        self._last_reached = time.monotonic()
         # the records handled during the awaits above make their partitions active again
         stalled = stalled_partitions(runner.owned, ends, expected, runner.last_activity, time.monotonic(),
                                      self.stall_after_s)

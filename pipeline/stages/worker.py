@@ -5,11 +5,59 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, NoReturn
+import time
+from typing import Any, Callable, NoReturn
 
 import faust
 
 log = logging.getLogger(__name__)
+
+
+#: aiokafka's loggers that repeat one line many times a second while the broker is away
+BROKER_CLIENT_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.cluster", "aiokafka.producer.sender",
+                         "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator")
+
+
+class RepeatFilter(logging.Filter):
+    """Lets one record per logger and message template through every ``window_s`` seconds.
+
+    While the broker is away, aiokafka logs each failed connect, metadata update, fetch and
+    produce attempt (thousands of ERROR lines in a 30 s outage). The first record of a kind is
+    kept, the repeats within the window are counted, and the next record let through says how
+    many were left out.
+    """
+
+    def __init__(self, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.clock = clock
+        self._seen: dict[tuple[str, object], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = self.clock()
+        with self._lock:
+            first, dropped = self._seen.get(key, (None, 0))
+            if first is not None and now - first < self.window_s:
+                self._seen[key] = (first, dropped + 1)
+                return False
+            self._seen[key] = (now, 0)
+            if len(self._seen) > 1000:   # templates are few; bound it anyway
+                self._seen = {key: (now, 0)}
+        if dropped:
+            record.msg = f"{record.msg} [{dropped} more like this in the last {self.window_s:.0f} s not logged]"
+        return True
+
+
+def quiet_broker_client_logs(window_s: float = 10.0) -> RepeatFilter:
+    """Install one :class:`RepeatFilter` on aiokafka's loggers (idempotent per logger)."""
+    flt = RepeatFilter(window_s)
+    for name in BROKER_CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+            logger.addFilter(flt)
+    return flt
 
 
 class _Worker(faust.Worker):
@@ -47,6 +95,7 @@ def run_worker(app: faust.App, loglevel: str = "info", stdout: Any = None) -> No
     """Run ``app`` until SIGTERM/SIGINT; a graceful stop finishes the records in flight.
     ``stdout``: where Faust writes its terminal spinner (default: standard output)."""
     level = {"warning": "warn"}.get(loglevel, loglevel)  # Faust spells it `warn`
+    quiet_broker_client_logs()
     extra = {"stdout": stdout} if stdout is not None else {}
     worker: Any = _Worker(app, loglevel=level, quiet=True, redirect_stdouts=False, **extra)
     worker.execute_from_commandline()

@@ -231,3 +231,40 @@ def test_clients_must_decode_responses(redis_server: RedisServer) -> None:
 
     with pytest.raises(ValueError, match="decode_responses"):
         ReferenceStore(connection_pool=redis.ConnectionPool.from_url(redis_server.url))
+
+
+async def test_the_async_store_answers_as_the_blocking_one_in_as_many_round_trips(
+        store: ReferenceStore, redis_server: RedisServer) -> None:
+    """The worker's AsyncReferenceStore runs the same read plans over redis.asyncio."""
+    from pipeline.enrich.redis_store import AsyncReferenceStore
+
+    store.upsert_companies([_company("acme.example", "Acme Inc", employees=300, org_names=("ACME-CORP",)),
+                            _company("uni.example", "Example University", sector=Sector.education)])
+    store.upsert_ranges([(net("203.0.113.0/24"), "acme.example"), (net("2001:db8::/32"), "uni.example")])
+    store.upsert_ranges([(net("203.0.113.0/28"), "uni.example")], site="s1")
+    store.upsert_asn_types([AsnInfo(64500, "business", "ACME-CORP")])
+    networks = [NetworkInfo(ip="203.0.113.9", asn=64500, asn_org="ACME-CORP"),
+                NetworkInfo(ip="203.0.113.99", domain="uni.example"), NetworkInfo(ip="2001:db8::5"),
+                NetworkInfo(ip="198.51.100.1", organization="Acme Inc")]
+    fresh = ReferenceStore.from_url(redis_server.url)
+    async_store = AsyncReferenceStore.from_url(redis_server.url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        for site in (None, "s1"):
+            expected = fresh.resolve_networks(networks, domains=["acme.example"], site=site)
+            got = await async_store.resolve_networks(networks, domains=["acme.example"], site=site)
+            assert got == expected
+        assert async_store.round_trips == fresh.round_trips
+        assert await async_store.fetch_companies(["ACME.example", "none.example"]) == fresh.fetch_companies(
+            ["ACME.example", "none.example"])
+    finally:
+        fresh.close()
+        await async_store.aclose()
+
+
+def test_the_async_store_needs_decoded_responses(redis_server: RedisServer) -> None:
+    import redis.asyncio
+
+    from pipeline.enrich.redis_store import AsyncReferenceStore
+
+    with pytest.raises(ValueError, match="decode_responses"):
+        AsyncReferenceStore(redis.asyncio.Redis.from_url(redis_server.url))
