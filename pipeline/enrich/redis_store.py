@@ -33,6 +33,7 @@ scored by range start cannot do in one query. IPv6 keys are exact (hex, no float
 from __future__ import annotations
 
 import functools
+import inspect
 import ipaddress
 import json
 import logging
@@ -42,9 +43,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import redis
+import redis.cluster
 from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
@@ -52,6 +54,7 @@ from pipeline.core.company import CompanyLookups
 from pipeline.core.company import RangeMatch as CoreRangeMatch
 from pipeline.core.model import Company, NetworkInfo, Sector
 from pipeline.enrich.names import normalize_domain, normalize_org
+from pipeline.redis_client import cluster_options, split_cluster_url
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +324,9 @@ class ReferenceStore(redis.Redis):
         else:
             kwargs["decode_responses"] = True
         super().__init__(*args, **kwargs)
+        self._init_store(namespace, company_cache_size, company_cache_ttl_s)
+
+    def _init_store(self, namespace: str, company_cache_size: int, company_cache_ttl_s: float) -> None:
         self.keys_ = Keys(namespace)   # trailing underscore: Redis.keys is the KEYS command
         self._company_cache = _CompanyCache(company_cache_size, company_cache_ttl_s)
         self._prefixlens: dict[tuple[str, int], frozenset[int]] = {}
@@ -331,7 +337,13 @@ class ReferenceStore(redis.Redis):
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "ls", company_cache_size: int = 50_000,
                  company_cache_ttl_s: float = 60.0, **kwargs: Any) -> ReferenceStore:
+        """A store on ``url``; a ``redis+cluster://`` URL gives a :class:`ClusterReferenceStore`."""
         kwargs["decode_responses"] = True
+        cluster, plain = split_cluster_url(url)
+        if cluster:
+            return cast(ReferenceStore, ClusterReferenceStore.from_url(
+                plain, namespace=namespace, company_cache_size=company_cache_size,
+                company_cache_ttl_s=company_cache_ttl_s, **kwargs))
         pool = redis.ConnectionPool.from_url(url, **kwargs)
         store = cls(connection_pool=pool, namespace=namespace, company_cache_size=company_cache_size,
                     company_cache_ttl_s=company_cache_ttl_s)
@@ -638,6 +650,35 @@ class ReferenceStore(redis.Redis):
         raw = self.hgetall(self.keys_.imports(scope_for(site)))
         return {str(kind): json.loads(value) for kind, value in raw.items()}
 
+
+
+class ClusterReferenceStore(redis.cluster.RedisCluster):
+    """:class:`ReferenceStore` on a Redis Cluster (``redis+cluster://`` URL, or ``redis.cluster: true``).
+
+    ReferenceStore's methods run unchanged on the cluster client: single-key commands,
+    non-transactional pipelines (the cluster client sends each command to its key's node)
+    and a one-key script. They are ReferenceStore's own functions, attached below (one
+    source), and the class is registered as a ReferenceStore, so ``isinstance`` and the
+    type of ``ReferenceStore.from_url`` hold for both.
+    """
+
+    def __init__(self, *args: Any, namespace: str = "ls", company_cache_size: int = 50_000,
+                 company_cache_ttl_s: float = 60.0, **kwargs: Any) -> None:
+        kwargs["decode_responses"] = True
+        super().__init__(*args, **kwargs)
+        ReferenceStore._init_store(self, namespace, company_cache_size, company_cache_ttl_s)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> ClusterReferenceStore:
+        store = super().from_url(split_cluster_url(url)[1], **cluster_options(kwargs))
+        assert isinstance(store, ClusterReferenceStore)
+        return store
+
+
+for _name, _member in vars(ReferenceStore).items():
+    if inspect.isfunction(_member) and _name not in ("__init__", "from_url"):
+        setattr(ClusterReferenceStore, _name, _member)
+ReferenceStore.register(ClusterReferenceStore)
 
 def _store_company(into: dict[tuple[str, str], Company | None], scope: str, domain: str,
                    data: Mapping[str, str]) -> None:

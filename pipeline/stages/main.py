@@ -39,11 +39,10 @@ def build_handlers(settings: Settings) -> tuple[VisitorStage, AccountStage]:
     reference = identity = quota = None
     redis_url = settings.redis.url_value
     if redis_url:
-        import redis
-
         from ..enrich.redis_store import ReferenceStore
+        from ..redis_client import sync_client
         reference = ReferenceStore.from_url(redis_url)
-        quota = RedisQuota(redis.Redis.from_url(redis_url))
+        quota = RedisQuota(sync_client(redis_url))
         identity = _identity_store(redis_url)
     else:
         log.warning("redis.url is not set: no company data, identity graph or quota; leads need a company")
@@ -76,7 +75,8 @@ def retryable_errors() -> tuple[type[BaseException], ...]:
     import redis.exceptions
     from aiokafka import errors as kafka_errors
     return (ConnectionError, TimeoutError, OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-            redis.exceptions.BusyLoadingError, kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError,
+            redis.exceptions.BusyLoadingError, redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+            kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError,
             kafka_errors.RequestTimedOutError, kafka_errors.NotLeaderForPartitionError,
             kafka_errors.LeaderNotAvailableError, kafka_errors.NodeNotReadyError)
 
