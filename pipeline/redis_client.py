@@ -10,6 +10,8 @@ Leadstream's keys are laid out for the cluster: keys used together in one transa
 script share the hash tag ``{<site_id>}`` (identity graph ``ls:{site}:...``, leads view
 ``ls:lv:{site}:...``); the reference data's reads are non-transactional pipelines (the
 cluster client splits them by node) and its one script and the quota's script touch one key.
+Cluster pipelines refuse PUBLISH; the asyncio cluster client built here
+(:class:`AsyncRedisCluster`) sends it right after the pipeline instead.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+import redis.exceptions
 
-__all__ = ["AsyncRedisClient", "RedisClient", "async_client", "cluster_options", "cluster_url", "is_cluster_url", "split_cluster_url",
+__all__ = ["AsyncRedisClient", "AsyncRedisCluster", "RedisClient", "async_client", "cluster_options", "cluster_url", "is_cluster_url", "split_cluster_url",
            "sync_client"]
 
 CLUSTER_SUFFIX = "+cluster"
@@ -71,5 +74,37 @@ def async_client(url: str, **kwargs: Any) -> AsyncRedisClient:
     """An asyncio client for ``url`` (``redis.asyncio.Redis``, or its ``RedisCluster``)."""
     cluster, plain = split_cluster_url(url)
     if cluster:
-        return redis.asyncio.cluster.RedisCluster.from_url(plain, **cluster_options(kwargs))
+        return AsyncRedisCluster.from_url(plain, **cluster_options(kwargs))
     return redis.asyncio.Redis.from_url(plain, **kwargs)
+
+
+class _AsyncClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
+    """A cluster pipeline that also takes PUBLISH: cluster pipelines refuse it, so it is queued
+    and sent right after the pipeline's own commands (its replies come last, in order)."""
+
+    def __init__(self, client: redis.asyncio.cluster.RedisCluster, transaction: bool | None = None) -> None:
+        super().__init__(client, transaction)
+        self._leadstream_client = client
+        self._publishes: list[tuple[Any, Any]] = []
+
+    def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
+        self._publishes.append((channel, message))
+        return self
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        publishes, self._publishes = self._publishes, []
+        replies: list[Any] = list(await super().execute(raise_on_error, allow_redirections))
+        for channel, message in publishes:
+            replies.append(await self._leadstream_client.publish(channel, message))
+        return replies
+
+
+class AsyncRedisCluster(redis.asyncio.cluster.RedisCluster):
+    """``redis.asyncio.RedisCluster`` whose pipelines take PUBLISH (see :class:`_AsyncClusterPipeline`),
+    so code written for one server (the leads view publishes its changes in its write pipeline)
+    runs unchanged on a cluster."""
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> _AsyncClusterPipeline:
+        if shard_hint:
+            raise redis.exceptions.RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _AsyncClusterPipeline(self, transaction)  # type: ignore[abstract]

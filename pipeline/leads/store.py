@@ -21,9 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from redis.asyncio.cluster import RedisCluster
-
-from ..redis_client import AsyncRedisClient
+from ..redis_client import AsyncRedisClient, async_client
 from .view import STATUSES, Filter, matches, priority_at
 
 __all__ = ["ViewKeys", "LeadsView", "Page", "SUMMARY_FIELDS"]
@@ -95,7 +93,7 @@ class LeadsView:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "LeadsView":
-        from ..redis_client import async_client  # a redis+cluster:// URL: a Redis Cluster client
+        # a redis+cluster:// URL gives a Redis Cluster client (pipeline.redis_client)
         return cls(async_client(url, socket_timeout=5, socket_connect_timeout=5, **kwargs))
 
     async def aclose(self) -> None:
@@ -114,7 +112,6 @@ class LeadsView:
     async def put(self, docs: Iterable[Mapping[str, Any]], previous: Mapping[str, Mapping[str, Any]]) -> int:
         """Write each document and its index entries (one pipeline); publish one change per account."""
         pipe = self.client.pipeline(transaction=False)
-        changes: list[tuple[str, str]] = []
         n = 0
         for doc in docs:
             k = self.keys(doc["site_id"])
@@ -132,22 +129,10 @@ class LeadsView:
             summary = summary_of(doc)
             pipe.hset(k.summaries, account, json.dumps(summary, separators=(",", ":")))
             pipe.hset(k.docs, account, json.dumps(doc, separators=(",", ":")))
-            changes.append((k.changes, json.dumps(summary, separators=(",", ":"))))
+            pipe.publish(k.changes, json.dumps(summary, separators=(",", ":")))
             n += 1
-        await self._execute_and_publish(pipe, changes)
-        return n
-
-    async def _execute_and_publish(self, pipe: Any, changes: list[tuple[str, str]]) -> None:
-        """Run ``pipe`` and publish ``changes`` (channel, message): in the same round trip on one
-        server; after it on a Redis Cluster, whose pipelines refuse PUBLISH."""
-        if isinstance(self.client, RedisCluster):
-            await pipe.execute()
-            for channel, message in changes:
-                await self.client.publish(channel, message)
-            return
-        for channel, message in changes:
-            pipe.publish(channel, message)
         await pipe.execute()
+        return n
 
     @staticmethod
     def _unindex(pipe: Any, k: ViewKeys, old: Mapping[str, Any]) -> None:
@@ -160,7 +145,6 @@ class LeadsView:
         k = self.keys(site_id)
         old = await self.docs(site_id, accounts)
         pipe = self.client.pipeline(transaction=False)
-        changes: list[tuple[str, str]] = []
         for account, doc in old.items():
             self._unindex(pipe, k, doc)
             pipe.zrem(k.rank, account)
@@ -168,8 +152,8 @@ class LeadsView:
             pipe.hdel(k.docs, account)
             for p in doc.get("people") or ():
                 pipe.srem(k.person(p["person_id"]), account)
-            changes.append((k.changes, json.dumps({"account": account, "removed": True})))
-        await self._execute_and_publish(pipe, changes)
+            pipe.publish(k.changes, json.dumps({"account": account, "removed": True}))
+        await pipe.execute()
         return len(old)
 
     async def forget_person(self, site_id: str, person_id: str) -> int:

@@ -200,8 +200,18 @@ def test_leads_view_on_the_cluster(url: str) -> None:
         try:
             assert isinstance(view.client, type(async_client(url)))
             for site in ("acme", "globex", "initech"):
+                pubsub = view.client.pubsub()
+                await pubsub.subscribe(view.keys(site).changes)   # what the API's SSE stream does
                 docs = [doc(site, "c:a.example", 3.0, "new", "US"), doc(site, "c:b.example", 5.0, "new", "DE")]
                 assert await view.put(docs, {}) == 2
+                notices = []
+                deadline = time.monotonic() + 5
+                while len(notices) < 2 and time.monotonic() < deadline:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message is not None:
+                        notices.append(message["data"])
+                await pubsub.aclose()
+                assert notices, "the change notices reach a subscriber on the cluster"
                 assert await view.count(site) == 2
                 page = await view.list(site, Filter())
                 assert [r["account"] for r in page.rows] == ["c:b.example", "c:a.example"]
