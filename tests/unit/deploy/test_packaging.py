@@ -185,3 +185,18 @@ def test_the_local_extra_is_declared_apart_and_imported_lazily() -> None:
     assert offenders == [], f"import the local extra inside functions only: {offenders}"
     for script in ("scripts/bootstrap",):
         assert ".[local]" in (ROOT / script).read_text() or "[test]" in (ROOT / script).read_text()
+
+
+def test_the_image_build_copies_what_the_wheel_needs() -> None:
+    """deploy/Dockerfile builds the wheel from COPYs of the build's inputs: every package the wheel
+    holds (pyproject's packages.find), the schemas setup.py ships, and the build files."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    copied: set[str] = set()
+    for line in (ROOT / "deploy" / "Dockerfile").read_text().split("FROM ")[1].splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            copied.update(Path(src).name for src in line.split()[1:-1] if not src.startswith("--"))
+    needed = {*packages, "schemas", "setup.py", "MANIFEST.in", "pyproject.toml", "README.md"}
+    assert needed <= copied, f"the build stage does not copy {sorted(needed - copied)}"
+    assert "LEADSTREAM_SCHEMAS_DIR" not in (ROOT / "deploy" / "Dockerfile").read_text(), "the wheel has the schemas"
+    assert "[local]" not in (ROOT / "deploy" / "Dockerfile").read_text(), "production runs without the local extra"
