@@ -594,9 +594,10 @@ def _leads_site(settings: Settings, site: str | None) -> str:
 
 
 def _redis_url(settings: Settings) -> str:
-    if settings.redis.url is None:
+    url = settings.redis.url_value
+    if url is None:
         _fail("redis.url is not set (LEADSTREAM_REDIS__URL): the prospect list lives in Redis")
-    return settings.redis.url.get_secret_value()
+    return url
 
 
 @leads_app.command("show")

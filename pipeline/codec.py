@@ -44,11 +44,17 @@ class CodecError(ValueError):
 
 
 def schemas_dir() -> Path:
-    """The ``schemas/`` folder: ``$LEADSTREAM_SCHEMAS_DIR`` or the one beside the package."""
+    """The ``schemas/`` folder: ``$LEADSTREAM_SCHEMAS_DIR``, else the copy an installed wheel
+    carries (``pipeline/schemas``, made at build time by setup.py), else the repository's
+    top-level ``schemas/`` (a checkout or an editable install: the source of truth)."""
     override = os.environ.get("LEADSTREAM_SCHEMAS_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "schemas"
+    package = Path(__file__).resolve().parent
+    bundled = package / "schemas"
+    if (bundled / "catalogue.yaml").is_file():
+        return bundled
+    return package.parent / "schemas"
 
 
 @dataclass(frozen=True)

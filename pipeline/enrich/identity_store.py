@@ -80,6 +80,7 @@ from pipeline.core.identity import (
 )
 from pipeline.core.events import TrackedEvent
 from pipeline.core.model import PersonResolution
+from pipeline.redis_client import AsyncRedisClient, RedisClient, async_client, sync_client
 
 __all__ = [
     "IdentityKeys", "RoundTrip", "ForgetResult", "IdentityStore", "SyncIdentityStore", "event_identifiers",
@@ -596,13 +597,13 @@ class _Base:
 class IdentityStore(_Base):
     """The identity graph over ``redis.asyncio.Redis`` (stage workers). See the module docstring."""
 
-    def __init__(self, client: redis.asyncio.Redis, **kwargs: Any) -> None:
+    def __init__(self, client: AsyncRedisClient, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> IdentityStore:
-        return cls(redis.asyncio.Redis.from_url(url), **kwargs)
+        return cls(async_client(url), **kwargs)  # redis+cluster://: a Redis Cluster client
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -678,13 +679,13 @@ class IdentityStore(_Base):
 class SyncIdentityStore(_Base):
     """The same store over a blocking ``redis.Redis`` (CLI import and forget)."""
 
-    def __init__(self, client: redis.Redis, **kwargs: Any) -> None:
+    def __init__(self, client: RedisClient, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client = client
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SyncIdentityStore:
-        return cls(redis.Redis.from_url(url), **kwargs)
+        return cls(sync_client(url), **kwargs)  # redis+cluster://: a Redis Cluster client
 
     def close(self) -> None:
         self.client.close()
@@ -695,7 +696,7 @@ class SyncIdentityStore(_Base):
             while True:
                 pipe = self.client.pipeline(transaction=trip.transaction)
                 for command in trip.commands:
-                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                    pipe.execute_command(*command)
                 self.round_trips += 1
                 replies = pipe.execute()
                 trip = plan.send(replies)

@@ -38,6 +38,7 @@ scored by range start cannot do in one query. IPv6 keys are exact (hex, no float
 from __future__ import annotations
 
 import functools
+import inspect
 import ipaddress
 import json
 import logging
@@ -47,10 +48,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio
+import redis.cluster
+
+from ..redis_client import async_client, cluster_options, split_cluster_url
 from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
@@ -599,7 +603,12 @@ class ReferenceStore(redis.Redis, _ReferenceReads):
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "ls", company_cache_size: int = 50_000,
                  company_cache_ttl_s: float = 60.0, **kwargs: Any) -> ReferenceStore:
+        """A store on ``url``; a ``redis+cluster://`` URL gives a :class:`ClusterReferenceStore`."""
         kwargs["decode_responses"] = True
+        if split_cluster_url(url)[0]:
+            return cast(ReferenceStore, ClusterReferenceStore.from_url(
+                url, namespace=namespace, company_cache_size=company_cache_size,
+                company_cache_ttl_s=company_cache_ttl_s, **kwargs))
         pool = redis.ConnectionPool.from_url(url, **kwargs)
         store = cls(connection_pool=pool, namespace=namespace, company_cache_size=company_cache_size,
                     company_cache_ttl_s=company_cache_ttl_s)
@@ -745,7 +754,8 @@ class AsyncReferenceStore(_ReferenceReads):
 
     def __init__(self, client: redis.asyncio.Redis, *, namespace: str = "ls", company_cache_size: int = 50_000,
                  company_cache_ttl_s: float = 60.0) -> None:
-        if not client.connection_pool.connection_kwargs.get("decode_responses"):
+        pool = getattr(client, "connection_pool", None)   # a cluster client has one per node
+        if pool is not None and not pool.connection_kwargs.get("decode_responses"):
             raise ValueError("AsyncReferenceStore needs a client with decode_responses=True")
         self.client = client
         self._init_reads(namespace, company_cache_size, company_cache_ttl_s)
@@ -754,7 +764,7 @@ class AsyncReferenceStore(_ReferenceReads):
     def from_url(cls, url: str, *, namespace: str = "ls", company_cache_size: int = 50_000,
                  company_cache_ttl_s: float = 60.0, **kwargs: Any) -> AsyncReferenceStore:
         kwargs["decode_responses"] = True
-        return cls(redis.asyncio.Redis.from_url(url, **kwargs), namespace=namespace,
+        return cls(async_client(url, **kwargs), namespace=namespace,  # type: ignore[arg-type]
                    company_cache_size=company_cache_size, company_cache_ttl_s=company_cache_ttl_s)
 
     async def aclose(self) -> None:
@@ -795,6 +805,37 @@ class AsyncReferenceStore(_ReferenceReads):
                                site: str | None = None) -> BatchLookup:
         """See :meth:`ReferenceStore.resolve_networks`."""
         return await self._run(self._plan_resolve_networks(networks, domains=domains, site=site))
+
+
+class ClusterReferenceStore(redis.cluster.RedisCluster):
+    """:class:`ReferenceStore` on a Redis Cluster (``redis+cluster://`` URL, or ``redis.cluster: true``).
+
+    ReferenceStore's methods run unchanged on the cluster client: single-key commands,
+    non-transactional pipelines (the cluster client sends each command to its key's node)
+    and a one-key script. They are ReferenceStore's own functions, attached below (one
+    source), and the class is registered as a ReferenceStore, so ``isinstance`` and the
+    type of ``ReferenceStore.from_url`` hold for both.
+    """
+
+    def __init__(self, *args: Any, namespace: str = "ls", company_cache_size: int = 50_000,
+                 company_cache_ttl_s: float = 60.0, **kwargs: Any) -> None:
+        kwargs["decode_responses"] = True
+        super().__init__(*args, **kwargs)
+        _ReferenceReads._init_reads(self, namespace, company_cache_size, company_cache_ttl_s)  # type: ignore[arg-type]
+        self._hdel_if_equal = self.register_script(_HDEL_IF_EQUAL)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> ClusterReferenceStore:
+        store = super().from_url(split_cluster_url(url)[1], **cluster_options(kwargs))
+        assert isinstance(store, ClusterReferenceStore)
+        return store
+
+
+for _klass in (_ReferenceReads, ReferenceStore):
+    for _name, _member in vars(_klass).items():
+        if inspect.isfunction(_member) and _name not in ("__init__", "from_url"):
+            setattr(ClusterReferenceStore, _name, _member)
+ReferenceStore.register(ClusterReferenceStore)
 
 
 def _store_company(into: dict[tuple[str, str], Company | None], scope: str, domain: str,

@@ -37,9 +37,9 @@ async def _seed_forever(view: LeadsView, settings: Settings, updater: ViewUpdate
 
 
 async def run_service(settings: Settings, stop: asyncio.Event) -> None:
-    if settings.redis.url is None:
+    if settings.redis.url_value is None:
         raise SystemExit("leadstream leads needs redis.url (the view lives in Redis)")
-    view = LeadsView.from_url(settings.redis.url.get_secret_value())
+    view = LeadsView.from_url(settings.redis.url_value)
     model = settings.load_scoring_model()
     updater = ViewUpdater(settings, model, view)
     server = uvicorn.Server(uvicorn.Config(create_api(settings, view), host=settings.leads.host,

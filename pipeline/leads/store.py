@@ -21,8 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-import redis.asyncio as aredis
-
+from ..redis_client import AsyncRedisClient, async_client
 from .view import STATUSES, Filter, matches, priority_at
 
 __all__ = ["ViewKeys", "LeadsView", "Page", "SUMMARY_FIELDS"]
@@ -88,13 +87,14 @@ def _s(value: Any) -> str:
 class LeadsView:
     """Reads and writes the view (see module doc). Every method is a few pipelined round trips."""
 
-    def __init__(self, client: aredis.Redis, namespace: str = "ls") -> None:
+    def __init__(self, client: AsyncRedisClient, namespace: str = "ls") -> None:
         self.client = client
         self.namespace = namespace
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "LeadsView":
-        return cls(aredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, **kwargs))
+        # a redis+cluster:// URL gives a Redis Cluster client (pipeline.redis_client)
+        return cls(async_client(url, socket_timeout=5, socket_connect_timeout=5, **kwargs))
 
     async def aclose(self) -> None:
         await self.client.aclose()

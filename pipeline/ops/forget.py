@@ -57,6 +57,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+from ..redis_client import async_client, sync_client
 from ..core.identity import IdType, hash_email, normalize_email
 from ..settings import Settings, SettingsError
 from ..topology import changelog_topic, partition_for, topic_specs, visitor_key
@@ -230,7 +231,7 @@ def read_audit(redis_url: str, site_id: str, count: int = 100) -> list[dict[str,
     """The newest ``count`` audit entries of a site, newest first."""
     import redis
 
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = sync_client(redis_url, decode_responses=True)
     try:
         entries: Any = client.xrevrange(audit_key(site_id), "+", "-", count=count)
     finally:
@@ -279,7 +280,7 @@ async def _downstream(settings: Settings, redis_url: str, subject: ErasureSubjec
 
     from ..leads.store import LeadsView
 
-    view = LeadsView(aredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10))
+    view = LeadsView(async_client(redis_url, socket_timeout=10, socket_connect_timeout=10))
     try:
         report.view_accounts_removed += await view.remove(subject.site_id, list(subject.accounts))
         if subject.person_id:
@@ -344,7 +345,7 @@ async def forget(settings: Settings, site_id: str, kind: Kind, value: str, *,
         await _downstream(settings, redis_url, ErasureSubject(site_id, result.person_id, tuple(late),
                                                               accounts=tuple(f"v:{v}" for v in late)), report)
 
-    client = aredis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
+    client = async_client(redis_url, socket_timeout=10, socket_connect_timeout=10)
     try:
         await client.xadd(audit_key(site_id), report.fields())  # type: ignore[arg-type]
     finally:

@@ -38,8 +38,12 @@ def write_mmdb(path: Path | str, entries: Iterable[tuple[str, Mapping[str, Any]]
     With ``ip_version=6`` (the default) IPv4 networks are stored at ``::/96`` like MaxMind's
     files. A more specific network inserted after a broader one wins inside it.
     """
-    from mmdb_writer import MMDBWriter
-    from netaddr import IPSet
+    try:
+        from mmdb_writer import MMDBWriter
+        from netaddr import IPSet
+    except ImportError as exc:
+        raise RuntimeError("writing the demo GeoIP databases needs the local extra: "
+                           "pip install 'leadstream[local]'") from exc
 
     writer = MMDBWriter(ip_version=ip_version, database_type=database_type, languages=["en"],
                         description={"en": description}, ipv4_compatible=ip_version == 6)

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..redis_client import sync_client
 from ..core.scoring_model import ScoringModel, load_scoring_model
 from ..settings import Settings
 
@@ -117,7 +118,7 @@ class ModelRegistry:
     @classmethod
     def from_url(cls, url: str) -> "ModelRegistry":
         import redis
-        return cls(redis.Redis.from_url(url))
+        return cls(sync_client(url))
 
     def active(self) -> ActiveModel | None:
         raw = self.client.hgetall(ACTIVE)

@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
+from ..redis_client import async_client, sync_client
 from ..codec import Codec, CodecError, make_codec
 from ..metrics import (SINK_DEAD_LETTERED, SINK_DELIVERED, SINK_DELIVERY_SECONDS, SINK_FAILED, SINK_QUEUE_DEPTH,
                        SINK_RETRIED, SINK_SCHEDULED, SINK_SKIPPED, SINK_UNDECODABLE)
@@ -385,7 +386,7 @@ class SinksProcess:
         if not s.redis.url_value:
             raise RuntimeError("redis.url is not set: the sinks keep their delivery state in Redis")
         state = DeliveryState.from_url(s.redis.url_value, s.sinks.namespace, s.sinks.state_ttl_days * 86400)
-        profiles = PersonProfiles(redis.asyncio.Redis.from_url(s.redis.url_value))
+        profiles = PersonProfiles(async_client(s.redis.url_value))  # type: ignore[arg-type]
         runtimes = build_runtimes(s, profiles, state)
         producer = AIOKafkaProducer(**producer_options(s))
         self.consumer = AIOKafkaConsumer(**s.kafka.client_options(), group_id=s.sinks.group_id,

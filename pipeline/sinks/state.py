@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import redis.asyncio
 
+from ..redis_client import async_client, sync_client
 from ..enrich.identity_store import PROFILE_PREFIX, IdentityKeys, _decode_hash
 
 DELIVERED = "delivered"
@@ -66,7 +67,7 @@ class DeliveryState:
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "ls:sinks", ttl_s: int = 400 * 86400) -> "DeliveryState":
-        return cls(redis.asyncio.Redis.from_url(url), namespace, ttl_s)
+        return cls(async_client(url), namespace, ttl_s)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import faust
 import redis.asyncio
 
+from ..redis_client import async_client, sync_client
 from .. import metrics
 from ..codec import make_codec
 from ..core.identity import IdentitySnapshot, Identifier
@@ -46,9 +47,10 @@ def build_handlers(settings: Settings) -> tuple[VisitorStage, AccountStage]:
         # asyncio clients with timeouts: a lookup or a claim awaits Redis and fails after
         # redis.socket_timeout_s (the runner then retries the record), never blocking the loop
         from ..enrich.redis_store import AsyncReferenceStore
+        from ..redis_client import async_client
         options = settings.redis.client_options()
         reference = AsyncReferenceStore.from_url(redis_url, **options)
-        quota = RedisQuota(redis.asyncio.Redis.from_url(redis_url, **options), settings.stages.quota_prefix)
+        quota = RedisQuota(async_client(redis_url, **options), settings.stages.quota_prefix)
         identity = _identity_store(redis_url, options)
         if identity is not None and not settings.stages.identity_writes:
             identity = ReadOnlyIdentity(identity)
@@ -91,7 +93,8 @@ def retryable_errors() -> tuple[type[BaseException], ...]:
     import redis.exceptions
     from aiokafka import errors as kafka_errors
     return (ConnectionError, TimeoutError, OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-            redis.exceptions.BusyLoadingError, kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError,
+            redis.exceptions.BusyLoadingError, redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+            kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError,
             kafka_errors.RequestTimedOutError, kafka_errors.NotLeaderForPartitionError,
             kafka_errors.LeaderNotAvailableError, kafka_errors.NodeNotReadyError)
 
@@ -101,7 +104,7 @@ def _identity_store(redis_url: str, options: dict[str, Any]) -> IdentityPort | N
         from ..enrich.identity_store import IdentityStore
     except ImportError:  # pragma: no cover - the module ships with the package
         return None
-    store: IdentityPort = IdentityStore(redis.asyncio.Redis.from_url(redis_url, **options))
+    store: IdentityPort = IdentityStore(async_client(redis_url, **options))
     return store
 
 
