@@ -177,16 +177,18 @@ def test_identity_graph_on_the_cluster(cluster: list[int], url: str) -> None:
 
 
 def test_quota_on_the_cluster(url: str) -> None:
-    client = sync_client(url)
-    quota = RedisQuota(client)
-    try:
-        for site in ("acme", "globex", "initech"):
-            assert quota.claim(site, "2026-12", f"{site}-lead-1", 2)
-            assert quota.claim(site, "2026-12", f"{site}-lead-2", 2)
-            assert not quota.claim(site, "2026-12", f"{site}-lead-3", 2), "over the quota"
-            assert quota.claim(site, "2026-12", f"{site}-lead-1", 2), "a claimed lead claims again"
-    finally:
-        client.close()
+    async def claims() -> None:
+        client = async_client(url)
+        quota = RedisQuota(client)
+        try:
+            for site in ("acme", "globex", "initech"):
+                assert await quota.claim(site, "2026-12", f"{site}-lead-1", 2)
+                assert await quota.claim(site, "2026-12", f"{site}-lead-2", 2)
+                assert not await quota.claim(site, "2026-12", f"{site}-lead-3", 2), "over the quota"
+                assert await quota.claim(site, "2026-12", f"{site}-lead-1", 2), "a claimed lead claims again"
+        finally:
+            await client.aclose()
+    asyncio.run(claims())
 
 
 def test_leads_view_on_the_cluster(url: str) -> None:

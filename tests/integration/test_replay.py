@@ -25,7 +25,7 @@ import yaml
 from pipeline.core.scoring_model import default_scoring_model, effective_rules, load_scoring_model
 
 from .pipeline_harness import CODEC, Pipeline, Visitor, now_ms
-from .stagekit import REPO
+from .stagekit import REPO, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -114,9 +114,9 @@ def test_replay_of_a_time_range_is_isolated_and_deterministic_and_compare_report
     live_leads = len(p.records("qualified_leads"))
     redis_before = redis_state(redis_server.url)
 
-    # a model that asks for more intent, with a quota (the replay's quota must be its own)
+    # a model that weighs intent differently (more generous), with a quota (the replay's quota must be its own)
     strict = model_file(tmp_path, "strict", version="strict-1",
-                        intent={"saturation_points": 120}, qualification={"cooldown_days": 30, "monthly_quota": 50})
+                        intent={"saturation_points": 50}, qualification={"cooldown_days": 30, "monthly_quota": 50})
     strict_model = load_scoring_model(strict.read_text())
     names = [f"r{i}-{uuid.uuid4().hex[:8]}" for i in range(2)]
     summaries = []
@@ -164,8 +164,8 @@ def test_replay_of_a_time_range_is_isolated_and_deterministic_and_compare_report
     assert site["live_only"] >= 2  # the job seeker and the public-sector reader lie outside the range
     assert {c["account"] for c in site["gained"]} == (replay_latest - live_latest) & accounts
     assert {c["account"] for c in site["lost"]} == (live_latest - replay_latest) & accounts
-    assert site["score_changes"], "a model with twice the saturation scores intent lower"
-    assert all(c["intent_delta"] < 0 for c in site["score_changes"])
+    assert site["score_changes"], "a model with a lower saturation scores intent higher"
+    assert all(c["intent_delta"] > 0 for c in site["score_changes"])
     site_rules = p.settings.site("acme").rules  # type: ignore[union-attr]
     acme_digest = effective_rules(strict_model, site_rules).model_digest  # the site's overrides are in it
     assert acme_digest != strict_model.digest
