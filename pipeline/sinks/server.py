@@ -1,4 +1,5 @@
-"""The sinks process's small HTTP server: ``/metrics`` (Prometheus) and ``/health``."""
+"""The sinks process's small HTTP server: ``/metrics`` (Prometheus), ``/health``, and the routes the
+email sinks add (unsubscribe pages, the inbound-parse webhook: :mod:`.inbound`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-async def serve_http(host: str, port: int, health: Health) -> Callable[[], Awaitable[None]]:
+Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+
+
+async def serve_http(host: str, port: int, health: Health, routes: list[Route] | None = None,
+                     ) -> Callable[[], Awaitable[None]]:
     """Start serving; returns the coroutine function that stops it."""
 
     async def metrics(_request: web.Request) -> web.Response:
@@ -25,6 +30,8 @@ async def serve_http(host: str, port: int, health: Health) -> Callable[[], Await
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", healthz)
+    for method, path, handler in routes or ():
+        app.router.add_route(method, path, handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
