@@ -14,6 +14,7 @@ characters with ``reply+``, under the 64 a local part may have.
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import hmac
 import re
@@ -33,6 +34,9 @@ from ..settings import EmailBasis, EmailConsent, NurtureSinkSettings, NurtureSte
 from .replies import new_text
 
 PURPOSES = ("reply", "unsubscribe", "bounce")
+# CRLF, and lines up to RFC 5322's 998: a List-Unsubscribe URL longer than 78 characters must stay
+# one word, never RFC 2047-encoded (mail clients would not find the link)
+WIRE = email.policy.SMTP.clone(max_line_length=998)
 GRANTED = frozenset({"granted", "yes", "true", "1", "opt_in", "opt-in", "opted_in", "subscribed"})
 DENIED = frozenset({"denied", "no", "false", "0", "opt_out", "opt-out", "opted_out", "unsubscribed"})
 _TOKEN = re.compile(r"^[0-9a-f]{36}$")
@@ -167,7 +171,7 @@ def build_message(config: NurtureSinkSettings, rendered: Rendered, to: str, to_n
                   message_id: str, thread: Iterable[str] = (), now: float | None = None) -> EmailMessage:
     """One step as a MIME message: From the site's domain, Reply-To the sequence's reply address,
     RFC 8058 one-click unsubscribe headers, threaded (In-Reply-To/References) on the earlier steps."""
-    msg = EmailMessage()
+    msg = EmailMessage(policy=WIRE)
     msg["From"] = config.from_address
     msg["To"] = formataddr((to_name, to)) if to_name else to
     msg["Subject"] = rendered.subject
@@ -213,8 +217,7 @@ def dkim_sign(message: bytes, selector: str, domain: str, private_key: bytes,
 
 def as_bytes(msg: EmailMessage) -> bytes:
     """The wire form (CRLF line ends, what DKIM signs and SMTP sends)."""
-    from email import policy
-    return msg.as_bytes(policy=policy.SMTP)
+    return msg.as_bytes(policy=WIRE)
 
 
 # -- the hand-off ----------------------------------------------------------------------------------

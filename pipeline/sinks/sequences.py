@@ -59,13 +59,14 @@ for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], member) end
 return due
 """
 
-# KEYS: seq, due, claim, suppressed. ARGV: id, step, owner, lease ms
+# KEYS: seq, due, claim, suppressed. ARGV: id, step, owner, lease ms, now ms
 _TAKE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then redis.call('ZREM', KEYS[2], ARGV[1]); return 'gone' end
 if status ~= 'active' then redis.call('ZREM', KEYS[2], ARGV[1]); return status end
 if redis.call('HGET', KEYS[1], 'step') ~= ARGV[2] then return 'moved' end
 if redis.call('HEXISTS', KEYS[1], 'sent:' .. ARGV[2]) == 1 then return 'sent' end
+if tonumber(redis.call('HGET', KEYS[1], 'due_at') or '0') > tonumber(ARGV[5]) then return 'early' end
 if redis.call('SISMEMBER', KEYS[4], redis.call('HGET', KEYS[1], 'email_hash')) == 1 then
   redis.call('HSET', KEYS[1], 'status', 'stopped', 'reason', 'suppressed')
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -88,7 +89,7 @@ if ARGV[7] == '' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end
-redis.call('HSET', KEYS[1], 'step', tonumber(n) + 1)
+redis.call('HSET', KEYS[1], 'step', tonumber(n) + 1, 'due_at', ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
 return 1
 """
@@ -186,7 +187,8 @@ class SequenceStore:
         (this person already has one from this sink: it is never restarted) or ``suppressed``."""
         fields = {"site": site_id, "sink": sink, "person": person_id, "email": email, "email_hash": email_hash,
                   "lead": json.dumps(lead, separators=(",", ":")), "profile": json.dumps(dict(profile)),
-                  "step": 0, "status": ACTIVE, "reason": "", "attempts": 0, "started": now_ms()}
+                  "step": 0, "status": ACTIVE, "reason": "", "attempts": 0, "started": now_ms(),
+                  "due_at": first_due_ms}
         flat: list[Any] = [x for kv in fields.items() for x in kv]
         result = await self._start(
             keys=[self._seq(seq_id), self._due(sink), self._person(site_id, person_id),
@@ -209,10 +211,11 @@ class SequenceStore:
 
     async def take(self, seq: Sequence, owner: str, lease_ms: int) -> str:
         """``ok`` when this process may send ``seq``'s next step now; else why not (``stopped``,
-        ``done``, ``moved``, ``sent``, ``suppressed``, ``busy``, ``gone``)."""
+        ``done``, ``moved``, ``sent``, ``early``: not due yet, ``suppressed``, ``busy``: another
+        process holds the claim, ``gone``)."""
         result = await self._take(keys=[self._seq(seq.seq_id), self._due(seq.sink), self._claim(seq.seq_id, seq.step),
                                         self._suppressed(seq.site_id)],
-                                  args=[seq.seq_id, seq.step, owner, lease_ms])
+                                  args=[seq.seq_id, seq.step, owner, lease_ms, now_ms()])
         return result.decode() if isinstance(result, bytes) else str(result)
 
     async def record_sent(self, seq: Sequence, message_id: str, subject: str, text: str,
@@ -229,7 +232,10 @@ class SequenceStore:
         if attempts >= max_attempts:
             await self.stop(seq.seq_id, f"failed: {error}"[:300])
             return False
-        await self.client.zadd(self._due(seq.sink), {seq.seq_id: due_ms}, xx=True)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self._seq(seq.seq_id), "due_at", due_ms)
+        pipe.zadd(self._due(seq.sink), {seq.seq_id: due_ms}, xx=True)
+        await pipe.execute()
         return True
 
     async def stop(self, seq_id: str, reason: str) -> bool:

@@ -108,6 +108,7 @@ def test_a_step_renders_the_lead_and_carries_the_unsubscribe_headers_and_link() 
     assert msg["List-Unsubscribe"] == (f"<mailto:{addresses.unsubscribe_mailto}?subject=unsubscribe>, "
                                        f"<{addresses.unsubscribe_url}>")
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert f"List-Unsubscribe: <mailto:{addresses.unsubscribe_mailto}?".encode() in raw   # as is, not RFC 2047
     text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
     html = msg.get_body(("html",)).get_content()
     assert text.startswith("Hi Dana,\nsaw Brightpath Analytics Inc. looking at pricing.")
