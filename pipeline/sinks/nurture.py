@@ -53,21 +53,38 @@ class SmtpMailer:
     def __init__(self, smtp: SmtpSettings) -> None:
         self.smtp = smtp
 
-    async def send(self, sender: str, recipient: str, message: bytes) -> None:
-        """Raises :class:`SendError`; ``permanent`` for a 5xx refusal (a hard bounce)."""
+    async def send(self, sender: str, recipient: str, message: bytes,
+                   accepted: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Raises :class:`SendError`; ``permanent`` for a 5xx refusal (a hard bounce). ``accepted`` runs
+        as soon as the server has taken the message, before QUIT, so the caller records it one round
+        trip sooner; once the server has the message nothing raises SendError any more (that would
+        send it again)."""
         import aiosmtplib
         s = self.smtp
+        client = aiosmtplib.SMTP(hostname=s.host, port=s.port, use_tls=s.tls,
+                                 start_tls=s.starttls if not s.tls else False, timeout=s.timeout_s)
+        taken = False
         try:
-            await aiosmtplib.send(message, sender=sender, recipients=[recipient], hostname=s.host, port=s.port,
-                                  username=s.username, password=s.password.get_secret_value() if s.password else None,
-                                  use_tls=s.tls, start_tls=s.starttls if not s.tls else False, timeout=s.timeout_s)
+            async with client:
+                if s.username:
+                    await client.login(s.username, s.password.get_secret_value() if s.password else "")
+                await client.sendmail(sender, [recipient], message)
+                taken = True
+                if accepted is not None:
+                    await accepted()
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             raise SendError(f"recipient refused: {'; '.join(str(r) for r in exc.recipients)}"[:500],
                             all(c >= 500 for c in codes)) from exc
         except aiosmtplib.SMTPResponseException as exc:
+            if taken:
+                log.warning("SMTP %s: message to %s accepted, then: %s", s.host, recipient, exc)
+                return
             raise SendError(f"SMTP {exc.code}: {exc.message}"[:500], exc.code >= 500) from exc
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            if taken:
+                log.warning("SMTP %s: message to %s accepted, then: %s", s.host, recipient, exc)
+                return
             raise SendError(f"{type(exc).__name__}: {exc}"[:500], False) from exc
 
 
@@ -165,8 +182,27 @@ class NurtureSink:
         name = seq.profile.get("name") or " ".join(
             p for p in (seq.profile.get("first_name"), seq.profile.get("last_name")) if p)
         msg = build_message(self.config, rendered, seq.email, name, addresses, message_id, seq.message_ids)
+        following = seq.step + 1
+        next_due = now_ms() + int(self.config.steps[following].delay * 1000) if following < len(self.config.steps) \
+            else None
+
+        async def record() -> None:
+            # the one window: a crash between the server's 250 and this write sends the step again
+            # after the lease (see the sequences module doc); recorded before QUIT to keep it short,
+            # and a failed write is retried (never the send) while the claim lasts
+            for attempt in range(max(1, int(self.settings.sinks.lease_s / 0.5))):
+                try:
+                    await self.store.record_sent(seq, message_id, rendered.subject, rendered.text, next_due)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("email %s: cannot record step %d of %s (%s); trying again", self.key,
+                                seq.step + 1, seq.seq_id, exc)
+                    await asyncio.sleep(0.5)
+
         try:
-            await self.mailer.send(addresses.bounce, seq.email, self.signed(msg))
+            await self.mailer.send(addresses.bounce, seq.email, self.signed(msg), record)
         except SendError as exc:
             if exc.permanent:
                 await self.store.stop(seq.seq_id, f"bounce: {exc}"[:300])
@@ -178,11 +214,6 @@ class NurtureSink:
                     NURTURE_STOPPED.labels(self.key, "failed").inc()
             log.warning("email %s: step %d of %s not sent: %s", self.key, seq.step + 1, seq.seq_id, exc)
             return False
-        # the one window: a crash here sends this step again after the lease (sequences module doc)
-        following = seq.step + 1
-        next_due = now_ms() + int(self.config.steps[following].delay * 1000) if following < len(self.config.steps) \
-            else None
-        await self.store.record_sent(seq, message_id, rendered.subject, rendered.text, next_due)
         NURTURE_SENT.labels(self.key, str(seq.step + 1)).inc()
         return True
 
