@@ -29,6 +29,7 @@ import jinja2
 import jinja2.sandbox
 import markupsafe
 
+from ..core.email_consent import DENIED, GRANTED
 from ..core.identity import normalize_email
 from ..settings import EmailBasis, EmailConsent, NurtureSinkSettings, NurtureStep
 from .replies import new_text
@@ -37,8 +38,6 @@ PURPOSES = ("reply", "unsubscribe", "bounce")
 # CRLF, and lines up to RFC 5322's 998: a List-Unsubscribe URL longer than 78 characters must stay
 # one word, never RFC 2047-encoded (mail clients would not find the link)
 WIRE = email.policy.SMTP.clone(max_line_length=998)
-GRANTED = frozenset({"granted", "yes", "true", "1", "opt_in", "opt-in", "opted_in", "subscribed"})
-DENIED = frozenset({"denied", "no", "false", "0", "opt_out", "opt-out", "opted_out", "unsubscribed"})
 _TOKEN = re.compile(r"^[0-9a-f]{36}$")
 _LOCAL = re.compile(r"^(reply|unsubscribe|bounce)\+([0-9A-Fa-f]{36})$")
 

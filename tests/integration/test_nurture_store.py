@@ -46,12 +46,13 @@ def mail() -> Iterator[MailReceiver]:
         m.stop()
 
 
-def settings_for(mail: MailReceiver, delays: tuple[float, ...] = (0, 0.5)) -> Settings:
+def settings_for(mail: MailReceiver, delays: tuple[float, ...] = (0, 0.5), inbound_token: str | None = None) -> Settings:
     steps = [{"delay": d, "subject": f"Step {i + 1} for {{{{ company.name }}}}", "text": f"Hello {{{{ person.first_name }}}}, "
               f"step {i + 1}."} for i, d in enumerate(delays)]
     return Settings.model_validate({
         "identity_salt": "salt-for-the-nurture-tests", "sinks": {"lease_s": 2.0, "email": {
-            "token_secret": "nurture-test-secret-0123456789", "public_url": "http://127.0.0.1:1"}},
+            "token_secret": "nurture-test-secret-0123456789", "public_url": "http://127.0.0.1:1",
+            "inbound_token": inbound_token}},
         "sites": [{"site_id": "acme", "hosts": ["www.acme.example"], "sinks": [{
             "type": "email", "name": "nurture", "from_address": "Sam <sam@acme.example>",
             "reply_domain": "reply.acme.example", "owner_address": "sales@acme.example", "steps": steps,
@@ -188,3 +189,44 @@ async def test_a_hard_bounce_at_send_time_stops_the_sequence(rig: Rig, mail: Mai
     seq_ids = [k async for k in sink.store.client.scan_iter(f"{sink.store.ns}:seq:*")]
     [seq] = [await sink.store.get(k.decode().rsplit(":", 1)[1]) for k in seq_ids]
     assert seq is not None and seq.status == "stopped" and seq.reason.startswith("bounce")
+
+
+async def test_the_inbound_parse_webhook_takes_raw_mime_and_provider_forms(redis_server: RedisServer,
+                                                                          mail: MailReceiver) -> None:
+    import aiohttp
+
+    from pipeline.local.kafka import free_port
+    from pipeline.sinks.inbound import email_routes
+    from pipeline.sinks.server import serve_http
+    rig = Rig(redis_server.url, settings_for(mail, inbound_token="inbound-token-123"))
+    sink = rig.sink()
+    desk = ReplyDesk(rig.settings, sink.store, {sink.key: sink})
+    port = free_port()
+    stop = await serve_http("127.0.0.1", port, lambda: (True, {}), email_routes(rig.settings, sink.store, desk))
+    try:
+        addresses = {pid: await rig.profile(pid) for pid in ("w-1", "w-2")}
+        for pid in addresses:
+            await sink.deliver(person_lead(pid))
+        assert await sink.send_due() == 2
+        reply_to = {pid: email.message_from_bytes(mail.to(a)[0])["Reply-To"] for pid, a in addresses.items()}
+        url = f"http://127.0.0.1:{port}/email/inbound"
+        raw = f"To: {reply_to['w-1']}\r\nSubject: Re: hi\r\n\r\nPlease remove me from your list.\r\n".encode()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=raw, headers={"content-type": "message/rfc822"}) as r:
+                assert r.status == 401                                        # no token
+            async with http.post(url, data=raw, headers={"content-type": "message/rfc822",
+                                                         "authorization": "Bearer inbound-token-123"}) as r:
+                assert r.status == 200 and (await r.json())["status"] == "unsubscribe"
+            form = aiohttp.FormData()                                         # SendGrid Inbound Parse, raw mode
+            form.add_field("email", "Subject: Re: hi\r\n\r\nNot interested, thanks.\r\n")
+            form.add_field("envelope", json.dumps({"to": [reply_to["w-2"]], "from": addresses["w-2"]}))
+            async with http.post(url + "?token=inbound-token-123", data=form) as r:
+                assert r.status == 200 and (await r.json())["status"] == "negative"
+            async with http.get(f"http://127.0.0.1:{port}/unsubscribe/{'0' * 36}") as r:
+                assert r.status == 404
+        seqs = {pid: await sink.store.get(email.message_from_bytes(mail.to(a)[0])["Reply-To"][6:26])
+                for pid, a in addresses.items()}
+        assert [(s.status, s.reason) for s in seqs.values() if s] == [("stopped", "unsubscribed"),
+                                                                      ("stopped", "reply: negative")]
+    finally:
+        await stop()

@@ -172,3 +172,73 @@ def test_settings_parse_delays_and_refuse_bad_templates_and_misaligned_dkim() ->
     with pytest.raises(ValueError, match="exactly one"):
         sink(dkim={"selector": "s"})
     assert "BEGIN" not in json.dumps(config.model_dump(mode="json"))  # the key is masked
+
+
+def test_the_people_import_reads_email_consent_in_the_vocabulary_the_sink_uses() -> None:
+    from pydantic import ValidationError
+
+    from pipeline.ops.identity_import import PersonRow
+    row = PersonRow.model_validate({"email": "dana@brightpath-analytics.example", "email_consent": "Opt-In"})
+    assert row.to_identity().profile["email_consent"] == "granted"
+    assert PersonRow.model_validate({"email": "a@b.example", "email_consent": "no"}).email_consent == "denied"
+    assert PersonRow.model_validate({"email": "a@b.example", "email_consent": ""}).email_consent is None
+    with pytest.raises(ValidationError, match="email_consent"):
+        PersonRow.model_validate({"email": "a@b.example", "email_consent": "maybe"})
+
+
+def _site_settings(tmp_path: Path, site: dict[str, Any], email: dict[str, Any] | None = None) -> Any:
+    import yaml
+
+    from pipeline.settings import load_settings
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"sinks": {"email": email if email is not None else {"token_secret": "x" * 32}},
+                                    "sites": [site]}))
+    return load_settings(path)
+
+
+EMAIL_SINK = {"type": "email", "name": "nurture", "from_address": "sam@acme.example", "reply_domain": "reply.acme.example",
+              "owner_address": "sales@acme.example", "steps": [{"subject": "s", "text": "t"}],
+              "smtp": {"password": "smtp-secret-value"}}
+
+
+def test_the_from_address_must_be_on_the_sites_own_domain_and_a_token_secret_is_required(tmp_path: Path) -> None:
+    from pipeline.settings import SettingsError
+    ok = _site_settings(tmp_path, {"site_id": "acme", "allowed_origins": ["https://www.acme.example"],
+                                   "sinks": [EMAIL_SINK]})
+    assert ok.sites[0].sinks[0].type == "email"
+    assert "smtp-secret-value" not in json.dumps(ok.model_dump(mode="json"))
+    assert _site_settings(tmp_path, {"site_id": "acme", "hosts": ["acme.example"],
+                                     "sinks": [{**EMAIL_SINK, "type": "nurture",
+                                                "from_address": "Sam <sam@mail.acme.example>"}]})
+    with pytest.raises(SettingsError, match="not one of the site's own domains"):
+        _site_settings(tmp_path, {"site_id": "acme", "hosts": ["www.acme.example"],
+                                  "sinks": [{**EMAIL_SINK, "from_address": "sam@gmail.example"}]})
+    with pytest.raises(SettingsError, match="token_secret"):
+        _site_settings(tmp_path, {"site_id": "acme", "hosts": ["www.acme.example"], "sinks": [EMAIL_SINK]}, email={})
+
+
+def test_configured_reply_rules_replace_the_built_in_ones() -> None:
+    from pipeline.settings import Settings
+    from pipeline.sinks.nurture import NurtureSink
+    from pipeline.sinks.replies import ReplyClass, classify_reply
+    settings = Settings.model_validate({"identity_salt": "s" * 20, "sinks": {"email": {"token_secret": "x" * 32}},
+                                        "sites": [{"site_id": "acme", "hosts": ["acme.example"], "sinks": [
+                                            {**EMAIL_SINK, "reply_rules": {"positive": [r"\bja\b", "gerne"]}}]}]})
+    site = settings.sites[0]
+    config = site.sinks[0]
+    assert isinstance(config, NurtureSinkSettings)
+    sink_ = NurtureSink(site, config, settings, store=None)  # type: ignore[arg-type]
+    assert classify_reply({}, "Re: x", "Ja, gerne!", sink_.reply_rules).kind is ReplyClass.positive
+    assert classify_reply({}, "Re: x", "Let's book a demo", sink_.reply_rules).kind is ReplyClass.other
+    assert classify_reply({}, "Re: x", "Not interested", sink_.reply_rules).kind is ReplyClass.negative
+
+
+def test_the_slack_and_crm_hand_offs_carry_the_summary() -> None:
+    from pipeline.sinks.nurture import handoff_blocks, note_body
+    reply = email.message_from_bytes(b"From: dana@b.example\r\nSubject: Re: x\r\n\r\nSend pricing <now> please\r\n")
+    h = hand_off(LEAD, PROFILE, PROFILE["email"], [], reply, "positive")
+    blocks = handoff_blocks(h)
+    assert blocks["text"] == h.subject and len(blocks["blocks"]) == 3
+    assert "*What they asked:* Send pricing &lt;now&gt; please" in blocks["blocks"][1]["text"]["text"]
+    body = note_body(h)
+    assert "Send pricing &lt;now&gt; please" in body and "<script" not in body
