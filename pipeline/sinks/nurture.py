@@ -24,10 +24,10 @@ import logging
 import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence as Seq
 
 from ..core.identity import hash_email, normalize_email
-from ..metrics import NURTURE_INBOUND, NURTURE_SENT, NURTURE_STOPPED
+from ..metrics import NURTURE_INBOUND, NURTURE_SENT, NURTURE_STOPPED, SINK_SKIPPED
 from ..settings import (HubSpotSinkSettings, NurtureSinkSettings, Settings, SiteSettings, SlackSinkSettings,
                         SmtpSettings)
 from .base import Delivered, Failed, Http, NoProfiles, Outcome, ProfilePort, TransportError, person_profile
@@ -133,6 +133,7 @@ class NurtureSink:
         suppressed = bool(address) and await self.store.is_suppressed(self.site.site_id, email_hash)
         refusal = nurture_refusal(lead, profile, self.site.consent.email, suppressed)
         if refusal is not None:
+            SINK_SKIPPED.labels(self.key, f"nurture_{refusal}").inc()
             return Delivered(f"no sequence: {refusal}")
         assert address is not None
         person_id = str(lead["person"]["person_id"])
@@ -307,7 +308,7 @@ class ReplyDesk:
     def ours(self, address: str) -> bool:
         return read_address(self.secret, address) is not None
 
-    async def receive(self, raw: bytes, envelope_recipients: list[str] = ()) -> InboundResult:  # type: ignore[assignment]
+    async def receive(self, raw: bytes, envelope_recipients: Seq[str] = ()) -> InboundResult:
         """Handle one inbound message. Raises when a hand-off failed (answer 4xx/5xx so it is sent again)."""
         message = email.message_from_bytes(raw, policy=email.policy.default)
         for address in recipients(message, envelope_recipients):
@@ -346,7 +347,9 @@ class ReplyDesk:
         return targets
 
     async def _slack(self, cfg: SlackSinkSettings, handoff: HandOff) -> None:
-        http = self._http.setdefault(f"slack:{cfg.name}:{id(cfg)}", Http(cfg.timeout_s))
+        http = self._http.get(cfg.name)
+        if http is None:
+            http = self._http[cfg.name] = Http(cfg.timeout_s)
         try:
             response = await http.request("POST", cfg.webhook_url.get_secret_value(),
                                           json_body=handoff_blocks(handoff))
