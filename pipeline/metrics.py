@@ -108,6 +108,9 @@ NURTURE_SENT = Counter(
 NURTURE_STOPPED = Counter(
     "leadstream_sink_nurture_stopped_total", "Nurture sequences stopped early, per email sink and reason "
     "(reply, unsubscribed, bounce, suppressed, failed).", ["sink", "reason"])
+NURTURE_SCHEDULED = Gauge(
+    "leadstream_sink_nurture_scheduled", "Active nurture sequences waiting for their next step, per email sink.",
+    ["sink"])
 NURTURE_INBOUND = Counter(
     "leadstream_sink_nurture_inbound_total", "Inbound mail to a sequence's addresses, per email sink and class "
     "(automatic, unsubscribe, negative, positive, other, bounce).", ["sink", "kind"])

@@ -726,6 +726,11 @@ class Settings(BaseSettings):
                 isinstance(sink, NurtureSinkSettings) for site in self.sites for sink in site.sinks):
             raise ValueError("sinks.email.token_secret is required with an email sink (it signs unsubscribe "
                              "links and reply addresses): set a long random secret")
+        for site in self.sites:
+            if site.email_salt is None and self.identity_salt is None and any(
+                    isinstance(sink, NurtureSinkSettings) for sink in site.sinks):
+                raise ValueError(f"site {site.site_id}: an email sink needs identity_salt (or the site's "
+                                 "email_salt): the suppression list keeps salted email hashes")
         return self
 
     def site(self, site_id: str) -> SiteSettings | None:

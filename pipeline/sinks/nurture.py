@@ -27,7 +27,7 @@ from email.message import EmailMessage, Message
 from typing import Any, Awaitable, Callable, Mapping, Sequence as Seq
 
 from ..core.identity import hash_email, normalize_email
-from ..metrics import NURTURE_INBOUND, NURTURE_SENT, NURTURE_STOPPED, SINK_SKIPPED
+from ..metrics import NURTURE_INBOUND, NURTURE_SCHEDULED, NURTURE_SENT, NURTURE_STOPPED, SINK_SKIPPED
 from ..settings import (HubSpotSinkSettings, NurtureSinkSettings, Settings, SiteSettings, SlackSinkSettings,
                         SmtpSettings)
 from .base import Delivered, Failed, Http, NoProfiles, Outcome, ProfilePort, TransportError, person_profile
@@ -157,6 +157,7 @@ class NurtureSink:
     async def send_due(self) -> int:
         """Send every step due now (``concurrency`` at a time); returns how many went out."""
         ids = await self.store.claim_due(self.key, 100, self.lease_ms)
+        NURTURE_SCHEDULED.labels(self.key).set(await self.store.scheduled(self.key))
         if not ids:
             return 0
         gate = asyncio.Semaphore(self.config.concurrency)

@@ -186,13 +186,14 @@ def test_the_people_import_reads_email_consent_in_the_vocabulary_the_sink_uses()
         PersonRow.model_validate({"email": "a@b.example", "email_consent": "maybe"})
 
 
-def _site_settings(tmp_path: Path, site: dict[str, Any], email: dict[str, Any] | None = None) -> Any:
+def _site_settings(tmp_path: Path, site: dict[str, Any], email: dict[str, Any] | None = None,
+                   salt: bool = True) -> Any:
     import yaml
 
     from pipeline.settings import load_settings
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"sinks": {"email": email if email is not None else {"token_secret": "x" * 32}},
-                                    "sites": [site]}))
+                                    "sites": [site], **({"identity_salt": "s" * 20} if salt else {})}))
     return load_settings(path)
 
 
@@ -201,7 +202,7 @@ EMAIL_SINK = {"type": "email", "name": "nurture", "from_address": "sam@acme.exam
               "smtp": {"password": "smtp-secret-value"}}
 
 
-def test_the_from_address_must_be_on_the_sites_own_domain_and_a_token_secret_is_required(tmp_path: Path) -> None:
+def test_the_from_address_must_be_on_the_sites_own_domain_and_a_token_secret_and_salt_are_required(tmp_path: Path) -> None:
     from pipeline.settings import SettingsError
     ok = _site_settings(tmp_path, {"site_id": "acme", "allowed_origins": ["https://www.acme.example"],
                                    "sinks": [EMAIL_SINK]})
@@ -215,6 +216,9 @@ def test_the_from_address_must_be_on_the_sites_own_domain_and_a_token_secret_is_
                                   "sinks": [{**EMAIL_SINK, "from_address": "sam@gmail.example"}]})
     with pytest.raises(SettingsError, match="token_secret"):
         _site_settings(tmp_path, {"site_id": "acme", "hosts": ["www.acme.example"], "sinks": [EMAIL_SINK]}, email={})
+    with pytest.raises(SettingsError, match="identity_salt"):
+        _site_settings(tmp_path, {"site_id": "acme", "hosts": ["www.acme.example"], "sinks": [EMAIL_SINK]},
+                       salt=False)
 
 
 def test_configured_reply_rules_replace_the_built_in_ones() -> None:
