@@ -300,3 +300,18 @@ class SequenceStore:
 
     async def scheduled(self, sink: str) -> int:
         return int(await self.client.zcard(self._due(sink)))
+
+
+def stop_sequences_sync(redis_url: str, site_id: str, person_id: str | None = None, email_hash: str | None = None,
+                        namespace: str = "ls:sinks", reason: str = "erased", forget: bool = True) -> int:
+    """:meth:`SequenceStore.stop_sequences` for synchronous callers (the ``forget`` CLI); not from a running loop."""
+    import asyncio
+
+    async def run() -> int:
+        store = SequenceStore.from_url(redis_url, namespace)
+        try:
+            return await store.stop_sequences(site_id, person_id, email_hash, reason, forget)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())

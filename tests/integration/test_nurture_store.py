@@ -180,6 +180,20 @@ async def test_erasure_hook_stops_and_forgets_a_persons_sequences(rig: Rig, mail
     assert not [k for k in keys if b"p-8" in k or b":seq:" in k], keys
 
 
+def test_the_sync_erasure_hook_by_email_hash(redis_server: RedisServer, mail: MailReceiver) -> None:
+    from pipeline.sinks.sequences import stop_sequences_sync
+    rig = Rig(redis_server.url, settings_for(mail))
+
+    async def start() -> str:
+        address = await rig.profile("p-10")
+        await rig.sink().deliver(person_lead("p-10"))
+        return email_hash_for(rig.settings, rig.settings.sites[0], address)
+
+    email_hash = asyncio.run(start())
+    assert stop_sequences_sync(redis_server.url, "acme", email_hash=email_hash, namespace=rig.ns) == 1
+    assert stop_sequences_sync(redis_server.url, "acme", email_hash=email_hash, namespace=rig.ns) == 0
+
+
 async def test_a_hard_bounce_at_send_time_stops_the_sequence(rig: Rig, mail: MailReceiver) -> None:
     sink = rig.sink()
     address = await rig.profile("p-9")
