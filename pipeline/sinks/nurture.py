@@ -23,7 +23,9 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.message import EmailMessage, Message
+from email.utils import format_datetime
 from typing import Any, Awaitable, Callable, Mapping, Sequence as Seq
 
 from ..core.identity import hash_email, normalize_email
@@ -179,7 +181,15 @@ class NurtureSink:
             return False
         step = self.config.steps[seq.step]
         addresses = Addresses.of(self.secret, seq.seq_id, self.config.reply_domain, self.public_url)
-        rendered = render_step(step, template_context(seq.lead, seq.profile, addresses.unsubscribe_url, seq.step + 1))
+        try:
+            rendered = render_step(step, template_context(seq.lead, seq.profile, addresses.unsubscribe_url,
+                                                          seq.step + 1))
+        except Exception as exc:  # a template that fails on this lead's data: never retried into a loop
+            log.error("email %s: step %d of %s does not render (%s: %s); sequence stopped", self.key, seq.step + 1,
+                      seq.seq_id, type(exc).__name__, exc)
+            await self.store.stop(seq.seq_id, f"template error in step {seq.step + 1}: {exc}"[:300])
+            NURTURE_STOPPED.labels(self.key, "template_error").inc()
+            return False
         message_id = new_message_id(seq.seq_id, seq.step, self.config.from_domain)
         name = seq.profile.get("name") or " ".join(
             p for p in (seq.profile.get("first_name"), seq.profile.get("last_name")) if p)
@@ -244,8 +254,9 @@ class NurtureSink:
             NURTURE_STOPPED.labels(self.key, "reply").inc()
         if kind is ReplyClass.negative:
             return str(kind.value)
-        handoff = hand_off(seq.lead, seq.profile, seq.email,
-                           [(str(at), subject, text) for _, _, at, subject, text in seq.sent], message, kind.value)
+        sent = [(format_datetime(datetime.fromtimestamp(at / 1000, timezone.utc)), subject, text)
+                for _, _, at, subject, text in seq.sent]
+        handoff = hand_off(seq.lead, seq.profile, seq.email, sent, message, kind.value)
         digest = hashlib.sha256(str(message.get("Message-ID") or reply_text(message)).encode()).hexdigest()[:16]
         targets: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("owner", lambda: self._to_owner(handoff, message))]

@@ -244,3 +244,21 @@ async def test_the_inbound_parse_webhook_takes_raw_mime_and_provider_forms(redis
                                                                       ("stopped", "reply: negative")]
     finally:
         await stop()
+
+
+async def test_a_template_that_fails_on_a_leads_data_stops_that_sequence_only(redis_server: RedisServer,
+                                                                              mail: MailReceiver) -> None:
+    settings = settings_for(mail)
+    data = settings.model_dump(mode="python")
+    data["sinks"]["email"]["token_secret"] = "nurture-test-secret-0123456789"
+    data["identity_salt"] = "salt-for-the-nurture-tests"
+    data["sites"][0]["sinks"][0]["steps"][0]["subject"] = "{{ lead.company.name.upper() }} {{ 1 // person.zero }}"
+    rig = Rig(redis_server.url, Settings.model_validate(data))
+    sink = rig.sink()
+    address = await rig.profile("p-11", zero="0")
+    await sink.deliver(person_lead("p-11"))
+    assert await sink.send_due() == 0 and mail.to(address) == []
+    [key] = [k async for k in sink.store.client.scan_iter(f"{sink.store.ns}:seq:*")]
+    seq = await sink.store.get(key.decode().rsplit(":", 1)[1])
+    assert seq is not None and seq.status == "stopped" and seq.reason.startswith("template error in step 1")
+    assert await sink.store.scheduled(sink.key) == 0
