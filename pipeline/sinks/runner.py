@@ -435,7 +435,9 @@ class SinksProcess:
                                              s.sinks.email.max_message_bytes)
                 log.info("sinks: inbound SMTP listener on %s:%d", s.sinks.email.inbound_host,
                          s.sinks.email.inbound_port)
-        http = await serve_http(s.sinks.host, s.sinks.port, self.health, routes) if s.sinks.port else None
+        http = await serve_http(s.sinks.host, s.sinks.port, self.health, routes,
+                                max(1024 ** 2, s.sinks.email.max_message_bytes if routes else 0)) \
+            if s.sinks.port else None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)

@@ -16,7 +16,7 @@ Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 
 async def serve_http(host: str, port: int, health: Health, routes: list[Route] | None = None,
-                     ) -> Callable[[], Awaitable[None]]:
+                     max_body_bytes: int = 1024 ** 2) -> Callable[[], Awaitable[None]]:
     """Start serving; returns the coroutine function that stops it."""
 
     async def metrics(_request: web.Request) -> web.Response:
@@ -27,7 +27,7 @@ async def serve_http(host: str, port: int, health: Health, routes: list[Route] |
         return web.Response(status=200 if ok else 503, text=json.dumps({"ok": ok, **detail}),
                             content_type="application/json")
 
-    app = web.Application()
+    app = web.Application(client_max_size=max_body_bytes)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", healthz)
     for method, path, handler in routes or ():
