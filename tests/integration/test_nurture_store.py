@@ -262,3 +262,34 @@ async def test_a_template_that_fails_on_a_leads_data_stops_that_sequence_only(re
     seq = await sink.store.get(key.decode().rsplit(":", 1)[1])
     assert seq is not None and seq.status == "stopped" and seq.reason.startswith("template error in step 1")
     assert await sink.store.scheduled(sink.key) == 0
+
+
+async def test_the_erasure_hook_stops_by_person_id_email_hash_or_the_email_itself(redis_server: RedisServer,
+                                                                                 mail: MailReceiver) -> None:
+    from types import SimpleNamespace
+
+    from pipeline.sinks.erasure import StopSequences, stop_sequences_hook
+    base = settings_for(mail)
+    data = base.model_dump(mode="python")
+    data["redis"] = {"url": redis_server.url}
+    data["sinks"]["email"]["token_secret"] = "nurture-test-secret-0123456789"
+    data["identity_salt"] = "salt-for-the-nurture-tests"
+    rig = Rig(redis_server.url, Settings.model_validate(data))
+    data["sinks"]["namespace"] = rig.ns
+    settings = Settings.model_validate(data)
+    sink = rig.sink()
+    for pid in ("e-1", "e-2", "e-3"):
+        await rig.profile(pid)
+        await sink.deliver(person_lead(pid))
+    hook = stop_sequences_hook(settings)
+    assert isinstance(hook, StopSequences) and hook.name == "email-sequences"
+    assert stop_sequences_hook(Settings.model_validate({**data, "sites": []})) is None
+    site = settings.sites[0]
+    e2_hash = email_hash_for(settings, site, "e-2@brightpath-analytics.example")
+    subjects = [SimpleNamespace(site_id="acme", person_id="e-1", email_hashes=(), email=None),
+                SimpleNamespace(site_id="acme", person_id=None, email_hashes=(e2_hash,), email=None),
+                SimpleNamespace(site_id="acme", person_id=None, email_hashes=(), email="E-3@Brightpath-Analytics.example")]
+    assert [await hook.forget(s) for s in subjects] == [1, 1, 1]
+    assert [await hook.forget(s) for s in subjects] == [0, 0, 0]             # idempotent
+    assert await sink.send_due() == 0 and await sink.store.scheduled(sink.key) == 0
+    assert [k async for k in sink.store.client.scan_iter(f"{rig.ns}:nurture:seq:*")] == []
