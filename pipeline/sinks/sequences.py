@@ -156,7 +156,11 @@ class SequenceStore:
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "ls:sinks", ttl_s: int = 400 * 86400) -> "SequenceStore":
-        return cls(redis.asyncio.Redis.from_url(url), namespace, ttl_s)
+        try:  # the project's client factory where it exists (it knows the cluster settings)
+            from ..redis_client import async_client  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            return cls(redis.asyncio.Redis.from_url(url), namespace, ttl_s)
+        return cls(async_client(url), namespace, ttl_s)  # type: ignore[arg-type, unused-ignore]
 
     async def aclose(self) -> None:
         await self.client.aclose()
