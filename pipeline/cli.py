@@ -27,7 +27,8 @@ model_app = typer.Typer(help="The scoring model the running workers use: promote
 app.add_typer(topics_app, name="topics")
 app.add_typer(leads_app, name="leads")
 app.add_typer(bench_app, name="bench")
-sinks_app = typer.Typer(help="Deliver qualified leads to each site's sinks (webhook, Slack, HubSpot, JSONL).",
+sinks_app = typer.Typer(help="Deliver qualified leads to each site's sinks (webhook, Slack, HubSpot, JSONL, email "
+                        "nurture with its unsubscribe pages and inbound reply listener).",
                         invoke_without_command=True)
 app.add_typer(sinks_app, name="sinks")
 app.add_typer(model_app, name="model")

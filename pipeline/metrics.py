@@ -111,6 +111,18 @@ SINK_SCHEDULED = Gauge(
     ["sink"])
 SINK_UNDECODABLE = Counter(
     "leadstream_sink_undecodable_records_total", "qualified-leads records the sinks could not decode (skipped).")
+NURTURE_SENT = Counter(
+    "leadstream_sink_nurture_sent_total", "Nurture emails accepted by the SMTP server, per email sink and step.",
+    ["sink", "step"])
+NURTURE_STOPPED = Counter(
+    "leadstream_sink_nurture_stopped_total", "Nurture sequences stopped early, per email sink and reason "
+    "(reply, unsubscribed, bounce, suppressed, failed).", ["sink", "reason"])
+NURTURE_SCHEDULED = Gauge(
+    "leadstream_sink_nurture_scheduled", "Active nurture sequences waiting for their next step, per email sink.",
+    ["sink"])
+NURTURE_INBOUND = Counter(
+    "leadstream_sink_nurture_inbound_total", "Inbound mail to a sequence's addresses, per email sink and class "
+    "(automatic, unsubscribe, negative, positive, other, bounce).", ["sink", "kind"])
 
 
 def owner(metric_name: str) -> str:

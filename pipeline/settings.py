@@ -148,11 +148,31 @@ class ConsentAction(str, Enum):
     ignore = "ignore"        # the signal is not honoured
 
 
+class EmailBasis(str, Enum):
+    opt_in = "opt_in"                            # only people whose profile says email_consent: granted
+    legitimate_interest = "legitimate_interest"  # anyone not opted out, except in opt_in_countries
+
+
+class EmailConsent(_Frozen):
+    """The site's email policy. A person's ``email_consent`` profile field (people import) is
+    ``granted`` or ``denied``; ``denied`` and the suppression list always win."""
+    basis: EmailBasis = EmailBasis.opt_in
+    opt_in_countries: list[str] = Field(
+        default_factory=list, description="Under legitimate_interest, company countries that still need opt-in")
+
+    @field_validator("opt_in_countries")
+    @classmethod
+    def _countries(cls, value: list[str]) -> list[str]:
+        return [c.strip().upper() for c in value if c.strip()]
+
+
 class ConsentSettings(_Frozen):
     gpc: ConsentAction = Field(ConsentAction.anonymize, description="Sec-GPC: 1")
     dnt: ConsentAction = Field(ConsentAction.ignore, description="DNT: 1")
     anonymous_header: ConsentAction = Field(
         ConsentAction.anonymize, description="SP-Anonymous: * (Snowplow) or X-Leadstream-Anonymous: 1")
+    email: EmailConsent = Field(EmailConsent(), description="Who the site's email sinks may write to")
+
 
 
 
@@ -266,8 +286,185 @@ class JsonlSinkSettings(_SinkBase):
     concurrency: int = Field(1, ge=1, le=1)
 
 
-SinkSettings = Annotated[WebhookSinkSettings | SlackSinkSettings | HubSpotSinkSettings | JsonlSinkSettings,
-                         Field(discriminator="type")]
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_ADDRESS = re.compile(r"^[^@\s<>]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)$")
+
+
+def parse_duration_s(value: Any) -> float:
+    """Seconds from a number or ``90s``, ``15m``, ``2h``, ``3d`` (``ms`` too)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    found = _DURATION.match(str(value))
+    if found is None:
+        raise ValueError(f"{value!r} is not a duration like 0, 90s, 15m, 2h or 3d")
+    return float(found.group(1)) * _DURATION_UNIT[found.group(2) or "s"]
+
+
+def address_domain(address: str) -> str:
+    """The lower-cased domain of ``Name <user@domain>`` or ``user@domain``; ValueError when not an address."""
+    from email.utils import parseaddr
+    found = _ADDRESS.match(parseaddr(address)[1])
+    if found is None:
+        raise ValueError(f"{address!r} is not an email address")
+    return found.group(1).lower()
+
+
+def _jinja_syntax(template: str) -> str:
+    import jinja2
+    import jinja2.sandbox
+    try:
+        jinja2.sandbox.SandboxedEnvironment().parse(template)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"not a valid Jinja template: {exc.message} (line {exc.lineno})") from None
+    return template
+
+
+class NurtureStep(_Frozen):
+    """One message of a sequence: sent ``delay`` after the previous one (the first: after the lead)."""
+    delay: float = Field(0.0, ge=0, description="Seconds, or 90s / 15m / 2h / 3d")
+    subject: str = Field(min_length=1, description="Jinja template over the lead (see README 'Email nurture')")
+    text: str = Field(min_length=1, description="Plain-text body, Jinja; the unsubscribe link is appended")
+    html: str | None = Field(None, description="Optional HTML body, Jinja (autoescaped)")
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _delay(cls, value: Any) -> float:
+        return parse_duration_s(value)
+
+    @field_validator("subject", "text", "html")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return _jinja_syntax(value) if value is not None else None
+
+
+class SmtpSettings(_Frozen):
+    """The outgoing SMTP server (a relay or your provider's submission port)."""
+    host: str = "127.0.0.1"
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = Field(True, description="Upgrade with STARTTLS (port 587); the server must offer it")
+    tls: bool = Field(False, description="Implicit TLS from the first byte (port 465)")
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_tls(self) -> "SmtpSettings":
+        if self.tls and self.starttls:
+            raise ValueError("tls (implicit, port 465) and starttls (port 587) exclude each other")
+        return self
+
+
+class DkimSettings(_Frozen):
+    """DKIM signing with the site's key (the public key is published at <selector>._domainkey.<domain>)."""
+    selector: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    domain: str | None = Field(None, description="The signing domain (d=); default: the From address's domain")
+    private_key_path: Path | None = Field(None, description="PEM file of the RSA (or Ed25519) private key")
+    private_key: SecretStr | None = Field(None, description="The PEM itself (a secret), instead of a path")
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "DkimSettings":
+        if (self.private_key_path is None) == (self.private_key is None):
+            raise ValueError("give exactly one of private_key_path and private_key")
+        if self.private_key_path is not None and not Path(self.private_key_path).is_file():
+            raise ValueError(f"private_key_path: no such file: {self.private_key_path}")
+        return self
+
+    def key_bytes(self) -> bytes:
+        if self.private_key is not None:
+            return self.private_key.get_secret_value().encode()
+        assert self.private_key_path is not None
+        return Path(self.private_key_path).read_bytes()
+
+
+class ReplyRuleSettings(_Frozen):
+    """Patterns (case-insensitive regular expressions) that replace the built-in ones per class."""
+    out_of_office: list[str] | None = None
+    unsubscribe: list[str] | None = None
+    negative: list[str] | None = None
+    positive: list[str] | None = None
+
+    @field_validator("out_of_office", "unsubscribe", "negative", "positive")
+    @classmethod
+    def _patterns(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+
+class NurtureSinkSettings(_SinkBase):
+    """An email sequence from the site's own domain for leads about a known person with an email.
+
+    ``filter`` is the sequence's minimum identity confidence and tier; the site's
+    ``consent.email`` decides who may be emailed at all.
+    """
+    type: Literal["email", "nurture"] = "email"
+    concurrency: int = Field(2, ge=1, le=64, description="Sequences started at once (steps are sent by a poller)")
+    from_address: str = Field(description="'Dana at Acme <dana@acme.example>': on the site's own domain")
+    reply_domain: str = Field(description="Replies go to reply+<token>@<reply_domain> (its MX points at the "
+                              "inbound listener, or at a provider's inbound parse)")
+    owner_address: str = Field(description="Who gets the hand-off of a positive reply")
+    steps: list[NurtureStep] = Field(min_length=1, max_length=50)
+    smtp: SmtpSettings = SmtpSettings()
+    dkim: DkimSettings | None = Field(None, description="Unset: unsigned (receivers will likely reject or junk it)")
+    reply_rules: ReplyRuleSettings = ReplyRuleSettings()
+    send_attempts: int = Field(5, ge=1, le=50, description="Attempts per step on a temporary SMTP failure "
+                               "(then the sequence stops as failed); waits follow `retry`")
+
+    @field_validator("from_address", "owner_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        address_domain(value)
+        return value
+
+    @field_validator("reply_domain")
+    @classmethod
+    def _reply_domain(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", value):
+            raise ValueError("must be a domain name like reply.acme.example")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _dkim_aligns(self) -> "NurtureSinkSettings":
+        sender = address_domain(self.from_address)
+        if self.dkim is not None and self.dkim.domain is not None:
+            d = self.dkim.domain.lower()
+            if not (sender == d or sender.endswith("." + d)):
+                raise ValueError(f"dkim.domain {d} does not align with the From domain {sender} (DMARC)")
+        return self
+
+    @property
+    def from_domain(self) -> str:
+        return address_domain(self.from_address)
+
+    @property
+    def dkim_domain(self) -> str:
+        return (self.dkim.domain if self.dkim and self.dkim.domain else self.from_domain).lower()
+
+
+SinkSettings = Annotated[WebhookSinkSettings | SlackSinkSettings | HubSpotSinkSettings | JsonlSinkSettings
+                         | NurtureSinkSettings, Field(discriminator="type")]
+
+
+class EmailProcessSettings(_Frozen):
+    """What the sinks process needs for email sinks: tokens, the public unsubscribe URL, the inbound listener."""
+    token_secret: SecretStr | None = Field(
+        None, description="HMAC key of unsubscribe links and reply addresses (required with an email sink; "
+        "changing it invalidates the links in mail already sent)")
+    public_url: str | None = Field(
+        None, description="Base URL people reach the sinks server at, for unsubscribe links "
+        "(https://leads.acme.example). Default: http://sinks.host:sinks.port")
+    inbound_host: str = Field("127.0.0.1", description="Address the inbound SMTP listener binds (0.0.0.0 behind MX)")
+    inbound_port: int = Field(0, ge=0, le=65535, description="Inbound SMTP listener for replies (25 behind the "
+                              "reply MX); 0 disables it")
+    inbound_token: SecretStr | None = Field(
+        None, description="Bearer token the inbound-parse webhook requires (POST /email/inbound); unset: disabled")
+    max_message_bytes: int = Field(10_000_000, ge=10_000, description="Largest inbound reply accepted")
+    poll_s: float = Field(1.0, gt=0, description="How often due steps are looked for")
 
 
 class SinksProcessSettings(_Frozen):
@@ -282,6 +479,17 @@ class SinksProcessSettings(_Frozen):
                            "process's to finish for this long (then a crash's leftovers are retried)")
     retry_poll_s: float = Field(1.0, gt=0, description="How often scheduled retries are looked for")
     commit_interval_s: float = Field(1.0, gt=0)
+    email: EmailProcessSettings = EmailProcessSettings()
+
+
+def sends_from_own_domain(domain: str, hosts: tuple[str, ...]) -> bool:
+    """True when ``domain`` is one of ``hosts`` (``www.`` dropped), a parent or a subdomain of one."""
+    domain = domain.lower()
+    for host in hosts:
+        host = host.lower().split(":", 1)[0].removeprefix("www.")
+        if domain == host or host.endswith("." + domain) or domain.endswith("." + host):
+            return True
+    return False
 
 
 _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -380,6 +588,14 @@ class SiteSettings(_Frozen):
         if dupes:
             raise ValueError(f"sink names must be unique within a site: {', '.join(dupes)}")
         return value
+
+    @model_validator(mode="after")
+    def _email_from_own_domain(self) -> "SiteSettings":
+        for sink in self.sinks:
+            if isinstance(sink, NurtureSinkSettings) and not sends_from_own_domain(sink.from_domain, self.own_hosts):
+                raise ValueError(f"sinks.{sink.name}.from_address: {sink.from_domain} is not one of the site's "
+                                 f"own domains ({', '.join(self.own_hosts) or 'none: set hosts'})")
+        return self
 
     @property
     def own_hosts(self) -> tuple[str, ...]:
@@ -540,6 +756,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"sites: site_id {site.site_id!r} appears twice")
             seen[site.site_id] = site
         self._sites_by_id.update(seen)
+        return self
+
+    @model_validator(mode="after")
+    def _email_needs_a_token_secret(self) -> "Settings":
+        if self.sinks.email.token_secret is None and any(
+                isinstance(sink, NurtureSinkSettings) for site in self.sites for sink in site.sinks):
+            raise ValueError("sinks.email.token_secret is required with an email sink (it signs unsubscribe "
+                             "links and reply addresses): set a long random secret")
+        for site in self.sites:
+            if site.email_salt is None and self.identity_salt is None and any(
+                    isinstance(sink, NurtureSinkSettings) for sink in site.sinks):
+                raise ValueError(f"site {site.site_id}: an email sink needs identity_salt (or the site's "
+                                 "email_salt): the suppression list keeps salted email hashes")
         return self
 
     def site(self, site_id: str) -> SiteSettings | None:

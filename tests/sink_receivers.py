@@ -1,5 +1,6 @@
-"""Local receivers for the sinks' tests: a Standard Webhooks endpoint, a Slack incoming webhook and a
-fake HubSpot that checks each request against HubSpot's documented shapes and answers as HubSpot does.
+"""Local receivers for the sinks' tests: a Standard Webhooks endpoint, a Slack incoming webhook, a fake
+HubSpot that checks each request against HubSpot's documented shapes and answers as HubSpot does, and
+(``MailReceiver``) an SMTP server that records every message (aiosmtpd).
 
 One aiohttp app on 127.0.0.1 serves all three; ``Receivers`` runs it in a thread (integration tests,
 where ``leadstream sinks`` is another process) or in the test's own loop (``start_async``).
@@ -41,6 +42,7 @@ class Receivers:
         self.companies: dict[str, dict[str, Any]] = {}   # id -> properties
         self.contacts: dict[str, dict[str, Any]] = {}
         self.associations: set[tuple[str, str]] = set()
+        self.notes: list[dict[str, Any]] = []           # notes on contacts: id, contact, hs_note_body, hs_timestamp
         self.hubspot_leads: list[tuple[str, float]] = []  # leadstream_lead_id written to a company, arrival
         self.properties: dict[str, set[str]] = {"companies": set(), "contacts": set()}
         self.port = 0
@@ -153,6 +155,23 @@ class Receivers:
                 return web.json_response({"status": "error", "category": "OBJECT_NOT_FOUND"}, status=404)
             self.associations.add((m.group(1), m.group(2)))
             return web.json_response({"status": "COMPLETE", "results": []})
+        if method == "POST" and path == "/crm/v3/objects/notes":
+            try:
+                props = body["properties"]
+                assert props["hs_timestamp"] and isinstance(props["hs_note_body"], str) and props["hs_note_body"]
+                [assoc] = body["associations"]
+                [kind] = assoc["types"]
+                assert kind["associationCategory"] == "HUBSPOT_DEFINED" and kind["associationTypeId"] == 202
+                contact = str(assoc["to"]["id"])
+            except (KeyError, TypeError, ValueError, AssertionError):
+                return self._bad(request, "properties.hs_timestamp, hs_note_body and one association to a "
+                                 "contact (HUBSPOT_DEFINED 202) required")
+            if contact not in self.contacts:
+                return web.json_response({"status": "error", "category": "OBJECT_NOT_FOUND"}, status=404)
+            note_id = str(len(self.notes) + 9001)
+            with self.lock:
+                self.notes.append({"id": note_id, "contact": contact, **props})
+            return web.json_response({"id": note_id, "properties": props}, status=201)
         m = re.fullmatch(r"/crm/v3/properties/(companies|contacts)(/groups)?", path)
         if method == "POST" and m:
             name = (body or {}).get("name")
@@ -210,3 +229,42 @@ class Receivers:
         if self._loop is not None:
             asyncio.run_coroutine_threadsafe(self.stop_async(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+class MailReceiver:
+    """An SMTP server on 127.0.0.1 (aiosmtpd, its own thread) that records every message it accepts."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []   # (envelope from, envelope to, raw)
+        self.lock = threading.Lock()
+        self.refuse: dict[str, str] = {}                          # rcpt -> SMTP answer (e.g. a 550)
+        self._controller: Any = None
+        self.port = 0
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content
+                                                                                   or envelope.content)))
+        return "250 Message accepted"
+
+    def to(self, address: str) -> list[bytes]:
+        with self.lock:
+            return [raw for _, rcpts, raw in self.messages if address in rcpts]
+
+    def start(self) -> "MailReceiver":
+        from aiosmtpd.controller import Controller
+        from pipeline.local.kafka import free_port
+        self.port = free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()

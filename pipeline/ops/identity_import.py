@@ -183,6 +183,7 @@ class PersonRow(_Row):
     department: str | None = Field(default=None, max_length=100)
     company_domain: str | None = None
     company: str | None = Field(default=None, max_length=300)
+    email_consent: str | None = Field(default=None, description="granted | denied (email sinks' consent basis)")
     visitor_ids: list[str] = Field(default_factory=list, max_length=MAX_LIST)
     email_click_ids: list[str] = Field(default_factory=list, max_length=MAX_LIST)
 
@@ -208,6 +209,12 @@ class PersonRow(_Row):
     def _check_label(cls, value: str | None) -> str | None:
         return _label(value)
 
+    @field_validator("email_consent")
+    @classmethod
+    def _check_consent(cls, value: str | None) -> str | None:
+        from ..core.email_consent import email_consent
+        return email_consent(value)
+
     @field_validator("company_domain")
     @classmethod
     def _check_domain(cls, value: str | None) -> str | None:
@@ -226,7 +233,7 @@ class PersonRow(_Row):
 
     def to_identity(self) -> ImportedIdentity:
         profile = {k: v for k in ("name", "first_name", "last_name", "title", "seniority", "department",
-                                  "company_domain", "company") if (v := getattr(self, k))}
+                                  "company_domain", "company", "email_consent") if (v := getattr(self, k))}
         return ImportedIdentity(email=self.email, user_id=self.user_id, crm_id=self.crm_id,
                                 email_click_ids=tuple(self.email_click_ids), visitor_ids=tuple(self.visitor_ids),
                                 profile=profile)

@@ -17,6 +17,9 @@ from .base import (Delivered, Failed, Http, HttpResponse, LinksPort, NoProfiles,
                    TransportError, person_profile, retry_after_s)
 
 
+NOTE_TO_CONTACT = 202  # HubSpot's association type id: note to contact
+
+
 class CRMError(Exception):
     def __init__(self, message: str, status: int | None = None, retryable: bool = True,
                  retry_after: float | None = None) -> None:
@@ -85,6 +88,8 @@ class CRM(Protocol):
 
     async def associate(self, contact_id: str, company_id: str) -> None: ...
 
+    async def add_note(self, contact_id: str, body: str, timestamp_ms: int) -> str: ...
+
     async def setup(self, properties: tuple[PropertyDef, ...], prefix: str) -> list[str]: ...
 
     def record_url(self, kind: str, record_id: str) -> str | None: ...
@@ -146,6 +151,16 @@ class HubSpot:
 
     async def associate(self, contact_id: str, company_id: str) -> None:
         await self._call("PUT", f"/crm/v4/objects/contacts/{contact_id}/associations/default/companies/{company_id}")
+
+    async def add_note(self, contact_id: str, body: str, timestamp_ms: int) -> str:
+        """A note on the contact (``POST /crm/v3/objects/notes``, associated with the HubSpot-defined
+        note-to-contact type 202); returns the note id."""
+        from datetime import datetime, timezone
+        stamp = datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+        body_json = {"properties": {"hs_timestamp": stamp.replace("+00:00", "Z"), "hs_note_body": body},
+                     "associations": [{"to": {"id": contact_id}, "types": [
+                         {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": NOTE_TO_CONTACT}]}]}
+        return str((await self._call("POST", "/crm/v3/objects/notes", body_json)).json()["id"])
 
     async def setup(self, properties: tuple[PropertyDef, ...], prefix: str) -> list[str]:
         """Create the property group and custom properties on companies and contacts (409: exists, fine)."""

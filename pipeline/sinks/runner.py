@@ -32,8 +32,8 @@ from ..redis_client import async_client, sync_client
 from ..codec import Codec, CodecError, make_codec
 from ..metrics import (SINK_DEAD_LETTERED, SINK_DELIVERED, SINK_DELIVERY_SECONDS, SINK_FAILED, SINK_QUEUE_DEPTH,
                        SINK_RETRIED, SINK_SCHEDULED, SINK_SKIPPED, SINK_UNDECODABLE)
-from ..settings import (HubSpotSinkSettings, JsonlSinkSettings, Settings, SinkSettings, SlackSinkSettings,
-                        WebhookSinkSettings)
+from ..settings import (HubSpotSinkSettings, JsonlSinkSettings, NurtureSinkSettings, Settings, SinkSettings,
+                        SlackSinkSettings, WebhookSinkSettings)
 from .base import Delivered, Failed, LinksPort, Outcome, ProfilePort, Sink, lead_json
 from .rules import filter_reason, next_due_s
 from .state import DEAD, DELIVERED, DeliveryState, Job, now_ms
@@ -69,6 +69,8 @@ def make_sink(config: SinkSettings, profiles: ProfilePort | None, links: LinksPo
     if isinstance(config, JsonlSinkSettings):
         from .jsonl import JsonlSink
         return JsonlSink(config)
+    if isinstance(config, NurtureSinkSettings):
+        raise TypeError("email sinks need their site and the sequence store: build_runtimes makes them")
     raise TypeError(f"unknown sink type {type(config).__name__}")
 
 
@@ -299,11 +301,25 @@ def dead_letter_record(rt: SinkRuntime, job: Job, outcome: Failed, at: int) -> d
 
 
 def build_runtimes(settings: Settings, profiles: ProfilePort | None, links: LinksPort | None,
-                   ) -> dict[str, list[SinkRuntime]]:
-    """Every enabled sink of every site."""
-    return {site.site_id: [SinkRuntime(site.site_id, cfg, make_sink(cfg, profiles, links))
+                   sequences: Any = None) -> dict[str, list[SinkRuntime]]:
+    """Every enabled sink of every site (email sinks need ``sequences``, a :class:`.sequences.SequenceStore`)."""
+    nurture: dict[tuple[str, str], Sink] = {}
+    if sequences is not None:
+        from .nurture import make_nurture_sinks
+        nurture.update(make_nurture_sinks(settings, sequences, profiles))
+
+    def sink_of(site_id: str, cfg: SinkSettings) -> Sink:
+        if isinstance(cfg, NurtureSinkSettings):
+            return nurture[(site_id, cfg.name)]
+        return make_sink(cfg, profiles, links)
+
+    return {site.site_id: [SinkRuntime(site.site_id, cfg, sink_of(site.site_id, cfg))
                            for cfg in site.sinks if cfg.enabled]
             for site in settings.sites if any(cfg.enabled for cfg in site.sinks)}
+
+
+def has_email_sinks(settings: Settings) -> bool:
+    return any(isinstance(cfg, NurtureSinkSettings) and cfg.enabled for site in settings.sites for cfg in site.sinks)
 
 
 class KafkaDeadLetter:
@@ -387,7 +403,11 @@ class SinksProcess:
             raise RuntimeError("redis.url is not set: the sinks keep their delivery state in Redis")
         state = DeliveryState.from_url(s.redis.url_value, s.sinks.namespace, s.sinks.state_ttl_days * 86400)
         profiles = PersonProfiles(async_client(s.redis.url_value))  # type: ignore[arg-type]
-        runtimes = build_runtimes(s, profiles, state)
+        sequences = None
+        if has_email_sinks(s):
+            from .sequences import SequenceStore
+            sequences = SequenceStore.from_url(s.redis.url_value, s.sinks.namespace, s.sinks.state_ttl_days * 86400)
+        runtimes = build_runtimes(s, profiles, state, sequences)
         producer = AIOKafkaProducer(**producer_options(s))
         self.consumer = AIOKafkaConsumer(**s.kafka.client_options(), group_id=s.sinks.group_id,
                                          enable_auto_commit=False, auto_offset_reset="earliest",
@@ -401,7 +421,24 @@ class SinksProcess:
         tasks = [asyncio.create_task(d.worker(rt)) for rt in d.runtimes() for _ in range(rt.config.concurrency)]
         tasks += [asyncio.create_task(d.poller(rt)) for rt in d.runtimes()]
         tasks.append(asyncio.create_task(self._committer()))
-        http = await serve_http(s.sinks.host, s.sinks.port, self.health) if s.sinks.port else None
+        routes: list[Any] = []
+        stop_smtp = None
+        desk = None
+        if sequences is not None:
+            from .inbound import email_routes, serve_smtp
+            from .nurture import NurtureSink, ReplyDesk
+            nurture = {rt.key: rt.sink for rt in d.runtimes() if isinstance(rt.sink, NurtureSink)}
+            tasks += [asyncio.create_task(sink.run_background()) for sink in nurture.values()]
+            desk = ReplyDesk(s, sequences, nurture, profiles)
+            routes = email_routes(s, sequences, desk)
+            if s.sinks.email.inbound_port:
+                stop_smtp = await serve_smtp(desk, s.sinks.email.inbound_host, s.sinks.email.inbound_port,
+                                             s.sinks.email.max_message_bytes)
+                log.info("sinks: inbound SMTP listener on %s:%d", s.sinks.email.inbound_host,
+                         s.sinks.email.inbound_port)
+        http = await serve_http(s.sinks.host, s.sinks.port, self.health, routes,
+                                max(1024 ** 2, s.sinks.email.max_message_bytes if routes else 0)) \
+            if s.sinks.port else None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -426,6 +463,12 @@ class SinksProcess:
             await asyncio.gather(*tasks, return_exceptions=True)
             if http is not None:
                 await http()
+            if stop_smtp is not None:
+                await stop_smtp()
+            if desk is not None:
+                await desk.aclose()
+            if sequences is not None:
+                await sequences.aclose()
             await self.consumer.stop()
             await producer.stop()
             for rt in d.runtimes():

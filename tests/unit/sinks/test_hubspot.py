@@ -143,3 +143,15 @@ async def test_an_older_lead_retried_late_does_not_overwrite_a_newer_one(hubspot
     assert isinstance(outcome, Delivered) and outcome.detail.startswith("superseded")
     assert hubspot.companies["1001"]["leadstream_tier"] == "A1"
     await sink.aclose()
+
+
+async def test_a_note_on_the_contact_in_hubspots_shape(hubspot: Receivers) -> None:
+    crm = HubSpot(HUBSPOT_TOKEN, hubspot.url)
+    contact = await crm.upsert_contact("dana@brightpath-analytics.example", {"email": "dana@brightpath-analytics.example"})
+    note = await crm.add_note(contact, "<p>Positive reply</p>", 1795558574099)
+    await crm.aclose()
+    [(method, path, body)] = [r for r in hubspot.hubspot_requests if r[1] == "/crm/v3/objects/notes"]
+    assert body["properties"] == {"hs_timestamp": "2026-11-24T22:16:14.099Z", "hs_note_body": "<p>Positive reply</p>"}
+    assert body["associations"] == [{"to": {"id": contact}, "types": [
+        {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 202}]}]
+    assert hubspot.notes == [{"id": note, "contact": contact, **body["properties"]}] and not hubspot.hubspot_errors
