@@ -54,6 +54,10 @@ class KafkaSettings(_Frozen):
     replication_factor: int = Field(1, ge=1, description="For topics that `leadstream topics create` makes.")
     idempotence: bool | None = Field(
         None, description="Idempotent producers. Unset: on, except against the embedded broker (which lacks it).")
+    max_message_bytes: int = Field(
+        1_000_000, ge=100_000,
+        description="Largest record any Leadstream producer sends (its max request size), the max.message.bytes "
+        "`topics create` gives every topic, and the bound the stages keep their outputs and stored state under")
 
     def client_options(self) -> dict[str, Any]:
         """aiokafka / kafka-python connection options (secrets unwrapped: never log this)."""
@@ -225,6 +229,11 @@ class StageSettings(_Frozen):
         30.0, ge=0, description="Seconds a partition may hold undelivered records while its stage idles before the "
         "stall watchdog re-seeks it (0 disables; needs gap_repair)")
     web_port: int | None = Field(None, description="Faust's own web server port; unset disables it")
+    state_retention_days: float = Field(
+        90.0, ge=0, description="Visitor and account state idle this long in event time is deleted (a tombstone in "
+        "the changelog); 0 keeps state forever")
+    history_max_bytes: int = Field(
+        65_536, ge=1024, description="Bytes of page views and conversions kept per visitor for an identify backfill")
 
 
 class Settings(BaseSettings):
@@ -258,6 +267,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"sites: site_id {site.site_id!r} appears twice")
             seen[site.site_id] = site
         self._sites_by_id.update(seen)
+        return self
+
+    @model_validator(mode="after")
+    def _records_fit_messages(self) -> "Settings":
+        if self.collector.max_record_bytes > self.kafka.max_message_bytes - 16_384:
+            raise ValueError(f"collector.max_record_bytes ({self.collector.max_record_bytes}) must stay 16384 bytes "
+                             f"below kafka.max_message_bytes ({self.kafka.max_message_bytes})")
         return self
 
     def site(self, site_id: str) -> SiteSettings | None:
