@@ -75,10 +75,9 @@ class IdleKeys:
             if stored is None:
                 continue
             last = self.last_seen(stored)
-            if last is None or last < cutoff:
+            if last is not None and last < cutoff:  # a state it cannot read is left alone
                 out.append(key)
-            elif last > ts:
-                continue  # written again since: a newer entry is in the heap
+            # else: written again since (a newer entry is in the heap), or unreadable
         return out
 
     def _seed(self, partition: int, states: StateView) -> None:
@@ -89,6 +88,7 @@ class IdleKeys:
                 continue
             stored = states.get(key)
             last = self.last_seen(stored) if stored is not None else None
-            heap.append((last if last is not None else 0, key))
+            if last is not None:
+                heap.append((last, key))
         heapq.heapify(heap)
         self._heaps[partition] = heap
