@@ -287,6 +287,22 @@ def bench_pipeline(
         raise typer.Exit(1)
 
 
+@bench_app.command("state")
+def bench_state(
+    visitors: Annotated[int, typer.Option(help="Visitors to run through the visitor stage")] = 1_000_000,
+    retention_days: Annotated[float, typer.Option(help="Idle-state retention in event time (0: keep everything)")] = 7.0,
+    checkpoints: Annotated[int, typer.Option(help="Report rows over the run")] = 10,
+) -> None:
+    """Memory, state/changelog bytes and recovery time per active visitor as total history grows."""
+    from loadtest.bench_state import bench
+    logging.basicConfig(level=logging.ERROR)
+    report = bench(visitors=visitors, retention_days=retention_days, checkpoints=checkpoints,
+                   on_progress=lambda row: typer.echo(json.dumps(row), err=True))
+    typer.echo(json.dumps(report, indent=2))
+    if not report["pass"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -9,9 +9,9 @@ README ("Limits").
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
-__all__ = ["MAX_URL_CHARS", "MAX_TITLE_CHARS", "MAX_NAME_CHARS", "clip", "json_size", "trim_by_bytes",
+__all__ = ["MAX_URL_CHARS", "MAX_TITLE_CHARS", "MAX_NAME_CHARS", "clip", "json_size", "text_bytes", "trim_by_bytes",
            "chunk_by_bytes"]
 
 MAX_URL_CHARS = 2048      # URLs and referrers kept in state and sent on (longer ones are cut)
@@ -33,16 +33,24 @@ def json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), default=str).encode("utf-8"))
 
 
-def trim_by_bytes(items: Sequence[Mapping[str, Any]], max_bytes: int) -> list[Mapping[str, Any]]:
-    """The newest items (the end of ``items``) whose JSON fits in ``max_bytes``, order kept."""
+def text_bytes(text: str | None) -> int:
+    """UTF-8 bytes of ``text`` (0 for None), cheap for ASCII."""
+    if text is None:
+        return 0
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def trim_by_bytes(items: Sequence[Mapping[str, Any]], max_bytes: int,
+                  size: Callable[[Mapping[str, Any]], int] = json_size) -> list[Mapping[str, Any]]:
+    """The newest items (the end of ``items``) whose sizes (default: their JSON) fit in ``max_bytes``, in order."""
     kept: list[Mapping[str, Any]] = []
     total = 2
     for item in reversed(items):
-        size = json_size(item) + 1
-        if total + size > max_bytes:
+        n = size(item) + 1
+        if total + n > max_bytes:
             break
         kept.append(item)
-        total += size
+        total += n
     kept.reverse()
     return kept
 

@@ -34,7 +34,8 @@ from ..core.events import TrackedEvent, build_event, validate_event
 from ..core.failures import FailureType
 from ..core.identity import (IdentityResult, IdentitySnapshot, IdType, Identifier, apply_identity_events,
                              identifiers_from_event, resolve_visitor)
-from ..core.limits import MAX_NAME_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS, chunk_by_bytes, clip, json_size, trim_by_bytes
+from ..core.limits import (MAX_NAME_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS, chunk_by_bytes, clip, json_size,
+                           text_bytes, trim_by_bytes)
 from ..core.model import NetworkInfo, PersonResolution
 from ..core.network import classify_network
 from ..core.scoring_model import ScoringModel
@@ -317,21 +318,20 @@ class VisitorStage:
         last_event = max((e.tstamp for e in v.events), default=0)
         history = self._trim_history(history + [h.to_dict() for h in new_hits],
                                      max((h.tstamp for h in new_hits), default=0))
+        # Bounded by construction (tests/unit/stages): cut fields, history_bytes, the core's count limits.
         state_dict = {"vs": new_state.to_dict(), "acct": account_before, "h": history}
-        if json_size(state_dict) > self.state_bytes:  # not reachable with the cut fields; kept as the bound
-            state_dict["h"] = []
         seen = new_state.last_seen if new_state.last_seen is not None else last_event
         return _Outcome(state_dict, seen, updates, list(out.late))
 
     def _trim_history(self, history: list[Mapping[str, Any]], now: int) -> list[Mapping[str, Any]]:
         kept = [h for h in history if now - int(h["t"]) <= HISTORY_MS][-HISTORY_HITS:]
-        return trim_by_bytes(kept, self.history_bytes)
+        return trim_by_bytes(kept, self.history_bytes, _hit_bytes)
 
     def _split_update(self, vu: VisitUpdate) -> list[VisitUpdate]:
         """``vu`` as updates whose hits fit in half an output record each: the first keeps the session's
         new-session flag and engaged time, the rest carry only further hits (as a backfill does)."""
         budget = self.output_bytes // 2
-        sizes = [64 + len((h.url or "").encode()) + len((h.name or "").encode()) for h in vu.hits]
+        sizes = [64 + text_bytes(h.url) + text_bytes(h.name) for h in vu.hits]
         if sum(sizes) <= budget:
             return [vu]
         parts = list(chunk_by_bytes(vu.hits, sizes, budget))
@@ -462,6 +462,11 @@ class VisitorStage:
         for part in split_bad_row(row, self.bad_row_bytes):
             result.outputs.append(Output(self.topics.bad_events, None, None,
                                          self.codec.encode("BadRow", part, topic=self.topics.bad_events)))
+
+
+def _hit_bytes(h: Mapping[str, Any]) -> int:
+    """JSON bytes of a stored hit ({"t","k","u","n","s"}), estimated without encoding it."""
+    return 60 + text_bytes(h.get("u")) + text_bytes(h.get("n"))
 
 
 def _visitor_last_seen(stored: object) -> int | None:
