@@ -260,3 +260,38 @@ def test_bad_rows_replay_after_the_fix_once(make_pipeline: Callable[..., Pipelin
     time.sleep(8)  # the second replay's records go through the worker
     hits = [h["url"] for h in visit_hits(p) if h["url"] in urls]
     assert sorted(hits) == sorted(urls), "each replayed event counted once"
+
+
+def test_idle_visitors_are_deleted_with_a_changelog_tombstone(make_pipeline: Callable[..., Pipeline]) -> None:
+    """Retention on event time: a visitor idle longer than stages.state_retention_days is deleted from the
+    table while a later record of its partition is handled, and its changelog key gets a tombstone."""
+    from pipeline.topology import changelog_topic
+    from .stagekit import read_all
+
+    p = make_pipeline(topics={"partitions": {"pixel_events": 1}}, stages={"state_retention_days": 0.01})  # 14.4 min
+    worker = p.start_worker()
+    p.start_collector()
+    client = httpx.Client(base_url=p.url, timeout=10)
+
+    def visit(vid: str, age_ms: int) -> None:
+        """A hit whose tracker queued it ``age_ms`` before sending (event time = now - age_ms)."""
+        t = now_ms()
+        client.post("/collect", content=json.dumps({"site_id": "acme", "visitor_id": vid, "sent_at": t,
+                                                    "events": [{"type": "page_view", "ts": t - age_ms,
+                                                                "url": "https://www.acme.example/"}]}),
+                    headers={"User-Agent": SAFARI}).raise_for_status()
+
+    visit("idle", 30 * 60_000)
+    p.wait_for(lambda: "idle" in visit_visitors(p), "the first visitor")
+    visit("later", 0)  # 30 minutes of event time later: 'idle' is past the retention
+    p.wait_for(lambda: "later" in visit_visitors(p), "the later visitor")
+    changelog = changelog_topic(p.settings.stages.app_id, "visitor")
+
+    def tombstone() -> bool:
+        values = {r.key: r.value for r in read_all(p.broker.bootstrap, changelog)}
+        return json.dumps("acme|idle").encode() in values and values[json.dumps("acme|idle").encode()] is None
+
+    p.wait_for(tombstone, "the tombstone of the idle visitor in the changelog")
+    values = {r.key: r.value for r in read_all(p.broker.bootstrap, changelog)}
+    assert values[json.dumps("acme|later").encode()] is not None
+    assert worker.alive()
