@@ -9,6 +9,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -115,17 +116,24 @@ def test_fuzz_every_good_event_reaches_visits_and_every_bad_one_is_a_typed_bad_r
     t0 = now_ms() - 600_000
     good: set[str] = set()      # markers of events that must reach visits
     rejected: set[str] = set()  # markers of events or requests that must be bad rows
-    client = httpx.Client(base_url=p.url, timeout=15)
+    local = threading.local()
+
+    def client() -> httpx.Client:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=p.url, timeout=30)
+        c: httpx.Client = local.client
+        return c
 
     def page(marker: str, ts: int, **kw: Any) -> dict[str, Any]:
         return {"type": "page_view", "url": f"https://www.acme.example/{marker}", "ts": ts, "title": marker, **kw}
 
-    def post(body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None, marker: str = "") -> int:
+    def post(body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None,
+             marker: str = "") -> Callable[[], int]:
         h = {"User-Agent": SAFARI, "X-Forwarded-For": f"198.51.100.{rnd.randint(1, 250)}", **(headers or {})}
-        r = client.post(f"/collect?m={marker}", content=raw if raw is not None else json.dumps(body), headers=h)
-        return r.status_code
+        content = raw if raw is not None else json.dumps(body)
+        return lambda: client().post(f"/collect?m={marker}", content=content, headers=h).status_code
 
-    # (the events' extra fields, headers, whether the event is rejected)
+    # (the event, headers, whether the stage must reject the event)
     garbage: list[Callable[[str, int], tuple[dict[str, Any], dict[str, str], bool]]] = [
         lambda m, ts: (page(m, ts), {"User-Agent": ""}, False),
         lambda m, ts: (page(m, ts), {"User-Agent": "() { :; }; echo pwned"}, False),
@@ -141,6 +149,8 @@ def test_fuzz_every_good_event_reaches_visits_and_every_bad_one_is_a_typed_bad_r
                        {}, True),
         lambda m, ts: (page(m, ts, props={"deep": json.loads("[" * 200 + "]" * 200)}), {}, False),
     ]
+    # each request: (send it, the good markers it carries, the (marker, rejected) garbage it carries)
+    requests: list[tuple[Callable[[], int], list[str], list[tuple[str, bool]]]] = []
     for n in range(300):
         vid = str(uuid.uuid4())
         ts = t0 + n * 1000
@@ -152,43 +162,53 @@ def test_fuzz_every_good_event_reaches_visits_and_every_bad_one_is_a_typed_bad_r
             event, headers, is_rejected = rnd.choice(garbage)(marker, ts + 20)
             events.insert(rnd.randint(0, len(events)), event)
             odd.append((marker, is_rejected))
-        status = post({"site_id": "acme", "visitor_id": vid, "sent_at": ts + 30, "events": events}, headers)
-        markers = [e.get("title") or "" for e in events]
+        requests.append((post({"site_id": "acme", "visitor_id": vid, "sent_at": ts + 30, "events": events}, headers),
+                         [f"good-{n}-{i}" for i in range(10)], odd))
+        if n % 10 == 5:  # whole-request garbage: unknown site, huge header, deep JSON, deep pixel query
+            kind = n // 10 % 4
+            marker = f"junk-{n}"
+            if kind == 0:
+                send = post({"site_id": "nowhere", "visitor_id": vid, "events": [page(marker, ts)]})
+            elif kind == 1:
+                send = post({"site_id": "acme", "visitor_id": vid, "events": [page(marker, ts)]},
+                            {"User-Agent": "A" * 20_000})
+            elif kind == 2:
+                send = post(None, raw=(f'{{"site_id":"acme","m":"{marker}","events":' + "[" * 5000).encode(),
+                            marker=marker)
+            else:
+                params = {"site_id": "acme", "props": "[" * 5000, "url": marker}
+                send = (lambda q=params: client().get("/p.gif", params=q,  # type: ignore[misc]
+                                                      headers={"User-Agent": SAFARI}).status_code)
+            requests.append((send, [], [(marker, True)]))
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda r: r[0](), requests))
+    print(f"sent {len(requests)} requests in {time.monotonic() - started:.1f} s")
+    for status, (_, goods, odd) in zip(statuses, requests):
         if 200 <= status < 300:
-            good.update(m for m in markers if m.startswith("good-"))
+            good.update(goods)
             for marker, is_rejected in odd:
                 (rejected if is_rejected else good).add(marker)
         else:
             assert status in (400, 403, 413), status
-            rejected.update(m for m in markers if m)
+            rejected.update(goods)
             rejected.update(marker for marker, _ in odd)
-        if n % 10 == 5:  # whole-request garbage: unknown site, huge header, deep JSON, not JSON
-            kind = n // 10 % 4
-            marker = f"junk-{n}"
-            if kind == 0:
-                status = post({"site_id": "nowhere", "visitor_id": vid, "events": [page(marker, ts)]})
-            elif kind == 1:
-                status = post({"site_id": "acme", "visitor_id": vid, "events": [page(marker, ts)]},
-                              {"User-Agent": "A" * 20_000})
-            elif kind == 2:
-                status = post(None, raw=(f'{{"site_id":"acme","m":"{marker}","events":' + "[" * 5000).encode(),
-                              marker=marker)
-            else:
-                status = client.get("/p.gif", params={"site_id": "acme", "props": "[" * 5000, "url": marker},
-                                    headers={"User-Agent": SAFARI}).status_code
-            if 200 <= status < 300:
-                good.add(marker)
-            else:
-                rejected.add(marker)
-    client.close()
     assert len(good) >= 2500  # a few requests carry garbage the collector refuses whole
 
     def reached() -> set[str]:
-        return {h["name"] or "" for h in visit_hits(p)} | {(h["url"] or "").rsplit("/", 1)[-1] for h in visit_hits(p)}
+        hits = visit_hits(p)
+        return {h["name"] or "" for h in hits} | {(h["url"] or "").rsplit("/", 1)[-1] for h in hits}
 
+    started = time.monotonic()
     p.wait_for(lambda: good <= reached(), f"{len(good)} good events in visits", timeout_s=120)
-    p.wait_for(lambda: all(m in "\n".join(r["payload"] for r in p.decoded("bad_events")) for m in rejected),
-               "a bad row for every rejected event")
+    print(f"visits complete after {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    def all_rejected_have_rows() -> bool:
+        text = "\n".join(r["payload"] for r in p.decoded("bad_events"))
+        return all(m in text for m in rejected)
+
+    p.wait_for(all_rejected_have_rows, "a bad row for every rejected event")
+    print(f"bad rows complete after {time.monotonic() - started:.1f} s")
     assert {r["failure_type"] for r in p.decoded("bad_events")} <= FAILURE_TYPES
     assert not good & rejected
     assert worker.alive(), worker.log_tail()
