@@ -258,3 +258,14 @@ def test_bad_rows_keep_the_whole_payload_split_in_parts() -> None:
     assert json.loads(join_bad_row_parts(rows))["payloads"][0]["events"][0]["url"] == huge["url"]
     assert all(len(r["payload"].encode()) <= 50_000 for r in rows)
     assert CODEC  # the rows decoded with the real codec above
+
+
+def test_a_late_event_is_a_late_event_row_with_its_payload() -> None:
+    stage, table = visitor_stage(), Table()
+    run(stage, table, record(payload("v", [event(t=T0 + DAY)])), 0)
+    late = event("https://www.acme.example/old", t=T0)
+    result = run(stage, table, record(payload("v", [late]), payload("v", [event(t=T0 + DAY + 1000)])), 1)
+    rows = bad_rows(result)
+    assert [r["failure_type"] for r in rows] == ["late_event"]
+    assert event_ids(original(rows[0])) == [late["event_id"]] and rows[0]["details"]["event_id"] == late["event_id"]
+    assert len(visit_updates(result)) == 1
