@@ -32,6 +32,8 @@ sinks_app = typer.Typer(help="Deliver qualified leads to each site's sinks (webh
                         invoke_without_command=True)
 app.add_typer(sinks_app, name="sinks")
 app.add_typer(model_app, name="model")
+bad_rows_app = typer.Typer(help="List and replay bad rows (bad-events) after a fix.", no_args_is_help=True)
+app.add_typer(bad_rows_app, name="bad-rows")
 
 ConfigOption = Annotated[Optional[Path], typer.Option(
     "--config", "-c", help="YAML settings file (default: $LEADSTREAM_CONFIG or ./leadstream.yaml)")]
@@ -505,6 +507,62 @@ def model_list(limit: Annotated[int, typer.Option(help="Entries shown, newest fi
                    + (f"  replaced {s.previous_version} ({s.previous_digest})" if s.previous_digest else ""))
 
 
+TypeOption = Annotated[Optional[str], typer.Option(
+    "--type", help="Failure type (README 'Bad rows'), e.g. processing_failure, schema_violation, site_violation")]
+SinceOption = Annotated[Optional[str], typer.Option(
+    help="Only rows written since: an age (30m, 2h, 7d), an ISO time (UTC by default) or epoch ms")]
+
+
+def _bad_row_filters(failure_type: str | None, since: str | None) -> tuple[str | None, int | None]:
+    from .core.failures import FailureType
+    from .ops.bad_rows import parse_since
+    if failure_type is not None and failure_type not in {t.value for t in FailureType}:
+        _fail(f"unknown failure type {failure_type!r}: one of {', '.join(t.value for t in FailureType)}")
+    try:
+        return failure_type, parse_since(since) if since is not None else None
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@bad_rows_app.command("list")
+def bad_rows_list(failure_type: TypeOption = None, since: SinceOption = None,
+                  stage: Annotated[Optional[str], typer.Option(help="collector, visitor or account")] = None,
+                  full: Annotated[bool, typer.Option(help="Print whole payloads (default: the first 200 characters)")] = False,
+                  config: ConfigOption = None) -> None:
+    """Print the bad rows as JSON lines (split rows joined), oldest first; commits nothing."""
+    from .ops.bad_rows import read_bad_rows
+    settings = _settings(config)
+    if not settings.kafka.bootstrap_servers:
+        _fail("kafka.bootstrap_servers is not set")
+    kind, since_ms = _bad_row_filters(failure_type, since)
+    for row in read_bad_rows(settings, failure_type=kind, since_ms=since_ms, stage=stage):
+        if not full and len(row["payload"]) > 200:
+            row = {**row, "payload": row["payload"][:200] + "..."}
+        typer.echo(json.dumps(row, default=str))
+
+
+@bad_rows_app.command("replay")
+def bad_rows_replay(failure_type: Annotated[str, typer.Option("--type", help="Failure type to replay")],
+                    since: Annotated[str, typer.Option(help="Rows written since: 30m, 2h, 7d, an ISO time or epoch ms")],
+                    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be sent")] = False,
+                    config: ConfigOption = None) -> None:
+    """Put the original payloads of visitor-stage bad rows back on pixel-events (idempotent by event)."""
+    from .ops.bad_rows import read_bad_rows, replay_bad_rows, replay_plan
+    settings = _settings(config)
+    if not settings.kafka.bootstrap_servers:
+        _fail("kafka.bootstrap_servers is not set")
+    kind, since_ms = _bad_row_filters(failure_type, since)
+    rows = read_bad_rows(settings, failure_type=kind, since_ms=since_ms)
+    if dry_run:
+        from .codec import make_codec
+        from .topology import topic_specs
+        spec = {s.logical: s for s in topic_specs(settings)}["pixel_events"]
+        _, report = replay_plan(rows, spec.partitions, make_codec(settings.kafka.schema_registry_url), spec.name)
+    else:
+        report = replay_bad_rows(settings, rows)
+    typer.echo(("would send: " if dry_run else "") + report.summary())
+
+
 @bench_app.command("collector")
 def bench_collector(
     duration: Annotated[int, typer.Option(help="Seconds of load per server")] = 15,
@@ -643,6 +701,19 @@ def bench_leads(
     and p50/p99 of GET /leads?limit=50 with each filter against a /health baseline."""
     from loadtest.bench_leads import bench
     report = bench(accounts=accounts, requests=requests)
+
+
+@bench_app.command("state")
+def bench_state(
+    visitors: Annotated[int, typer.Option(help="Visitors to run through the visitor stage")] = 1_000_000,
+    retention_days: Annotated[float, typer.Option(help="Idle-state retention in event time (0: keep everything)")] = 7.0,
+    checkpoints: Annotated[int, typer.Option(help="Report rows over the run")] = 10,
+) -> None:
+    """Memory, state/changelog bytes and recovery time per active visitor as total history grows."""
+    from loadtest.bench_state import bench
+    logging.basicConfig(level=logging.ERROR)
+    report = bench(visitors=visitors, retention_days=retention_days, checkpoints=checkpoints,
+                   on_progress=lambda row: typer.echo(json.dumps(row), err=True))
     typer.echo(json.dumps(report, indent=2))
     if not report["pass"]:
         raise typer.Exit(1)

@@ -61,6 +61,10 @@ class KafkaSettings(_Frozen):
     replication_factor: int = Field(1, ge=1, description="For topics that `leadstream topics create` makes.")
     idempotence: bool | None = Field(
         None, description="Idempotent producers. Unset: on, except against the embedded broker (which lacks it).")
+    max_message_bytes: int = Field(
+        1_000_000, ge=100_000,
+        description="Largest record any Leadstream producer sends (its max request size), the max.message.bytes "
+        "`topics create` gives every topic, and the bound the stages keep their outputs and stored state under")
 
     def client_options(self) -> dict[str, Any]:
         """aiokafka / kafka-python connection options (secrets unwrapped: never log this)."""
@@ -721,6 +725,11 @@ class StageSettings(_Frozen):
     retry_backoff_max_s: float = Field(
         5.0, gt=0, description="Longest pause between two tries of a record while Redis or the broker is "
         "unreachable (the backoff doubles from 0.25 s up to this): bounds the delay after an outage ends")
+    state_retention_days: float = Field(
+        90.0, ge=0, description="Visitor and account state idle this long in event time is deleted (a tombstone in "
+        "the changelog); 0 keeps state forever")
+    history_max_bytes: int = Field(
+        65_536, ge=1024, description="Bytes of page views and conversions kept per visitor for an identify backfill")
 
 
 class Settings(BaseSettings):
@@ -769,6 +778,13 @@ class Settings(BaseSettings):
                     isinstance(sink, NurtureSinkSettings) for sink in site.sinks):
                 raise ValueError(f"site {site.site_id}: an email sink needs identity_salt (or the site's "
                                  "email_salt): the suppression list keeps salted email hashes")
+        return self
+
+    @model_validator(mode="after")
+    def _records_fit_messages(self) -> "Settings":
+        if self.collector.max_record_bytes > self.kafka.max_message_bytes - 16_384:
+            raise ValueError(f"collector.max_record_bytes ({self.collector.max_record_bytes}) must stay 16384 bytes "
+                             f"below kafka.max_message_bytes ({self.kafka.max_message_bytes})")
         return self
 
     def site(self, site_id: str) -> SiteSettings | None:

@@ -46,9 +46,10 @@ class TopicSpec:
     partitions: int
     retention_ms: int | None
     compacted: bool
+    max_message_bytes: int = 1_000_000   # settings.kafka.max_message_bytes
 
     def config(self) -> dict[str, str]:
-        cfg: dict[str, str] = {"max.message.bytes": "2097152"}
+        cfg: dict[str, str] = {"max.message.bytes": str(self.max_message_bytes)}
         if self.retention_ms is not None:
             cfg["retention.ms"] = str(self.retention_ms)
         if self.compacted:
@@ -69,6 +70,7 @@ def topic_specs(settings: Settings, catalogue: SchemaCatalogue | None = None) ->
             partitions=int(settings.topics.partitions.get(logical, entry["partitions"])),
             retention_ms=entry.get("retention_ms"),
             compacted=bool(entry.get("compacted", False)),
+            max_message_bytes=settings.kafka.max_message_bytes,
         ))
     return specs
 
@@ -94,7 +96,7 @@ def changelog_specs(settings: Settings, specs: Iterable[TopicSpec]) -> list[Topi
         src = by_logical[source]
         out.append(TopicSpec(logical=f"{stage}_changelog", name=changelog_topic(settings.stages.app_id, stage),
                              value_schema="(Faust JSON)", key="table key (JSON)", partitions=src.partitions,
-                             retention_ms=None, compacted=True))
+                             retention_ms=None, compacted=True, max_message_bytes=src.max_message_bytes))
     return out
 
 

@@ -58,7 +58,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import metrics
 from ..core.events import VERIFIED_BY_SIGNATURE, VERIFIED_HEADER
+from ..core.failures import FailureType
 from ..settings import ConsentAction, RequireMode, Settings, SiteSettings
+from ..stages.messages import split_bad_row
 from ..topology import visitor_key
 from .producer import BatchingProducer, BrokerUnavailable, PayloadSink, RecordTooLarge
 from .protocol import (EventGroup, Limits, PayloadError, fast_uuid4, parse_collect, parse_pixel_query,
@@ -209,6 +211,7 @@ class Collector:
         self._durations: dict[str, Any] = {}
         self._consent: dict[tuple[str, str, str], Any] = {}
         self._max_header = self.cfg.max_field_chars
+        self._bad_row_part_bytes = settings.kafka.max_message_bytes // 2
         # a plain dict: Settings.site() goes through a pydantic private attribute (~2 us a lookup)
         self._sites: dict[str, SiteSettings] = {site.site_id: site for site in settings.sites}
         self._write_keys: dict[str, list[str]] = {
@@ -296,19 +299,25 @@ class Collector:
 
     def bad_row(self, failure_type: str, message: str, site_id: str | None, source: str, raw: bytes,
                 details: dict[str, str] | None = None, size: int | None = None) -> None:
-        """Write a ``BadRow`` with the original request, truncated to ``bad_row_payload_limit`` bytes.
+        """Write a ``BadRow`` with the whole original request (in parts when larger than half of
+        ``kafka.max_message_bytes``).
 
-        ``size`` is the original request's size when ``raw`` is already only its beginning.
+        ``size`` is the original request's size when it was refused for its size: then only its
+        first ``bad_row_payload_limit`` bytes are kept.
         """
-        payload, truncated = _truncate_utf8(raw, self.cfg.bad_row_payload_limit)
-        if size is not None and size > len(raw):
-            truncated = True
-        self.sink.send_bad_row({
-            "bad_row_id": str(uuid.uuid4()), "stage": "collector", "failure_type": failure_type,
+        truncated = size is not None  # a body refused for its size: its first bad_row_payload_limit bytes
+        if truncated:
+            payload, _ = _truncate_utf8(raw, self.cfg.bad_row_payload_limit)
+        else:  # whole, split into parts below the topic's maximum message size
+            payload = raw.decode("utf-8", "replace")
+        row = {
+            "bad_row_id": str(uuid.uuid4()), "stage": "collector", "failure_type": FailureType(failure_type).value,
             "message": message, "site_id": site_id, "source": source, "tstamp": int(time.time() * 1000),
             "payload": payload, "payload_size": max(len(raw), size or 0), "payload_truncated": truncated,
-            "details": details or {},
-        })
+            "details": details or {}, "part": 0, "parts": 1,
+        }
+        for part in split_bad_row(row, self._bad_row_part_bytes):
+            self.sink.send_bad_row(part)
 
     async def _reject(self, send: Send, kind: _Kind, err: PayloadError, scope: Scope, body: bytes,
                       origin: str | None, site_id: str | None = None, size: int | None = None) -> int:
@@ -461,6 +470,9 @@ class Collector:
             action, signal = consent_action(site.consent, signals) if signals.any else (ConsentAction.ignore, None)
             if action is ConsentAction.drop:
                 self._count_consent(site.site_id, signal or "", "drop")
+                self.bad_row(FailureType.consent_dropped.value, f"consent signal '{signal}' is set to drop: "
+                             "nothing of this hit is recorded", site.site_id, kind.source, b"",
+                             {"signal": signal or ""})
                 continue
             anonymous = action is ConsentAction.anonymize
             payload_id = fast_uuid4()

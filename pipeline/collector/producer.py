@@ -273,8 +273,8 @@ class BatchingProducer:
             acks="all",
             enable_idempotence=self._idempotence(),
             linger_ms=0,  # batching happens here, per partition, before encoding
-            max_request_size=max(1_048_576, self._cfg.max_record_bytes + 65_536),
-            max_batch_size=max(16_384, min(self._cfg.max_record_bytes, 1_048_576)),
+            max_request_size=self._settings.kafka.max_message_bytes,  # settings: max_record_bytes fits below it
+            max_batch_size=max(16_384, min(self._cfg.max_record_bytes, self._settings.kafka.max_message_bytes)),
             request_timeout_ms=max(1_000, int(self._cfg.ack_timeout_s * 1000)),
             retry_backoff_ms=100,
             metadata_max_age_ms=60_000,

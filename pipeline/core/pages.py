@@ -75,9 +75,26 @@ def compile_pattern(pattern: str) -> UrlPattern:
     return UrlPattern(text=pattern, host=host_rx, path=re.compile(_path_regex(path), re.IGNORECASE | re.DOTALL))
 
 
-@lru_cache(maxsize=65536)
+URL_CACHE_ENTRIES = 65_536
+URL_CACHE_MAX_CHARS = 256   # longer URLs are parsed uncached: the cache holds at most ~16 MB of keys
+
+
 def url_host_path(url: str) -> tuple[str | None, str]:
-    """(lower-case host or None, path without query/fragment, trailing '/' dropped unless root)."""
+    """(lower-case host or None, path without query/fragment, trailing '/' dropped unless root).
+
+    Cached for URLs of up to ``URL_CACHE_MAX_CHARS`` characters (``URL_CACHE_ENTRIES`` of them).
+    """
+    if len(url) <= URL_CACHE_MAX_CHARS:
+        return _url_host_path_cached(url)
+    return _url_host_path(url)
+
+
+@lru_cache(maxsize=URL_CACHE_ENTRIES)
+def _url_host_path_cached(url: str) -> tuple[str | None, str]:
+    return _url_host_path(url)
+
+
+def _url_host_path(url: str) -> tuple[str | None, str]:
     raw = url.strip()
     if raw.startswith("/"):
         host: str | None = None

@@ -96,10 +96,18 @@ class UserAgentInfo:
     device_family: str | None = None   # ua-parser's device family ("Spider" for known bots)
 
 
+def analyze_user_agent(user_agent: str | None) -> UserAgentInfo:
+    """Parse one user-agent string and run the UA-based bot checks. Cached; never raises.
+
+    A missing header (None) is an empty user agent. The string is cut to ``MAX_UA_CHARS``
+    before it reaches the cache, so the cache holds at most ``CACHE_SIZE`` keys of that size.
+    """
+    return analyze_clipped_user_agent((user_agent or "").strip()[:MAX_UA_CHARS])
+
+
 @functools.lru_cache(maxsize=CACHE_SIZE)
-def analyze_user_agent(user_agent: str) -> UserAgentInfo:
-    """Parse one user-agent string and run the UA-based bot checks. Cached; never raises."""
-    ua = user_agent.strip()[:MAX_UA_CHARS]
+def analyze_clipped_user_agent(ua: str) -> UserAgentInfo:
+    """:func:`analyze_user_agent` of a stripped string of at most ``MAX_UA_CHARS`` characters (the cache)."""
     if not ua:
         return UserAgentInfo(Device(device_class="bot", is_bot=True, bot_reason="empty user agent"))
     try:

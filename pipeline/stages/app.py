@@ -53,6 +53,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         topic_replication_factor=settings.kafka.replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_max_request_size=settings.kafka.max_message_bytes,
         broker_commit_interval=stage.commit_interval_s,
         broker_session_timeout=stage.session_timeout_s,
         broker_heartbeat_interval=stage.heartbeat_interval_s,

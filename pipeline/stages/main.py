@@ -56,11 +56,14 @@ def build_handlers(settings: Settings) -> tuple[VisitorStage, AccountStage]:
             identity = ReadOnlyIdentity(identity)
     else:
         log.warning("redis.url is not set: no company data, identity graph or quota; leads need a company")
-    visitor = VisitorStage(settings, codec, VisitorTopics(visits.name, visits.partitions, specs["bad_events"].name),
-                           model, geoip, reference, identity)
+    retry = retryable_errors()
+    visitor = VisitorStage(settings, codec, VisitorTopics(visits.name, visits.partitions, specs["bad_events"].name,
+                                                          specs["pixel_events"].partitions),
+                           model, geoip, reference, identity, retryable=retry)
     account = AccountStage(settings, codec, AccountTopics(
         specs["lead_scores"].name, specs["lead_scores"].partitions, specs["qualified_leads"].name,
-        specs["qualified_leads"].partitions, specs["bad_events"].name), model, quota)
+        specs["qualified_leads"].partitions, specs["bad_events"].name), model, quota, retryable=retry,
+        visits_partitions=visits.partitions)
     return visitor, account
 
 

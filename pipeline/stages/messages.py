@@ -7,6 +7,7 @@ speak the typed schemas in ``schemas/`` that any Kafka client can read.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 import uuid
@@ -19,6 +20,7 @@ from ..core.model import Company, Evidence, NetworkClass, Sector
 from ..core.qualify import QualifiedLead, best_person
 from ..core.sessions import DAY_MS, Hit, SessionSummary
 from ..core.visit import VisitUpdate
+from ..core.failures import FailureType
 from ..core.filters import FilterResult
 
 _BAD_ROW_NS = uuid.UUID("4b8a2f0e-6c1d-4e5f-9a7b-3c2d1e0f9a8b")
@@ -210,22 +212,58 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def bad_row(stage: str, failure_type: str, message: str, payload: Any, *, site_id: str | None = None,
-            source: str | None = None, limit: int = 16_384, details: Mapping[str, str] | None = None,
+def bad_row(stage: str, failure_type: FailureType | str, message: str, payload: Any, *, site_id: str | None = None,
+            source: str | None = None, details: Mapping[str, str] | None = None,
             row_id: str | None = None, tstamp: int | None = None) -> dict[str, Any]:
-    """A ``BadRow`` record; ``payload`` (bytes or a JSON-able value) is kept, truncated to ``limit`` bytes."""
+    """A ``BadRow`` record with the whole original ``payload`` (bytes or a JSON-able value).
+
+    ``details["payload_encoding"]`` says how to get the original back: ``json`` (a JSON
+    document: a ``CollectorPayload`` when ``details["payload_schema"]`` says so), ``utf8``
+    (the record's bytes were UTF-8) or ``base64``. The id is deterministic (stage, type,
+    message and payload), so a replayed failure writes the same id again.
+    """
+    extra: dict[str, str] = {}
     if isinstance(payload, (bytes, bytearray)):
         try:
             text = bytes(payload).decode("utf-8")
+            extra["payload_encoding"] = "utf8"
         except UnicodeDecodeError:
-            text = "base64:" + base64.b64encode(bytes(payload)).decode("ascii")
+            text = base64.b64encode(bytes(payload)).decode("ascii")
+            extra["payload_encoding"] = "base64"
     else:
         text = json.dumps(payload, default=str, sort_keys=True)
+        extra["payload_encoding"] = "json"
     raw = text.encode("utf-8")
-    truncated = len(raw) > limit
-    if truncated:
-        text = raw[:limit].decode("utf-8", errors="ignore")
-    return {"bad_row_id": row_id or str(uuid.uuid5(_BAD_ROW_NS, f"{stage}|{message}|{text[:2000]}")),
-            "stage": stage, "failure_type": failure_type, "message": message, "site_id": site_id, "source": source,
+    kind = FailureType(failure_type).value
+    digest = hashlib.sha256(raw).hexdigest()
+    return {"bad_row_id": row_id or str(uuid.uuid5(_BAD_ROW_NS, f"{stage}|{kind}|{message}|{digest}")),
+            "stage": stage, "failure_type": kind, "message": message, "site_id": site_id, "source": source,
             "tstamp": tstamp if tstamp is not None else int(time.time() * 1000), "payload": text,
-            "payload_size": len(raw), "payload_truncated": truncated, "details": dict(details or {})}
+            "payload_size": len(raw), "payload_truncated": False, "details": {**extra, **dict(details or {})},
+            "part": 0, "parts": 1}
+
+
+def split_bad_row(row: Mapping[str, Any], max_payload_bytes: int) -> list[dict[str, Any]]:
+    """``row`` as one or more rows whose ``payload`` holds at most ``max_payload_bytes`` bytes each.
+
+    The parts share ``bad_row_id`` and carry ``part`` (0-based) and ``parts``; joining their
+    payloads in part order gives the original payload back (cuts fall between UTF-8 characters).
+    """
+    raw = str(row["payload"]).encode("utf-8")
+    if len(raw) <= max_payload_bytes:
+        return [dict(row)]
+    pieces: list[str] = []
+    start = 0
+    while start < len(raw):
+        end = min(start + max_payload_bytes, len(raw))
+        while end < len(raw) and end > start and (raw[end] & 0xC0) == 0x80:  # not inside a character
+            end -= 1
+        pieces.append(raw[start:end].decode("utf-8"))
+        start = end
+    return [{**row, "payload": piece, "part": i, "parts": len(pieces)} for i, piece in enumerate(pieces)]
+
+
+def join_bad_row_parts(rows: list[Mapping[str, Any]]) -> str:
+    """The original payload of a row split by :func:`split_bad_row` (all its parts, any order)."""
+    ordered = sorted(rows, key=lambda r: int(r.get("part") or 0))
+    return "".join(str(r["payload"]) for r in ordered)

@@ -53,6 +53,7 @@ class Output:
 class HandlerResult:
     outputs: list[Output] = field(default_factory=list)
     states: dict[str, Any] = field(default_factory=dict)   # key -> new state (JSON-able), written once
+    deletes: list[str] = field(default_factory=list)       # keys to delete (idle state: a changelog tombstone)
 
 
 class Handler(Protocol):
@@ -79,6 +80,10 @@ class StateView:
     def applied(self, key: str, offset: int) -> bool:
         stored = self._table.get(key)
         return stored is not None and stored["o"] >= offset
+
+    def keys(self) -> list[str]:
+        """Every state key held here (all partitions this process owns), progress keys left out."""
+        return [k for k in list(self._table.keys()) if isinstance(k, str) and not k.startswith(PROGRESS_PREFIX)]
 
 
 class OutputSender(Protocol):
@@ -384,6 +389,9 @@ class RecordRunner:
             await self._retrying(f"sending the outputs of {partition}:{offset}", lambda: self.send(result.outputs))
         for key, state in result.states.items():
             self.table[key] = {"o": offset, "s": state}
+        for key in result.deletes:
+            if key in self.table:
+                del self.table[key]  # Faust writes a tombstone to the changelog
         self.table[self.progress_key(partition)] = offset
         self.stats.records += 1
 

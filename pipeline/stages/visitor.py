@@ -4,7 +4,21 @@ Per input record: decode once, split events by visitor, enrich every visitor
 of the record with one GeoIP pass, one identity-graph round trip pair and one
 reference-data round trip pair, sessionize each visitor once (the core), and
 write each visitor's state once. Visit updates are grouped by the partition
-of their site|account key, one ``visits`` record per partition.
+of their site|account key, one ``visits`` record per partition (split below
+``kafka.max_message_bytes``).
+
+**The unit of failure is one event, at most one visitor's events of one
+record.** Each event is parsed inside its own error boundary, each visitor is
+enriched and sessionized inside its own: whatever one of them raises becomes
+its own typed bad row carrying its original ``CollectorPayload`` (replayable
+with ``leadstream bad-rows replay``), and every other visitor of the record
+goes on. Errors that mean a dependency is away (``retryable``) are not caught:
+the runner retries the record. The runner's ``failed`` is only the last resort.
+
+**Bounded.** URLs, referrers and titles are cut (``core.limits``), a visitor's
+history is trimmed by bytes, outputs are split below the message size, and a
+visitor idle for ``stages.state_retention_days`` of event time is deleted
+(:mod:`.expiry`).
 """
 
 from __future__ import annotations
@@ -15,14 +29,17 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from ..codec import Codec, CodecError
 from ..core.bots import BotConfig, BotSignals, bot_verdict
-from ..core.company import resolve_company
-from ..core.events import BadEvent, TimeConfig, TrackedEvent, parse_payload
+from ..core.company import CompanyLookups, resolve_company
+from ..core.events import TimeConfig, TrackedEvent, build_event, validate_event
+from ..core.failures import FailureType
 from ..core.identity import (IdentityResult, IdentitySnapshot, IdType, Identifier, apply_identity_events,
                              identifiers_from_event, resolve_visitor)
+from ..core.limits import (MAX_NAME_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS, chunk_by_bytes, clip, json_size,
+                           text_bytes, trim_by_bytes)
 from ..core.model import NetworkInfo, PersonResolution
 from ..core.network import classify_network
 from ..core.scoring_model import ScoringModel
-from ..core.sessions import Hit, SessionConfig, VisitorState, apply_events
+from ..core.sessions import DAY_MS, Hit, SessionConfig, VisitorState, apply_events
 from ..core.visit import VisitUpdate, build_visit_update
 from ..enrich.geoip import GeoIPReader
 from ..enrich.redis_store import AsyncReferenceStore
@@ -30,14 +47,17 @@ from ..enrich.useragent import analyze_user_agent
 from ..metrics import BOTS, IDENTITY_OPS, NETWORK_CLASSES, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS
 from ..settings import Settings, SiteSettings
 from ..topology import partition_for
-from .messages import bad_row, visit_to_record
+from .expiry import IdleKeys
+from .messages import bad_row, split_bad_row, visit_to_record
 from .runtime import HandlerResult, Output, StateView
 
 log = logging.getLogger(__name__)
 
 STAGE = "visitor"
-HISTORY_HITS = 200          # page views and conversions kept per visitor for a backfill
-HISTORY_MS = 30 * 86_400_000
+HISTORY_HITS = 200          # page views and conversions kept per visitor for a backfill (and at most this many bytes:
+HISTORY_MS = 30 * 86_400_000  # stages.history_max_bytes)
+#: Errors that mean a dependency is away: never caught by a boundary, the runner retries the record.
+DEFAULT_RETRYABLE: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
 
 
 class IdentityPort(Protocol):
@@ -53,6 +73,7 @@ class VisitorTopics:
     visits: str
     visits_partitions: int
     bad_events: str
+    pixel_events_partitions: int = 1  # the source's partitions: which keys a record's partition holds
 
 
 @dataclass
@@ -62,14 +83,33 @@ class _Visitor:
     visitor_id: str | None
     position: int  # the key's position among the record's visitor keys, applied ones included
     events: list[TrackedEvent] = field(default_factory=list)
+    payloads: list[dict[str, Any]] = field(default_factory=list)  # the original payloads, their good events only
+
+
+@dataclass
+class _Outcome:
+    """What one visitor produced: applied together only when the whole visitor succeeded."""
+    state: dict[str, Any]
+    last_event_ms: int
+    updates: list[tuple[VisitUpdate, bool]] = field(default_factory=list)
+    late: list[TrackedEvent] = field(default_factory=list)
+
+
+class _VisitorFailed(Exception):
+    def __init__(self, failure: FailureType, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.failure = failure
+        self.cause = cause
 
 
 class VisitorStage:
-    """The visitor stage's handler (see module doc). Holds per-process resources only, no state."""
+    """The visitor stage's handler (see module doc). Holds per-process resources only; the idle-key
+    index (:class:`IdleKeys`) is a cache over the table, rebuilt from it."""
 
     def __init__(self, settings: Settings, codec: Codec, topics: VisitorTopics, model: ScoringModel,
                  geoip: GeoIPReader | None, reference: AsyncReferenceStore | None, identity: IdentityPort | None,
-                 bot_config: BotConfig = BotConfig()) -> None:
+                 bot_config: BotConfig = BotConfig(),
+                 retryable: tuple[type[BaseException], ...] = DEFAULT_RETRYABLE) -> None:
         self.settings = settings
         self.codec = codec
         self.topics = topics
@@ -77,13 +117,20 @@ class VisitorStage:
         self.reference = reference
         self.identity = identity
         self.bot_config = bot_config
+        self.retryable = retryable
         classes = tuple((s.name, tuple(s.patterns)) for s in model.intent.page_signals)
         self.session_cfg = {
             s.site_id: SessionConfig(gap_ms=s.session_gap_minutes * 60_000, site_hosts=s.own_hosts,
                                      conversion_names=frozenset(s.conversion_names), page_classes=classes)
             for s in settings.sites}
-        self.limit = settings.collector.bad_row_payload_limit
+        limit = settings.kafka.max_message_bytes
+        self.output_bytes = limit * 9 // 10        # a record's value, with room for framing and headers
+        self.state_bytes = limit // 2              # a stored state (the changelog adds the key and offset)
+        self.bad_row_bytes = limit // 2            # one bad row's payload part
+        self.history_bytes = min(settings.stages.history_max_bytes, self.state_bytes // 4)
         self.time_cfg = TimeConfig.from_days(settings.stages.max_send_delay_days)
+        self.idle = IdleKeys(int(settings.stages.state_retention_days * DAY_MS), topics.pixel_events_partitions,
+                             _visitor_last_seen)
 
     # -- the handler ------------------------------------------------------------------------
     async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:
@@ -91,193 +138,356 @@ class VisitorStage:
         try:
             batch = self.codec.decode(value, "CollectorBatch")
         except CodecError as exc:
-            self._bad(result, "schema_violation", f"pixel-events record {partition}:{offset} is not a "
-                      f"CollectorBatch: {exc}", value, None)
+            self._bad(result, FailureType.schema_violation, f"pixel-events record {partition}:{offset} is not a "
+                      f"CollectorBatch: {exc}", value, None, {"partition": str(partition), "offset": str(offset)})
             return result
-        visitors = self._split(batch["payloads"], offset, states, result)
-        if not visitors:
-            return result
-        STAGE_BATCH_SIZE.labels(STAGE).observe(sum(len(v.events) for v in visitors.values()))
-
-        person_by_key = await self._identify(visitors)
-        networks = self._networks(visitors)
-        person_domains = [p.person.company_domain for p in person_by_key.values()
-                          if p.person is not None and p.person.company_domain]
-        lookup = None
-        if self.reference is not None:
-            lookup = await self.reference.resolve_networks(networks.values(), domains=person_domains)
-
-        updates: list[tuple[VisitUpdate, bool, int]] = []
-        for key, v in visitors.items():
-            position = v.position * 1000  # stable ids: a replay that skips keys keeps the others' ids
-            stored = states.get(key) or {}
-            state = (VisitorState.from_dict(stored["vs"]) if stored.get("vs")
-                     else VisitorState.new(v.site.site_id, v.visitor_id))
-            person = person_by_key.get(key, PersonResolution(None, 0.0))
-            if person.person is not None:
-                state = replace(state, person_id=person.person.person_id)
-            new_state, out = apply_events(state, v.events, self.session_cfg[v.site.site_id], offset=offset)
-            if out.skipped:
-                continue
-            STAGE_EVENTS.labels(STAGE, "duplicate").inc(out.duplicates)
-            for late in out.late:
-                self._bad(result, "processing_failure", "event older than the visitor's open session by more "
-                          "than one session gap: not sessionized", _event_dict(late), v.site.site_id)
-            STAGE_EVENTS.labels(STAGE, "processed").inc(len(v.events) - out.duplicates - len(out.late))
-
-            network = networks.get(key, NetworkInfo())
-            if lookup is not None:
-                network = lookup.annotate(network)
-            network = replace(network, network_class=classify_network(network))
-            NETWORK_CLASSES.labels(network.network_class.value).inc()
-            lookups = lookup.company_lookups(network) if lookup is not None else None
-            person_company = None
-            if lookup is not None and person.person is not None and person.person.company_domain:
-                person_company = lookup.company_for_domain(person.person.company_domain)
-            from ..core.company import CompanyLookups
-            lookups = replace(lookups or CompanyLookups(), person=person if person.person else None,
-                              person_company=person_company)
-            company = resolve_company(network, lookups)
-
-            last = v.events[-1]
-            ua = analyze_user_agent(last.user_agent or "")
-            peak = max((u.summary.peak_pages_per_minute for u in out.updates), default=0)
-            verdict = bot_verdict(BotSignals(
-                user_agent=last.user_agent, ua_is_crawler=ua.is_crawler, ua_crawler_name=ua.crawler_name,
-                ua_device_family=ua.device_family, accept_language=last.accept_language,
-                screen_resolution=last.screen_resolution, viewport=last.viewport,
-                webdriver=last.extra.get("webdriver") in ("1", "true"), network=network, pages_per_minute=peak,
-                relayed=last.ua_relayed),
-                self.bot_config)
-            if verdict.is_bot:
-                BOTS.labels((verdict.reason or "unknown").split(":")[0]).inc()
-            sources = tuple(dict.fromkeys((*network.sources, *(e.source for e in company.evidence))))
-            account_before = stored.get("acct")
-            history = list(stored.get("h") or ())
-            new_hits: list[Hit] = []
-            for su in out.updates:
-                vu = build_visit_update(su, company, person, country=network.geo.country,
-                                        client_ip=network.ip, is_bot=verdict.is_bot, bot_reason=verdict.reason,
-                                        enrichment_sources=sources)
-                if account_before and vu.account != account_before and history and not verdict.is_bot:
-                    updates.append((_backfill(vu, history), True, position))
-                    position += 1
-                    history = []  # sent once: the new account has it now
-                account_before = vu.account
-                updates.append((vu, False, position))
-                position += 1
-                new_hits.extend(su.hits)
-            history = _trim_history(history + [h.to_dict() for h in new_hits],
-                                    max((h.tstamp for h in new_hits), default=0))
-            result.states[key] = {"vs": new_state.to_dict(), "acct": account_before, "h": history}
-
-        self._emit(result, updates, partition, offset)
+        payloads = batch.get("payloads") if isinstance(batch, Mapping) else None
+        visitors = self._split(payloads if isinstance(payloads, list) else [], offset, states, result)
+        if visitors:
+            STAGE_BATCH_SIZE.labels(STAGE).observe(sum(len(v.events) for v in visitors.values()))
+            await self._process(visitors, partition, offset, states, result)
+        self._evict(partition, states, result)
         return result
 
     def failed(self, partition: int, offset: int, value: bytes, exc: Exception) -> HandlerResult:
-        """The record could not be processed: keep it as a bad row (replayable after the fix)."""
+        """The last resort: the record failed outside every per-visitor boundary. It is kept whole as an
+        ``unknown`` bad row (the cause is in the message), replayable after the fix."""
         result = HandlerResult()
-        self._bad(result, "processing_failure", f"pixel-events record {partition}:{offset} failed in the visitor "
-                  f"stage: {type(exc).__name__}: {exc}", value, None)
+        self._bad(result, FailureType.unknown, f"pixel-events record {partition}:{offset} failed in the visitor "
+                  f"stage: {type(exc).__name__}: {exc}", value, None, {"partition": str(partition),
+                                                                      "offset": str(offset)})
         return result
 
     # -- steps ------------------------------------------------------------------------------
-    def _split(self, payloads: Sequence[Mapping[str, Any]], offset: int, states: StateView,
+    def _split(self, payloads: Sequence[Any], offset: int, states: StateView,
                result: HandlerResult) -> dict[str, _Visitor]:
+        """The record's good events by visitor key; every bad event or payload becomes its own bad row."""
         visitors: dict[str, _Visitor] = {}
         positions: dict[str, int] = {}
         for payload in payloads:
-            site = self.settings.site(payload["site_id"])
-            if site is None:
-                self._bad(result, "site_violation", f"site {payload['site_id']!r} is not configured in the "
-                          "worker's settings (replay this row after adding it)", payload, payload["site_id"])
-                continue
-            good, bad = parse_payload(payload, self.time_cfg)
-            for b in bad:
-                self._bad(result, "schema_violation", "; ".join(b.reasons), _bad_event_dict(b, payload),
-                          site.site_id)
-            if payload.get("visitor_id") is None:
-                STAGE_EVENTS.labels(STAGE, "anonymous").inc(len(good))  # consent: nothing to attribute
-                continue
-            key = f"{site.site_id}|{payload['visitor_id']}"
-            positions.setdefault(key, len(positions))
-            if states.applied(key, offset):
-                continue
-            v = visitors.get(key)
-            if v is None:
-                v = visitors[key] = _Visitor(key, site, payload["visitor_id"], positions[key])
-            v.events.extend(good)
+            try:
+                self._split_payload(payload, offset, states, result, visitors, positions)
+            except self.retryable:
+                raise
+            except Exception as exc:
+                log.exception("visitor: a payload failed to parse")
+                self._bad(result, FailureType.processing_failure, f"a payload failed to parse: "
+                          f"{type(exc).__name__}: {exc}", _batch_of(payload), _site_of(payload), _replay(payload))
         return visitors
 
-    async def _identify(self, visitors: Mapping[str, _Visitor]) -> dict[str, PersonResolution]:
-        """Identity signals of every visitor of the record: one snapshot load and one apply per site."""
+    def _split_payload(self, payload: Any, offset: int, states: StateView, result: HandlerResult,
+                       visitors: dict[str, _Visitor], positions: dict[str, int]) -> None:
+        if not isinstance(payload, Mapping):
+            self._bad(result, FailureType.schema_violation, "a payload is not a CollectorPayload", payload, None)
+            return
+        site = self.settings.site(str(payload.get("site_id")))
+        if site is None:
+            self._bad(result, FailureType.site_violation, f"site {payload.get('site_id')!r} is not configured in the "
+                      "worker's settings (replay this row after adding it)", _batch_of(payload),
+                      _site_of(payload), _replay(payload))
+            return
+        good, raw_good = self._parse(payload, site.site_id, result)
+        visitor_id = payload.get("visitor_id")
+        if not isinstance(visitor_id, str) or not visitor_id:
+            STAGE_EVENTS.labels(STAGE, "anonymous").inc(len(good))  # consent: nothing to attribute
+            return
+        key = f"{site.site_id}|{visitor_id}"
+        positions.setdefault(key, len(positions))
+        if not good or states.applied(key, offset):
+            return
+        v = visitors.get(key)
+        if v is None:
+            v = visitors[key] = _Visitor(key, site, visitor_id, positions[key])
+        v.events.extend(good)
+        v.payloads.append({**payload, "events": raw_good})
+
+    def _parse(self, payload: Mapping[str, Any], site_id: str,
+               result: HandlerResult) -> tuple[list[TrackedEvent], list[Any]]:
+        """Each event of ``payload`` in its own boundary: (good events, their original dicts)."""
+        events = payload.get("events")
+        if not isinstance(events, list):
+            self._bad(result, FailureType.schema_violation, "payload has no events list", _batch_of(payload),
+                      site_id, _replay(payload))
+            return [], []
+        good: list[TrackedEvent] = []
+        raw_good: list[Any] = []
+        for event in events:
+            try:
+                errors = validate_event(event, payload)
+                if errors:
+                    self._bad(result, FailureType.schema_violation, "; ".join(errors),
+                              _batch_of(payload, [event]), site_id, _replay(payload, event))
+                    continue
+                good.append(_bounded(build_event(event, payload, self.time_cfg)))
+                raw_good.append(event)
+            except self.retryable:
+                raise
+            except Exception as exc:
+                log.exception("visitor: an event failed to parse")
+                self._bad(result, FailureType.processing_failure, f"an event failed to parse: "
+                          f"{type(exc).__name__}: {exc}", _batch_of(payload, [event]), site_id,
+                          _replay(payload, event))
+        return good, raw_good
+
+    async def _process(self, visitors: dict[str, _Visitor], partition: int, offset: int, states: StateView,
+                       result: HandlerResult) -> None:
+        person_by_key = await self._identify(visitors, result)
+        networks = self._networks(visitors, result)
+        person_domains = [p.person.company_domain for k, p in person_by_key.items()
+                          if k in visitors and p.person is not None and p.person.company_domain]
+        lookup = None
+        if self.reference is not None:
+            lookup = await self.reference.resolve_networks([networks[k] for k in visitors], domains=person_domains)
+
+        updates: list[tuple[VisitUpdate, bool, int]] = []
+        for key, v in visitors.items():
+            try:
+                outcome = self._visit(v, states.get(key) or {}, person_by_key.get(key, PersonResolution(None, 0.0)),
+                                      networks[key], lookup, offset)
+            except self.retryable:
+                raise
+            except Exception as exc:
+                log.exception("visitor: %s failed", key)
+                self._visitor_failed(result, v, FailureType.processing_failure, exc)
+                continue
+            if outcome is None:
+                continue
+            for late in outcome.late:
+                self._bad(result, FailureType.late_event, "event older than the visitor's open session by more "
+                          "than one session gap: not sessionized", _batch_of_event(v, late), v.site.site_id,
+                          {"event_id": late.event_id, "visitor_id": v.visitor_id or ""})
+            position = v.position * 1000  # stable ids: a replay that skips keys keeps the others' ids
+            for vu, backfill in outcome.updates:
+                updates.append((vu, backfill, position))
+                position += 1
+            result.states[key] = outcome.state
+            self.idle.touch(partition, key, outcome.last_event_ms)
+            self.idle.advance(partition, outcome.last_event_ms)
+        self._emit(result, updates, partition, offset)
+
+    def _visit(self, v: _Visitor, stored: Mapping[str, Any], person: PersonResolution, network: NetworkInfo,
+               lookup: Any, offset: int) -> _Outcome | None:
+        """One visitor's events: sessionize, resolve the company, flag bots, build its visit updates."""
+        state = (VisitorState.from_dict(stored["vs"]) if stored.get("vs")
+                 else VisitorState.new(v.site.site_id, v.visitor_id))
+        if person.person is not None:
+            state = replace(state, person_id=person.person.person_id)
+        new_state, out = apply_events(state, v.events, self.session_cfg[v.site.site_id], offset=offset)
+        if out.skipped:
+            return None
+        STAGE_EVENTS.labels(STAGE, "duplicate").inc(out.duplicates)
+        STAGE_EVENTS.labels(STAGE, "processed").inc(len(v.events) - out.duplicates - len(out.late))
+
+        if lookup is not None:
+            network = lookup.annotate(network)
+        network = replace(network, network_class=classify_network(network))
+        NETWORK_CLASSES.labels(network.network_class.value).inc()
+        lookups = lookup.company_lookups(network) if lookup is not None else None
+        person_company = None
+        if lookup is not None and person.person is not None and person.person.company_domain:
+            person_company = lookup.company_for_domain(person.person.company_domain)
+        lookups = replace(lookups or CompanyLookups(), person=person if person.person else None,
+                          person_company=person_company)
+        company = resolve_company(network, lookups)
+
+        last = v.events[-1]
+        ua = analyze_user_agent(last.user_agent)
+        peak = max((u.summary.peak_pages_per_minute for u in out.updates), default=0)
+        verdict = bot_verdict(BotSignals(
+            user_agent=last.user_agent, ua_is_crawler=ua.is_crawler, ua_crawler_name=ua.crawler_name,
+            ua_device_family=ua.device_family, accept_language=last.accept_language,
+            screen_resolution=last.screen_resolution, viewport=last.viewport,
+            webdriver=last.extra.get("webdriver") in ("1", "true"), network=network, pages_per_minute=peak,
+            relayed=last.ua_relayed),
+            self.bot_config)
+        if verdict.is_bot:
+            BOTS.labels((verdict.reason or "unknown").split(":")[0]).inc()
+        sources = tuple(dict.fromkeys((*network.sources, *(e.source for e in company.evidence))))
+        account_before = stored.get("acct")
+        history = list(stored.get("h") or ())
+        new_hits: list[Hit] = []
+        updates: list[tuple[VisitUpdate, bool]] = []
+        for su in out.updates:
+            vu = build_visit_update(su, company, person, country=network.geo.country,
+                                    client_ip=network.ip, is_bot=verdict.is_bot, bot_reason=verdict.reason,
+                                    enrichment_sources=sources)
+            if account_before and vu.account != account_before and history and not verdict.is_bot:
+                updates.extend((part, True) for part in self._split_update(_backfill(vu, history)))
+                history = []  # sent once: the new account has it now
+            account_before = vu.account
+            updates.extend((part, False) for part in self._split_update(vu))
+            new_hits.extend(su.hits)
+        last_event = max((e.tstamp for e in v.events), default=0)
+        history = self._trim_history(history + [h.to_dict() for h in new_hits],
+                                     max((h.tstamp for h in new_hits), default=0))
+        # Bounded by construction (tests/unit/stages): cut fields, history_bytes, the core's count limits.
+        state_dict = {"vs": new_state.to_dict(), "acct": account_before, "h": history}
+        seen = new_state.last_seen if new_state.last_seen is not None else last_event
+        return _Outcome(state_dict, seen, updates, list(out.late))
+
+    def _trim_history(self, history: list[Mapping[str, Any]], now: int) -> list[Mapping[str, Any]]:
+        kept = [h for h in history if now - int(h["t"]) <= HISTORY_MS][-HISTORY_HITS:]
+        return trim_by_bytes(kept, self.history_bytes, _hit_bytes)
+
+    def _split_update(self, vu: VisitUpdate) -> list[VisitUpdate]:
+        """``vu`` as updates whose hits fit in half an output record each: the first keeps the session's
+        new-session flag and engaged time, the rest carry only further hits (as a backfill does)."""
+        budget = self.output_bytes // 2
+        sizes = [64 + text_bytes(h.url) + text_bytes(h.name) for h in vu.hits]
+        if sum(sizes) <= budget:
+            return [vu]
+        parts = list(chunk_by_bytes(vu.hits, sizes, budget))
+        first = replace(vu, hits=tuple(parts[0]))
+        return [first, *(replace(vu, hits=tuple(p), engaged_ms_delta=0, new_session=False) for p in parts[1:])]
+
+    async def _identify(self, visitors: dict[str, _Visitor], result: HandlerResult) -> dict[str, PersonResolution]:
+        """Identity signals of every visitor of the record: one snapshot load and one apply per site.
+
+        A site group that raises is tried again visitor by visitor; a visitor that still raises is
+        an ``enrichment_failure`` bad row and leaves the record (``visitors`` loses it).
+        """
         if self.identity is None:
             return {}
         out: dict[str, PersonResolution] = {}
         by_site: dict[str, list[_Visitor]] = {}
         for v in visitors.values():
             by_site.setdefault(v.site.site_id, []).append(v)
+        failed: list[str] = []
         for site_id, group in by_site.items():
-            site = group[0].site
-            salt = self.settings.email_salt(site)
-            cfg = site.identity_config()  # the site's confidence per identity source
-            wanted: list[Identifier] = []
+            try:
+                out.update(await self._identify_group(site_id, group))
+                continue
+            except self.retryable:
+                raise
+            except Exception:
+                log.exception("visitor: identity of a group of %d visitors failed; retrying one by one", len(group))
             for v in group:
-                if v.visitor_id:
-                    wanted.append((IdType.visitor, v.visitor_id))
-                for e in v.events:
-                    wanted.extend(identifiers_from_event(e, salt)[0])
-                    if e.email_click_id:
-                        wanted.append((IdType.email_click, e.email_click_id))
-            snapshot = await self.identity.load_snapshot(site_id, list(dict.fromkeys(wanted)))
-            ops: list[Any] = []
-            for v in group:
-                res: IdentityResult = apply_identity_events(snapshot, v.events, salt, cfg)
-                snapshot = res.snapshot
-                ops.extend(res.ops)
-            if ops:
-                await self.identity.apply(site_id, ops)
-                for op in ops:
-                    IDENTITY_OPS.labels(type(op).__name__).inc()
-            for v in group:
-                out[v.key] = resolve_visitor(snapshot, v.visitor_id, cfg)
+                try:
+                    out.update(await self._identify_group(site_id, [v]))
+                except self.retryable:
+                    raise
+                except Exception as exc:
+                    self._visitor_failed(result, v, FailureType.enrichment_failure, exc)
+                    failed.append(v.key)
+        for key in failed:
+            del visitors[key]
         return out
 
-    def _networks(self, visitors: Mapping[str, _Visitor]) -> dict[str, NetworkInfo]:
+    async def _identify_group(self, site_id: str, group: list[_Visitor]) -> dict[str, PersonResolution]:
+        site = group[0].site
+        salt = self.settings.email_salt(site)
+        cfg = site.identity_config()  # the site's confidence per identity source
+        wanted: list[Identifier] = []
+        for v in group:
+            if v.visitor_id:
+                wanted.append((IdType.visitor, v.visitor_id))
+            for e in v.events:
+                wanted.extend(identifiers_from_event(e, salt)[0])
+                if e.email_click_id:
+                    wanted.append((IdType.email_click, e.email_click_id))
+        assert self.identity is not None
+        snapshot = await self.identity.load_snapshot(site_id, list(dict.fromkeys(wanted)))
+        ops: list[Any] = []
+        for v in group:
+            res: IdentityResult = apply_identity_events(snapshot, v.events, salt, cfg)
+            snapshot = res.snapshot
+            ops.extend(res.ops)
+        if ops:
+            await self.identity.apply(site_id, ops)
+            for op in ops:
+                IDENTITY_OPS.labels(type(op).__name__).inc()
+        return {v.key: resolve_visitor(snapshot, v.visitor_id, cfg) for v in group}
+
+    def _networks(self, visitors: dict[str, _Visitor], result: HandlerResult) -> dict[str, NetworkInfo]:
+        """Each visitor's network (its last event's IP), in its own boundary (``enrichment_failure``)."""
         out: dict[str, NetworkInfo] = {}
-        for key, v in visitors.items():
-            ip = next((e.client_ip for e in reversed(v.events) if e.client_ip), None)
-            if ip is None:
-                out[key] = NetworkInfo()
-            elif self.geoip is not None:
-                out[key] = self.geoip.lookup(ip)
-            else:
-                out[key] = NetworkInfo(ip=ip)
+        for key, v in list(visitors.items()):
+            try:
+                ip = next((e.client_ip for e in reversed(v.events) if e.client_ip), None)
+                if ip is None:
+                    out[key] = NetworkInfo()
+                elif self.geoip is not None:
+                    out[key] = self.geoip.lookup(ip)
+                else:
+                    out[key] = NetworkInfo(ip=ip)
+            except self.retryable:
+                raise
+            except Exception as exc:
+                self._visitor_failed(result, v, FailureType.enrichment_failure, exc)
+                del visitors[key]
         return out
 
     def _emit(self, result: HandlerResult, updates: list[tuple[VisitUpdate, bool, int]], partition: int,
               offset: int) -> None:
-        groups: dict[int, list[dict[str, Any]]] = {}
-        keys: dict[int, set[str]] = {}
+        """Visit updates grouped by target partition, each group split into records below the size bound."""
+        groups: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         n = self.topics.visits_partitions
         for vu, backfill, i in updates:
             key = f"{vu.site_id}|{vu.account}"
-            p = partition_for(key, n)
-            groups.setdefault(p, []).append(visit_to_record(vu, f"{partition}:{offset}:{i}", backfill))
-            keys.setdefault(p, set()).add(key)
-        for p, records in groups.items():
-            only = next(iter(keys[p])) if len(keys[p]) == 1 else None
-            value = self.codec.encode("VisitBatch", {"updates": records}, topic=self.topics.visits)
-            result.outputs.append(Output(self.topics.visits, p, only.encode() if only else None, value))
+            groups.setdefault(partition_for(key, n), []).append(
+                (key, visit_to_record(vu, f"{partition}:{offset}:{i}", backfill)))
+        for p, items in groups.items():
+            value = self.codec.encode("VisitBatch", {"updates": [r for _, r in items]}, topic=self.topics.visits)
+            if len(value) <= self.output_bytes:
+                self._visits_output(result, p, items, value)
+                continue
+            for chunk in chunk_by_bytes(items, [json_size(r) for _, r in items], self.output_bytes):
+                value = self.codec.encode("VisitBatch", {"updates": [r for _, r in chunk]}, topic=self.topics.visits)
+                if len(value) > self.output_bytes:
+                    self._bad(result, FailureType.size_violation, f"a visit update of {len(value)} bytes does not fit "
+                              f"a visits record (kafka.max_message_bytes)", chunk[0][1], chunk[0][1].get("site_id"))
+                    continue
+                self._visits_output(result, p, chunk, value)
 
-    def _bad(self, result: HandlerResult, failure_type: str, message: str, payload: Any,
-             site_id: str | None) -> None:
-        STAGE_BAD_ROWS.labels(STAGE, failure_type).inc()
+    def _visits_output(self, result: HandlerResult, p: int, items: list[tuple[str, dict[str, Any]]],
+                       value: bytes) -> None:
+        keys = {k for k, _ in items}
+        only = next(iter(keys)) if len(keys) == 1 else None
+        result.outputs.append(Output(self.topics.visits, p, only.encode() if only else None, value))
+
+    def _evict(self, partition: int, states: StateView, result: HandlerResult) -> None:
+        for key in self.idle.expired(partition, states, keep=set(result.states)):
+            result.deletes.append(key)
+            STAGE_EVENTS.labels(STAGE, "evicted").inc()
+
+    def _visitor_failed(self, result: HandlerResult, v: _Visitor, failure: FailureType, exc: BaseException) -> None:
+        self._bad(result, failure, f"visitor {v.key} failed in the visitor stage: {type(exc).__name__}: {exc}",
+                  {"payloads": v.payloads}, v.site.site_id,
+                  {"payload_schema": "CollectorBatch", "visitor_id": v.visitor_id or "",
+                   "event_ids": ",".join(e.event_id for e in v.events)[:4096]})
+
+    def _bad(self, result: HandlerResult, failure_type: FailureType, message: str, payload: Any,
+             site_id: str | None, details: Mapping[str, str] | None = None) -> None:
+        STAGE_BAD_ROWS.labels(STAGE, failure_type.value).inc()
         STAGE_EVENTS.labels(STAGE, "bad").inc()
         row = bad_row(STAGE, failure_type, message, payload, site_id=site_id, source="pixel-events",
-                      limit=self.limit)
-        result.outputs.append(Output(self.topics.bad_events, None, None,
-                                     self.codec.encode("BadRow", row, topic=self.topics.bad_events)))
+                      details=details)
+        for part in split_bad_row(row, self.bad_row_bytes):
+            result.outputs.append(Output(self.topics.bad_events, None, None,
+                                         self.codec.encode("BadRow", part, topic=self.topics.bad_events)))
+
+
+def _hit_bytes(h: Mapping[str, Any]) -> int:
+    """JSON bytes of a stored hit ({"t","k","u","n","s"}), estimated without encoding it."""
+    return 60 + text_bytes(h.get("u")) + text_bytes(h.get("n"))
+
+
+def _visitor_last_seen(stored: object) -> int | None:
+    if not isinstance(stored, Mapping):
+        return None
+    vs = stored.get("vs")
+    last = vs.get("ls") if isinstance(vs, Mapping) else None
+    return int(last) if isinstance(last, int) else None
+
+
+def _bounded(e: TrackedEvent) -> TrackedEvent:
+    """``e`` with its long text fields cut (``core.limits``): what the state and ``visits`` keep."""
+    if ((e.url is None or len(e.url) <= MAX_URL_CHARS) and (e.referrer is None or len(e.referrer) <= MAX_URL_CHARS)
+            and (e.page_title is None or len(e.page_title) <= MAX_TITLE_CHARS)
+            and (e.name is None or len(e.name) <= MAX_NAME_CHARS)):
+        return e
+    return replace(e, url=clip(e.url, MAX_URL_CHARS), referrer=clip(e.referrer, MAX_URL_CHARS),
+                   page_title=clip(e.page_title, MAX_TITLE_CHARS), name=clip(e.name, MAX_NAME_CHARS))
 
 
 def _backfill(current: VisitUpdate, history: list[Mapping[str, Any]]) -> VisitUpdate:
@@ -286,16 +496,31 @@ def _backfill(current: VisitUpdate, history: list[Mapping[str, Any]]) -> VisitUp
     return replace(current, hits=hits, engaged_ms_delta=0, new_session=False)
 
 
-def _trim_history(history: list[Mapping[str, Any]], now: int) -> list[Mapping[str, Any]]:
-    kept = [h for h in history if now - int(h["t"]) <= HISTORY_MS]
-    return kept[-HISTORY_HITS:]
+def _site_of(payload: Any) -> str | None:
+    site = payload.get("site_id") if isinstance(payload, Mapping) else None
+    return site if isinstance(site, str) else None
 
 
-def _event_dict(e: TrackedEvent) -> dict[str, Any]:
-    return {"event_id": e.event_id, "event_type": e.event_type, "tstamp": e.tstamp, "url": e.url,
-            "visitor_id": e.visitor_id, "site_id": e.site_id}
+def _batch_of(payload: Any, events: list[Any] | None = None) -> dict[str, Any]:
+    """A ``CollectorBatch`` dict holding ``payload`` (with only ``events`` when given): a replayable row."""
+    if not isinstance(payload, Mapping):
+        return {"payloads": [payload]}
+    return {"payloads": [{**payload, "events": events} if events is not None else dict(payload)]}
 
 
-def _bad_event_dict(b: BadEvent, payload: Mapping[str, Any]) -> dict[str, Any]:
-    return {"payload_id": b.payload_id, "site_id": payload.get("site_id"), "visitor_id": payload.get("visitor_id"),
-            "event": dict(b.event)}
+def _batch_of_event(v: _Visitor, event: TrackedEvent) -> dict[str, Any]:
+    for payload in v.payloads:
+        if payload.get("payload_id") == event.payload_id or not event.payload_id:
+            for raw in payload["events"]:
+                if isinstance(raw, Mapping) and raw.get("event_id") == event.event_id:
+                    return _batch_of(payload, [raw])
+    return {"payloads": []}
+
+
+def _replay(payload: Any, event: Any = None) -> dict[str, str]:
+    details = {"payload_schema": "CollectorBatch"}
+    if isinstance(payload, Mapping) and isinstance(payload.get("visitor_id"), str):
+        details["visitor_id"] = payload["visitor_id"]
+    if isinstance(event, Mapping) and isinstance(event.get("event_id"), str):
+        details["event_id"] = event["event_id"]
+    return details

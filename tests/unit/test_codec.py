@@ -33,7 +33,7 @@ def crc64_avro(data: bytes) -> int:
 def bad_row() -> dict[str, object]:
     return {"bad_row_id": "x", "stage": "collector", "failure_type": "size_violation", "message": "too big",
             "site_id": None, "source": "POST /collect", "tstamp": 1, "payload": "{}", "payload_size": 2,
-            "payload_truncated": False, "details": {}}
+            "payload_truncated": False, "details": {}, "part": 0, "parts": 1}
 
 
 def test_single_object_header_matches_the_avro_spec() -> None:
@@ -42,7 +42,8 @@ def test_single_object_header_matches_the_avro_spec() -> None:
     canonical = fastavro.schema.to_parsing_canonical_form(CATALOGUE.current["BadRow"].parsed)
     assert data[2:10] == crc64_avro(canonical.encode()).to_bytes(8, "little")
     body = io.BytesIO(data[10:])
-    raw = json.loads((CATALOGUE.root / "history" / "BadRow" / "v1.avsc").read_text())
+    version = CATALOGUE.current["BadRow"].version
+    raw = json.loads((CATALOGUE.root / "history" / "BadRow" / f"v{version}.avsc").read_text())
     assert fastavro.schemaless_reader(body, fastavro.parse_schema(raw), None) == bad_row()
 
 

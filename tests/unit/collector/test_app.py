@@ -299,11 +299,13 @@ async def test_consent_signal_by_action(make_client: MakeClient, signal: str, ac
         r = await http.get("/i?e=pv&aid=acme&duid=d-1&uid=u", headers=headers)
     assert r.status_code == 200
     assert r.content == (PIXEL_GIF if endpoint == "i" else b'{"ok":true}')
-    assert not sink.bad_rows
     if action == "drop":
+        # settings: "record nothing (a consent_dropped bad row without the payload)"
+        assert [(b["failure_type"], b["payload"]) for b in sink.bad_rows] == [("consent_dropped", "")]
         assert not sink.payloads and "set-cookie" not in r.headers
         assert _consent_metric("acme", policy_key, "drop") == before + 1
         return
+    assert not sink.bad_rows
     payload = sink.only_payload()
     if action == "ignore":
         assert payload["consent"] == "full" and payload["client_ip"] == "203.0.113.9"

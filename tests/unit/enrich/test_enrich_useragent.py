@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.enrich.useragent import analyze_user_agent, parse_device
+from pipeline.enrich.useragent import analyze_clipped_user_agent, analyze_user_agent, parse_device
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 GOOGLEBOT_SMARTPHONE = ("Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like "
@@ -106,11 +106,24 @@ def test_electron_desktop_apps_people_use_are_not_automation() -> None:
 
 
 def test_parsing_is_cached_by_ua_string() -> None:
-    analyze_user_agent.cache_clear()
+    analyze_clipped_user_agent.cache_clear()
     parse_device(SAFARI_MAC)
     parse_device(SAFARI_MAC, {"Sec-CH-UA": "x"})
-    info = analyze_user_agent.cache_info()
+    info = analyze_clipped_user_agent.cache_info()
     assert info.misses == 1 and info.hits == 1
+
+
+def test_a_missing_user_agent_is_an_empty_one() -> None:
+    """Regression: analyze_user_agent(None) raised AttributeError and cost the whole pixel-events record."""
+    assert analyze_user_agent(None) == analyze_user_agent("")
+    assert analyze_user_agent(None).device.is_bot
+
+
+def test_huge_user_agents_are_cached_cut() -> None:
+    analyze_clipped_user_agent.cache_clear()
+    analyze_user_agent("Mozilla/5.0 " + "x" * 100_000)
+    analyze_user_agent("Mozilla/5.0 " + "x" * 200_000)  # the same first MAX_UA_CHARS characters
+    assert analyze_clipped_user_agent.cache_info().hits == 1
 
 
 def test_garbage_and_huge_strings_never_raise() -> None:
