@@ -225,6 +225,11 @@ class StageSettings(_Frozen):
         30.0, ge=0, description="Seconds a partition may hold undelivered records while its stage idles before the "
         "stall watchdog re-seeks it (0 disables; needs gap_repair)")
     web_port: int | None = Field(None, description="Faust's own web server port; unset disables it")
+    commit_records: int = Field(
+        100, ge=1, description="Group commit: at most this many input records are applied together, their outputs "
+        "acknowledged together, then their state written (1: record at a time)")
+    commit_ms: float = Field(
+        50.0, gt=0, description="Group commit: a group closes after this many milliseconds even when not full")
 
 
 class Settings(BaseSettings):

@@ -15,7 +15,6 @@ from typing import Any
 import faust
 
 from ..codec import make_codec
-from ..metrics import STAGE_GAPS, STAGE_RECORD_SECONDS, STAGE_RECORDS, STAGE_REPLAYED
 from ..settings import Settings
 from ..topology import topic_specs
 from .account import AccountStage, AccountTopics, RedisQuota
@@ -61,12 +60,10 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
     app = build_app(settings, pixel.partitions)
     visitor, account = build_handlers(settings)
     retry = retryable_errors()
-    stages = [add_stage(app, settings, "visitor", pixel.name, pixel.partitions, _timed("visitor", visitor),
+    stages = [add_stage(app, settings, "visitor", pixel.name, pixel.partitions, visitor,
                         on_error=visitor.failed, retryable=retry),
-              add_stage(app, settings, "account", visits.name, visits.partitions, _timed("account", account),
+              add_stage(app, settings, "account", visits.name, visits.partitions, account,
                         on_error=account.failed, retryable=retry)]
-    for stage in stages:
-        _count(stage)
     return app, stages
 
 
@@ -87,35 +84,6 @@ def _identity_store(redis_url: str) -> IdentityPort | None:
         return None
     store: IdentityPort = IdentityStore.from_url(redis_url)
     return store
-
-
-def _timed(name: str, handler: Any) -> Any:
-    import time
-    histogram = STAGE_RECORD_SECONDS.labels(name)
-
-    async def timed(partition: int, offset: int, value: bytes, states: Any) -> Any:
-        started = time.perf_counter()
-        result = await handler(partition, offset, value, states)
-        histogram.observe(time.perf_counter() - started)
-        return result
-
-    return timed
-
-
-def _count(stage: Stage) -> None:
-    runner = stage.runner
-    original = runner.handle
-    applied, replayed, gaps = (STAGE_RECORDS.labels(stage.name), STAGE_REPLAYED.labels(stage.name),
-                               STAGE_GAPS.labels(stage.name))
-
-    async def counted(partition: int, offset: int, value: bytes) -> None:
-        before = (runner.stats.records, runner.stats.replayed_skipped, runner.stats.gaps_repaired)
-        await original(partition, offset, value)
-        applied.inc(runner.stats.records - before[0])
-        replayed.inc(runner.stats.replayed_skipped - before[1])
-        gaps.inc(runner.stats.gaps_repaired - before[2])
-
-    runner.handle = counted  # type: ignore[method-assign]
 
 
 def run(settings: Settings) -> None:

@@ -162,8 +162,12 @@ def test_clean_run(run: Callable[..., Run]) -> None:
     assert result["duplicates"] == 0
 
 
-def test_kill_9_mid_stream_and_restart(run: Callable[..., Run]) -> None:
-    r = run()
+GROUPS = pytest.mark.parametrize("group", [1, 100], ids=["group1", "group100"])
+
+
+@GROUPS
+def test_kill_9_mid_stream_and_restart(run: Callable[..., Run], group: int) -> None:
+    r = run(commit_records=group)
     r.produce()
     first = r.worker("w1")
     r.wait_for_outputs(0.4)
@@ -171,8 +175,9 @@ def test_kill_9_mid_stream_and_restart(run: Callable[..., Run]) -> None:
     finish(r, "w2")
 
 
-def test_sigterm_mid_stream_and_restart(run: Callable[..., Run]) -> None:
-    r = run()
+@GROUPS
+def test_sigterm_mid_stream_and_restart(run: Callable[..., Run], group: int) -> None:
+    r = run(commit_records=group)
     r.produce()
     first = r.worker("w1")
     r.wait_for_outputs(0.4)
@@ -180,13 +185,14 @@ def test_sigterm_mid_stream_and_restart(run: Callable[..., Run]) -> None:
     finish(r, "w2")
 
 
-def test_second_worker_joins_then_leaves(run: Callable[..., Run]) -> None:
+@GROUPS
+def test_second_worker_joins_then_leaves(run: Callable[..., Run], group: int) -> None:
     """Input arrives in three parts: before the second worker, while both run, after it left.
 
     Faust sometimes drops the records in flight around these rebalances (see pipeline/stages/watchdog.py);
     the stall watchdog brings them back, so nothing is missing at the end.
     """
-    r = run()
+    r = run(commit_records=group)
     third = RECORDS // 3
     r.produce(slice(0, third))
     first = r.worker("w1")
@@ -201,6 +207,25 @@ def test_second_worker_joins_then_leaves(run: Callable[..., Run]) -> None:
     r.wait_for_outputs(1.0)
     assert first.alive()
     r.check()
+
+
+@GROUPS
+def test_crash_between_outputs_acknowledged_and_state_written(run: Callable[..., Run], group: int,
+                                                              tmp_path: Path) -> None:
+    """The worker dies right after a group's outputs are acknowledged, before its state is written:
+    the restart applies the group again (same output ids, identical copies) and nothing twice in state."""
+    marker = tmp_path / "crashed"
+    r = run(commit_records=group, crash_after_ack=5, crash_marker=str(marker))
+    r.produce()
+    first = r.worker("w1")
+    assert first.proc is not None
+    assert first.proc.wait(120) == 9, r.logs()
+    sent = int(marker.read_text())
+    assert sent > 0
+    before = r.output_ids()
+    result = finish(r, "w2")
+    assert result["duplicates"] >= sent, "the crashed group's outputs were not sent again"
+    assert len(before) < len(r.expected_ids())
 
 
 def stalled_run(run: Callable[..., Run], stall_after_s: float) -> Run:
