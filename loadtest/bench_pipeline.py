@@ -1,19 +1,25 @@
-"""Pipeline benchmark: events/s through both stages on one worker, and pixel-hit-to-output latency.
+"""Pipeline benchmark: events/s end to end and on a replay, against baselines measured in the same run.
 
-Three measurements in one run, on one real Kafka broker and Redis:
+On one real Kafka broker and Redis, in order:
 
-1. **Baseline**: a raw aiokafka loop (no Faust) applying the *same* stage
-   handlers (``VisitorStage``, ``AccountStage``: decode, enrich, Redis
-   lookups, sessionize, score, encode, send) to the same batched
-   ``pixel-events`` records, state in a plain dict.
-2. **Leadstream**: one ``leadstream worker`` process (Faust, tables with
-   changelogs, offset guards, outputs acknowledged before state) on the same
-   records. Rate = events / (last record applied - first record applied), read
-   from the worker's /metrics.
-3. **Latency**: collector + worker under paced HTTP load at half of (2)'s
-   rate; probe visitors sent every 100 ms; latency = probe request sent ->
-   its account's ``lead-scores`` record read back (qualified-leads are
-   emitted by the same call). p50 and p99.
+0. **The load generator's own maximum**: ``wrk`` with ``loadtest/pipeline.lua``
+   (Snowplow GET pixel hits of the bench site from 2,000 visitors) against the
+   null app (the collector's app shape doing nothing). The live runs below
+   must stay well under it, or they measure the generator.
+1. **Replay, raw baseline**: a raw aiokafka loop (no Faust) applying the
+   *same* stage handlers through the same :class:`RecordRunner` group commit
+   (state in dicts, no changelog) to pre-batched ``pixel-events`` records.
+2. **Replay, worker**: one ``leadstream worker`` process (Faust, tables with
+   changelogs, offset guards, group commit) on the same records. Rate =
+   events / (first record applied -> everything applied through both stages),
+   read from the worker's /metrics. Ratio = (2) / (1).
+3. **End to end, live**: collector + one worker on fresh topics, at group
+   size 1 and at the default ``stages.commit_records``: ``wrk`` as fast as the
+   collector answers for ``load_seconds``; rate = hits acknowledged / time
+   until the worker applied all of them through both stages.
+4. **Latency**: on the default group size's live pipeline, ``wrk`` paced at
+   half of (3)'s maximum while a probe visitor is sent every 100 ms; latency
+   = probe hit sent -> its ``lead-scores`` record read back. p50 and p99.
 
     leadstream bench pipeline [--events 60000] [--payloads-per-record 20] [--latency-seconds 20]
 """
@@ -255,11 +261,17 @@ class Live:
     def applied(self, stage: str) -> float:
         return _metric(self.metrics_url, "leadstream_stage_records_total").get(f'{{stage="{stage}"}}', 0.0)
 
-    def drained(self) -> bool:
-        """Every pixel-events record and every visits record applied."""
+    def wait_drained(self, timeout_s: float) -> None:
+        """Until every pixel-events record and then every visits record is applied (the load has stopped,
+        so each topic's end is read once, when the stage before it is done; polled every 0.2 s)."""
         bootstrap = self.settings.kafka.bootstrap_servers
-        return (self.applied("visitor") >= _end_offsets(bootstrap, self.settings.topics.pixel_events)
-                and self.applied("account") >= _end_offsets(bootstrap, self.settings.topics.visits))
+        deadline = time.monotonic() + timeout_s
+        for stage, topic in (("visitor", self.settings.topics.pixel_events), ("account", self.settings.topics.visits)):
+            end = _end_offsets(bootstrap, topic)
+            while self.applied(stage) < end:
+                if time.monotonic() > deadline or self.worker.poll() is not None:
+                    raise RuntimeError(f"{self.name}: not drained in {timeout_s} s: {self.log.read_text()[-3000:]}")
+                time.sleep(0.2)
 
     def saturate(self, seconds: float, connections: int, timeout_s: float = 300) -> dict[str, Any]:
         """End-to-end maximum: wrk as fast as the collector answers for ``seconds``; rate = hits acknowledged /
@@ -267,11 +279,7 @@ class Live:
         started = time.perf_counter()
         load = run_wrk(self.url, seconds, connections)
         loaded = time.perf_counter() - started
-        deadline = time.monotonic() + timeout_s
-        while not self.drained():
-            if time.monotonic() > deadline or self.worker.poll() is not None:
-                raise RuntimeError(f"{self.name}: not drained in {timeout_s} s: {self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        self.wait_drained(timeout_s)
         elapsed = time.perf_counter() - started
         groups = _metric(self.metrics_url, "leadstream_stage_group_records_sum")
         counts = _metric(self.metrics_url, "leadstream_stage_group_records_count")
