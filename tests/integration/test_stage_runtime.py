@@ -107,6 +107,27 @@ class Run:
 
         wait_until(done, timeout_s, f"{fraction:.0%} of the outputs", self.logs)
 
+    def applied_everything(self) -> bool:
+        """Every partition's progress in the changelog is its last input offset: the state of every
+        record is written (outputs are acknowledged before it, so all outputs alone do not say that)."""
+        last: dict[int, int] = defaultdict(lambda: -1)
+        for p, _ in self.records:
+            last[p] += 1
+        progress: dict[int, int] = {}
+        for rec in read_all(self.broker.bootstrap, f"{self.app_id}-counting-state-changelog"):
+            key = json.loads(rec.key)
+            if str(key).startswith("~progress/") and rec.value:
+                progress[int(key.split("/")[1])] = json.loads(rec.value)
+        return all(progress.get(p) == offset for p, offset in last.items())
+
+    def wait_until_applied(self, timeout_s: float = 120) -> None:
+        def done() -> bool:
+            if not any(w.alive() for w in self.workers):
+                raise AssertionError(f"every worker has exited\n{self.logs()}")
+            return self.applied_everything()
+
+        wait_until(done, timeout_s, "every record's state in the changelog", self.logs)
+
     def final_state(self) -> dict[str, dict[str, int]]:
         state: dict[str, Any] = {}
         for rec in read_all(self.broker.bootstrap, f"{self.app_id}-counting-state-changelog"):
@@ -128,7 +149,9 @@ class Run:
         wrong = [k for k, v in expected(self.records).items() if state.get(k) != v]
         assert not missing, f"{len(missing)} outputs missing, e.g. {sorted(missing)[:5]}\n{self.logs()}"
         assert not differing, f"duplicates that differ: {differing[:5]}"
-        assert not wrong, f"{len(wrong)} keys with a wrong final state, e.g. {wrong[:5]}"
+        want_state = expected(self.records)
+        assert not wrong, (f"{len(wrong)} keys with a wrong final state, e.g. "
+                           f"{[(k, state.get(k), want_state[k]) for k in wrong[:3]]}\n{self.logs()}")
         return {"outputs": len(outputs), "duplicates": len(outputs) - len(by_id)}
 
 
@@ -152,6 +175,7 @@ def run(kafka_broker: KafkaBroker, new_topic: Callable[..., str], unique_name: C
 def finish(run: Run, name: str, **extra: Any) -> dict[str, int]:
     run.worker(name, **extra)
     run.wait_for_outputs(1.0)
+    run.wait_until_applied()
     return run.check()
 
 
@@ -205,6 +229,7 @@ def test_second_worker_joins_then_leaves(run: Callable[..., Run], group: int) ->
     assert second.terminate() == 0, r.logs()
     r.produce(slice(2 * third, None))
     r.wait_for_outputs(1.0)
+    r.wait_until_applied()
     assert first.alive()
     r.check()
 
@@ -242,6 +267,7 @@ def test_partition_faust_stops_fetching_is_resumed(run: Callable[..., Run]) -> N
     """A partition still assigned but no longer fetched (seen after a join/leave) is found and re-seeked."""
     r = stalled_run(run, stall_after_s=3.0)
     r.wait_for_outputs(1.0)
+    r.wait_until_applied()
     r.check()
     assert "partition 0 stalled" in r.workers[0].log_path.read_text(errors="replace"), r.logs()
 
