@@ -1,19 +1,25 @@
-"""Pipeline benchmark: events/s through both stages on one worker, and pixel-hit-to-output latency.
+"""Pipeline benchmark: events/s end to end and on a replay, against baselines measured in the same run.
 
-Three measurements in one run, on one real Kafka broker and Redis:
+On one real Kafka broker and Redis, in order:
 
-1. **Baseline**: a raw aiokafka loop (no Faust) applying the *same* stage
-   handlers (``VisitorStage``, ``AccountStage``: decode, enrich, Redis
-   lookups, sessionize, score, encode, send) to the same batched
-   ``pixel-events`` records, state in a plain dict.
-2. **Leadstream**: one ``leadstream worker`` process (Faust, tables with
-   changelogs, offset guards, outputs acknowledged before state) on the same
-   records. Rate = events / (last record applied - first record applied), read
-   from the worker's /metrics.
-3. **Latency**: collector + worker under paced HTTP load at half of (2)'s
-   rate; probe visitors sent every 100 ms; latency = probe request sent ->
-   its account's ``lead-scores`` record read back (qualified-leads are
-   emitted by the same call). p50 and p99.
+0. **The load generator's own maximum**: ``wrk`` with ``loadtest/pipeline.lua``
+   (Snowplow GET pixel hits of the bench site from 2,000 visitors) against the
+   null app (the collector's app shape doing nothing). The live runs below
+   must stay well under it, or they measure the generator.
+1. **Replay, raw baseline**: a raw aiokafka loop (no Faust) applying the
+   *same* stage handlers through the same :class:`RecordRunner` group commit
+   (state in dicts, no changelog) to pre-batched ``pixel-events`` records.
+2. **Replay, worker**: one ``leadstream worker`` process (Faust, tables with
+   changelogs, offset guards, group commit) on the same records. Rate =
+   events / (first record applied -> everything applied through both stages),
+   read from the worker's /metrics. Ratio = (2) / (1).
+3. **End to end, live**: collector + one worker on fresh topics, at group
+   size 1 and at the default ``stages.commit_records``: ``wrk`` as fast as the
+   collector answers for ``load_seconds``; rate = hits acknowledged / time
+   until the worker applied all of them through both stages.
+4. **Latency**: on the default group size's live pipeline, ``wrk`` paced at
+   half of (3)'s maximum while a probe visitor is sent every 100 ms; latency
+   = probe hit sent -> its ``lead-scores`` record read back. p50 and p99.
 
     leadstream bench pipeline [--events 60000] [--payloads-per-record 20] [--latency-seconds 20]
 """
@@ -36,11 +42,13 @@ from typing import Any
 import httpx
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 
 def _settings_doc(bootstrap: str, redis_url: str, geoip: dict[str, str], name: str, work: Path,
-                  pixel_topic: str | None = None, port: int = 0, metrics_port: int = 0) -> dict[str, Any]:
+                  pixel_topic: str | None = None, port: int = 0, metrics_port: int = 0,
+                  commit_records: int | None = None) -> dict[str, Any]:
     topics = {k: f"{name}-{k.replace('_', '-')}" for k in
               ("pixel_events", "bad_events", "visits", "lead_scores", "qualified_leads", "sink_dead_letter")}
     if pixel_topic:
@@ -50,7 +58,8 @@ def _settings_doc(bootstrap: str, redis_url: str, geoip: dict[str, str], name: s
             "metrics_port": metrics_port,
             "collector": {"port": port, "trusted_proxies": ["127.0.0.1/32"], "rate_limit_ip_per_s": 0,
                           "rate_limit_site_per_s": 0},  # one load generator, one site: throughput is measured
-            "stages": {"app_id": f"{name}-app", "commit_interval_s": 1.0},
+            "stages": {"app_id": f"{name}-app", "commit_interval_s": 1.0,
+                       **({} if commit_records is None else {"commit_records": commit_records})},
             "sites": [{"site_id": "acme", "allowed_origins": ["*"], "hosts": ["www.acme.example"]}]}
 
 
@@ -80,24 +89,32 @@ def _end_offsets(bootstrap: str, topic: str) -> int:
 # -- 1. the raw aiokafka loop --------------------------------------------------------------------
 
 async def raw_loop(settings: Any, events: int, records: int) -> dict[str, Any]:
-    """Both stages' handlers in a bare aiokafka consume/produce loop; state in dicts."""
+    """Both stages' handlers in a bare aiokafka consume/produce loop, state in dicts, with the same
+    group commit as the worker: the same :class:`RecordRunner` (no Faust, no changelog, no gap reader)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    from pipeline.stages.runtime import HandlerResult, StateView
     from pipeline.stages.main import build_handlers
-
+    from pipeline.stages.runtime import RecordRunner
     from pipeline.topology import topic_specs
+
     visitor, account = build_handlers(settings)
     topics = settings.topics
+    group = settings.stages.commit_records
     partitions = {s.name: s.partitions for s in topic_specs(settings)}
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all",
-                                enable_idempotence=True, linger_ms=0)
+                                enable_idempotence=True, linger_ms=0, max_request_size=4 * 1024 * 1024)
     await producer.start()
-    tables: dict[str, dict[str, Any]] = {"visitor": {}, "account": {}}
+
+    async def send(outputs: Any) -> None:
+        futures = [await producer.send(o.topic, o.value, key=o.key, partition=o.partition,
+                                       headers=list(o.headers) or None) for o in outputs]
+        await asyncio.gather(*futures)
+
     done = {"visitor": 0, "account": 0}
     first_applied: list[float] = []
 
-    async def run(stage: str, topic: str, handler: Any, stop: asyncio.Event, expected: list[int]) -> None:
+    async def run(stage: str, topic: str, handler: Any, on_error: Any, stop: asyncio.Event,
+                  expected: list[int]) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     max_partition_fetch_bytes=4 * 1024 * 1024)
@@ -105,31 +122,27 @@ async def raw_loop(settings: Any, events: int, records: int) -> dict[str, Any]:
         tps = [TopicPartition(topic, p) for p in range(partitions[topic])]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        table = tables[stage]
-        view = StateView(table)
+        runner = RecordRunner({}, handler, send, None, name=f"raw-{stage}", on_error=on_error, max_group=group)
         try:
             while not (stop.is_set() and done[stage] >= expected[0]):
-                batch = await consumer.getmany(timeout_ms=200, max_records=500)
-                for tp, recs in batch.items():
-                    for rec in recs:
-                        if not first_applied:
-                            first_applied.append(time.perf_counter())
-                        result: HandlerResult = await handler(rec.partition, rec.offset, rec.value, view)
-                        futures = [await producer.send(o.topic, o.value, key=o.key, partition=o.partition,
-                                                       headers=list(o.headers) or None) for o in result.outputs]
-                        if futures:
-                            await asyncio.gather(*futures)
-                        for key, state in result.states.items():
-                            table[key] = {"o": rec.offset, "s": state}
-                        done[stage] += 1
+                batch = await consumer.getmany(timeout_ms=200, max_records=group)
+                items = [(rec.partition, rec.offset, rec.value or b"") for recs in batch.values() for rec in recs]
+                if not items:
+                    continue
+                if not first_applied:
+                    first_applied.append(time.perf_counter())
+                await runner.handle_group(items)
+                done[stage] += len(items)
         finally:
             await consumer.stop()
 
     stop_visitor, stop_account = asyncio.Event(), asyncio.Event()
     stop_visitor.set()
     visits_expected = [10**12]
-    t_visitor = asyncio.create_task(run("visitor", topics.pixel_events, visitor, stop_visitor, [records]))
-    t_account = asyncio.create_task(run("account", topics.visits, account, stop_account, visits_expected))
+    t_visitor = asyncio.create_task(run("visitor", topics.pixel_events, visitor, visitor.failed, stop_visitor,
+                                        [records]))
+    t_account = asyncio.create_task(run("account", topics.visits, account, account.failed, stop_account,
+                                        visits_expected))
     await t_visitor
     visits_expected[0] = _end_offsets(settings.kafka.bootstrap_servers, topics.visits)
     stop_account.set()
@@ -137,7 +150,7 @@ async def raw_loop(settings: Any, events: int, records: int) -> dict[str, Any]:
     elapsed = time.perf_counter() - first_applied[0]
     await producer.stop()
     return {"events_per_s": round(events / elapsed), "seconds": round(elapsed, 2),
-            "visits_records": visits_expected[0]}
+            "visits_records": visits_expected[0], "commit_records": group}
 
 
 # -- 2. the Faust worker ------------------------------------------------------------------------
@@ -178,11 +191,115 @@ def faust_worker(config: Path, metrics_url: str, events: int, records: int, boot
             proc.kill()
 
 
-# -- 3. latency under paced load ----------------------------------------------------------------
+# -- 3. live: wrk -> collector -> worker -> lead-scores ------------------------------------------
 
-async def paced_load(url: str, rate_events: float, seconds: float, lead_scores: str, bootstrap: str,
-                     lead_score_partitions: int = 8, probes: bool = True) -> dict[str, Any]:
-    """Background visitors at ``rate_events`` events/s plus a probe every 100 ms; latency per probe."""
+def run_wrk(url: str, seconds: float, connections: int, delay_ms: float = 0) -> dict[str, Any]:
+    """wrk with loadtest/pipeline.lua (pixel hits of the bench site) for ``seconds``; paced when ``delay_ms``."""
+    from loadtest.bench_collector import parse_wrk
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("wrk is not installed: apt-get install wrk (scripts/bootstrap installs it)")
+    env = {**os.environ, "LEADSTREAM_WRK_DELAY_MS": str(int(delay_ms))}
+    cmd = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s",
+           str(HERE / "pipeline.lua"), url]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    r = parse_wrk(out)
+    return {"requests": r.requests, "rps": round(r.rps), "ok": r.requests - r.non_2xx, "non_2xx": r.non_2xx,
+            "errors": r.errors, "p99_ms": r.p99_ms}
+
+
+def generator_max(work: Path, seconds: float, connections: int) -> dict[str, Any]:
+    """What wrk itself reaches against the null app (the collector's app shape doing nothing)."""
+    from loadtest.bench_collector import _serve, _stop
+    from pipeline.local.kafka import free_port
+    port = free_port()
+    server = _serve([sys.executable, "-m", "loadtest.null_app", "--port", str(port)],
+                    f"http://127.0.0.1:{port}/i", work / "null-app.log")
+    try:
+        return run_wrk(f"http://127.0.0.1:{port}", seconds, connections)
+    finally:
+        _stop(server)
+
+
+class Live:
+    """Collector + one worker on fresh topics, started from a settings document."""
+
+    def __init__(self, work: Path, name: str, doc: dict[str, Any]) -> None:
+        from pipeline.settings import load_settings
+        from pipeline.topology import create_topics
+        self.name = name
+        (work / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+        self.settings = load_settings(work / f"{name}.yaml")
+        create_topics(self.settings)
+        self.url = f"http://127.0.0.1:{doc['collector']['port']}"
+        self.metrics_url = f"http://127.0.0.1:{doc['metrics_port']}/metrics"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        config = str(work / f"{name}.yaml")
+        self.worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "-c", config], cwd=REPO,
+                                       env=env, stdout=open(work / f"{name}-worker.log", "wb"),
+                                       stderr=subprocess.STDOUT)
+        self.collector = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "collector", "-c", config],
+                                          cwd=REPO, env=env, stdout=open(work / f"{name}-collector.log", "wb"),
+                                          stderr=subprocess.STDOUT)
+        self.log = work / f"{name}-worker.log"
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        """The collector answers and the worker applied a first hit (it holds its partitions)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.worker.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log.read_text()[-3000:]}")
+            try:
+                httpx.get(self.url + "/i?e=pv&aid=acme&p=web&duid=warmup&url=https%3A%2F%2Fwww.acme.example%2F",
+                          headers={"X-Forwarded-For": "198.51.100.1"}, timeout=2)
+            except httpx.HTTPError:
+                pass
+            if self.applied("account") > 0:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name}: the worker applied nothing in {timeout_s} s: {self.log.read_text()[-3000:]}")
+
+    def applied(self, stage: str) -> float:
+        return _metric(self.metrics_url, "leadstream_stage_records_total").get(f'{{stage="{stage}"}}', 0.0)
+
+    def wait_drained(self, timeout_s: float) -> None:
+        """Until every pixel-events record and then every visits record is applied (the load has stopped,
+        so each topic's end is read once, when the stage before it is done; polled every 0.2 s)."""
+        bootstrap = self.settings.kafka.bootstrap_servers or ""
+        deadline = time.monotonic() + timeout_s
+        for stage, topic in (("visitor", self.settings.topics.pixel_events), ("account", self.settings.topics.visits)):
+            end = _end_offsets(bootstrap, topic)
+            while self.applied(stage) < end:
+                if time.monotonic() > deadline or self.worker.poll() is not None:
+                    raise RuntimeError(f"{self.name}: not drained in {timeout_s} s: {self.log.read_text()[-3000:]}")
+                time.sleep(0.2)
+
+    def saturate(self, seconds: float, connections: int, timeout_s: float = 300) -> dict[str, Any]:
+        """End-to-end maximum: wrk as fast as the collector answers for ``seconds``; rate = hits acknowledged /
+        time until the worker applied all of them through both stages (it drains after the load stops)."""
+        started = time.perf_counter()
+        load = run_wrk(self.url, seconds, connections)
+        loaded = time.perf_counter() - started
+        self.wait_drained(timeout_s)
+        elapsed = time.perf_counter() - started
+        groups = _metric(self.metrics_url, "leadstream_stage_group_records_sum")
+        counts = _metric(self.metrics_url, "leadstream_stage_group_records_count")
+        return {"events_per_s": round(load["ok"] / elapsed), "hits": load["ok"], "collector_rps": load["rps"],
+                "load_seconds": round(loaded, 1), "seconds_to_drain": round(elapsed, 1),
+                "records_per_group": {k: round(groups[k] / counts[k], 1) for k in groups if counts.get(k)}}
+
+    def stop(self) -> None:
+        for proc in (self.collector, self.worker):
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def probe_latency(url: str, seconds: float, lead_scores: str, bootstrap: str,
+                        lead_score_partitions: int = 8) -> dict[str, Any]:
+    """A probe visitor every 100 ms; latency = its hit sent -> its ``lead-scores`` record read back."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest")
@@ -195,7 +312,7 @@ async def paced_load(url: str, rate_events: float, seconds: float, lead_scores: 
 
     async def read() -> None:
         while True:
-            batch = await consumer.getmany(timeout_ms=100)
+            batch = await consumer.getmany(timeout_ms=50)
             now = time.perf_counter()
             for recs in batch.values():
                 for rec in recs:
@@ -204,88 +321,52 @@ async def paced_load(url: str, rate_events: float, seconds: float, lead_scores: 
                         latencies.append(now - t)
 
     reader = asyncio.create_task(read())
-    events_per_request = 5
-    interval = events_per_request / rate_events
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as client:
-        def body(visitor: str, t: int) -> str:
-            return json.dumps({"site_id": "acme", "visitor_id": visitor, "sent_at": t, "events": [
-                {"type": "page_view", "url": f"https://www.acme.example/p{i}", "ts": t} for i in range(events_per_request)]})
-
-        async def hit(visitor: str, ip: str) -> None:
-            t = int(time.time() * 1000)
-            await client.post("/collect", content=body(visitor, t),
-                              headers={"X-Forwarded-For": ip, "Content-Type": "text/plain",
-                                       "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0 Safari/537.36",
-                                       "Accept-Language": "en"})
-
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         async def probe() -> None:
-            visitor = str(uuid.uuid4())
+            visitor = f"probe-{uuid.uuid4()}"
             sent[f"acme|v:{visitor}".encode()] = time.perf_counter()
-            await hit(visitor, "198.51.100.7")
+            query = (f"/i?e=pv&aid=acme&p=web&tv=js-3.0.0&eid={uuid.uuid4()}&duid={visitor}"
+                     f"&url=https%3A%2F%2Fwww.acme.example%2Fpricing&dtm={int(time.time() * 1000)}")
+            await client.get(query, headers={"X-Forwarded-For": "198.51.100.7", "Accept-Language": "en",
+                                             "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0 Safari/537.36"})
 
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = []
         start = time.perf_counter()
-        n = 0
-        next_probe = start
         while time.perf_counter() - start < seconds:
-            now = time.perf_counter()
-            if probes and now >= next_probe:
-                probe_task = asyncio.create_task(probe())
-                tasks.add(probe_task)
-                probe_task.add_done_callback(tasks.discard)
-                next_probe += 0.1
-            if len(tasks) > 256:  # saturation: never more than 256 requests in flight
-                await asyncio.sleep(0.001)
-                continue
-            task = asyncio.create_task(hit(f"bg-{n % 2000}", f"198.51.100.{n % 100 + 1}"))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            n += 1
-            delay = start + n * interval - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(probe()))
+            await asyncio.sleep(0.1)
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(3)
     reader.cancel()
     await consumer.stop()
     latencies.sort()
-    if not probes:
-        return {"requests": n}
     if not latencies:
         raise RuntimeError("no probe came back on lead-scores")
-    return {"probes": len(latencies), "lost_probes": len(sent), "requests": n,
-            "achieved_events_per_s": round(n * events_per_request / seconds),
+    return {"probes": len(latencies), "lost_probes": len(sent),
             "p50_ms": round(statistics.median(latencies) * 1000, 1),
             "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 1)}
 
 
-def _processed(metrics_url: str) -> float:
-    return _metric(metrics_url, "leadstream_stage_events_total").get('{stage="account",outcome="processed"}', 0.0)
+def latency_at(live: Live, rate: float, seconds: float, connections: int) -> dict[str, Any]:
+    """p50/p99 hit-to-score latency while wrk paces ``rate`` hits/s into the collector."""
+    delay_ms = connections * 1000 / max(1.0, rate)
+    result: dict[str, Any] = {}
+
+    def load() -> None:
+        result["load"] = run_wrk(live.url, seconds + 2, connections, delay_ms=delay_ms)
+
+    import threading
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(1)
+    latency = asyncio.run(probe_latency(live.url, seconds, live.settings.topics.lead_scores,
+                                        live.settings.kafka.bootstrap_servers or ""))
+    thread.join()
+    return {**latency, "target_hits_per_s": round(rate), "achieved_hits_per_s": result["load"]["rps"]}
 
 
-def saturate(url: str, seconds: float, lead_scores: str, bootstrap: str, metrics_url: str) -> dict[str, Any]:
-    """The end-to-end maximum: as many hits as the collector takes for ``seconds``; rate = events the
-    account stage applied / time until it has applied all of them (it drains after the load stops)."""
-    before = _processed(metrics_url)
-    started = time.perf_counter()
-    sent = asyncio.run(paced_load(url, 1_000_000, seconds, lead_scores, bootstrap, probes=False))
-    target = before + sent["requests"]   # one visit update per request (5 page views of one session)
-    deadline = time.monotonic() + 300
-    last, last_change = _processed(metrics_url), time.monotonic()
-    while time.monotonic() < deadline:
-        now = _processed(metrics_url)
-        if now >= target or time.monotonic() - last_change > 10:
-            break
-        if now != last:
-            last, last_change = now, time.monotonic()
-        time.sleep(0.2)
-    elapsed = time.perf_counter() - started
-    return {"events_per_s": round(sent["requests"] * 5 / elapsed), "requests": sent["requests"],
-            "seconds_to_drain": round(elapsed, 1)}
-
-
-def bench(events: int = 60_000, payloads_per_record: int = 20, latency_seconds: float = 20) -> dict[str, Any]:
+def bench(events: int = 60_000, payloads_per_record: int = 20, latency_seconds: float = 20,
+          load_seconds: float = 10, connections: int = 32) -> dict[str, Any]:
     from kafka import KafkaProducer
 
     from loadtest.traffic import batch_records, visitor_payloads
@@ -295,9 +376,10 @@ def bench(events: int = 60_000, payloads_per_record: int = 20, latency_seconds: 
     from pipeline.local.redis import EmbeddedRedis, RedisServer, find_system_redis_server
     from pipeline.ops.geoip_build import build_demo_databases
     from pipeline.ops.importer import import_demo_data
-    from pipeline.settings import load_settings
+    from pipeline.settings import StageSettings, load_settings
     from pipeline.topology import create_topics
 
+    default_group = StageSettings().commit_records
     work = Path(tempfile.mkdtemp(prefix="leadstream-bench-pipeline-"))
     broker = KafkaBroker(work / "kafka")
     broker.start()
@@ -307,6 +389,11 @@ def bench(events: int = 60_000, payloads_per_record: int = 20, latency_seconds: 
         import_demo_data(ReferenceStore.from_url(redis_server.url))
         geoip = {k: str(v) for k, v in build_demo_databases(work / "geoip").items()}
         stamp = str(int(time.time()))
+
+        # 0. the load generator's own maximum, against the null app
+        generator = generator_max(work, load_seconds, connections)
+
+        # 1-2. a replay of pre-batched pixel-events: raw loop and worker, same group commit
         events_per_visitor = 20
         payloads = list(visitor_payloads(max(1, events // events_per_visitor), events_per_visitor, seed=5,
                                          t0=int(time.time() * 1000) - 86_400_000, one_visitor_per_company=False))
@@ -337,51 +424,44 @@ def bench(events: int = 60_000, payloads_per_record: int = 20, latency_seconds: 
         faust = faust_worker(work / "faust.yaml", f"http://127.0.0.1:{metrics_port}/metrics", total_events,
                              len(records), broker.bootstrap, faust_settings.topics.visits, work / "worker.log")
 
-        # latency at half of the worker's maximum rate, through the collector
-        port, metrics_port = free_port(), free_port()
-        doc = _settings_doc(broker.bootstrap, redis_server.url, geoip, f"live-{stamp}", work, port=port,
-                            metrics_port=metrics_port)
-        (work / "live.yaml").write_text(yaml.safe_dump(doc))
-        live = load_settings(work / "live.yaml")
-        create_topics(live)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "-c", str(work / "live.yaml")],
-                                  cwd=REPO, env=env, stdout=open(work / "live-worker.log", "wb"),
-                                  stderr=subprocess.STDOUT)
-        collector = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "collector", "-c",
-                                      str(work / "live.yaml")], cwd=REPO, env=env,
-                                     stdout=open(work / "live-collector.log", "wb"), stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200 and _metric(
-                            f"http://127.0.0.1:{metrics_port}/metrics", "leadstream_stage_records_total") is not None:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.3)
-            time.sleep(8)  # the worker joins its group and gets its partitions
-            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-            live_max = saturate(url, latency_seconds, live.topics.lead_scores, broker.bootstrap, metrics_url)
-            latency = asyncio.run(paced_load(url, live_max["events_per_s"] / 2, latency_seconds,
-                                             live.topics.lead_scores, broker.bootstrap))
-            latency["live_max"] = live_max
-        finally:
-            for proc in (collector, worker):
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        # 3. live end to end at group size 1 and at the default, then latency at half the default's maximum
+        live_results: dict[str, Any] = {}
+        latency: dict[str, Any] = {}
+        for group in (1, default_group):
+            name = f"live{group}-{stamp}"
+            doc = _settings_doc(broker.bootstrap, redis_server.url, geoip, name, work, port=free_port(),
+                                metrics_port=free_port(), commit_records=group)
+            live = Live(work, name, doc)
+            try:
+                live.wait_ready()
+                live_results[f"group_{group}"] = live.saturate(load_seconds, connections)
+                if group == default_group:
+                    latency = latency_at(live, live_results[f"group_{group}"]["events_per_s"] / 2,
+                                         latency_seconds, connections)
+            finally:
+                live.stop()
 
+        e2e_1 = live_results["group_1"]["events_per_s"]
+        e2e_default = live_results[f"group_{default_group}"]["events_per_s"]
         ratio = round(faust["events_per_s"] / raw["events_per_s"], 3)
-        report = {"events": total_events, "records": len(records), "payloads_per_record": payloads_per_record,
-                  "baseline_raw_aiokafka": raw, "leadstream_worker": faust, "throughput_ratio": ratio,
-                  "latency_at_half_rate": latency,
-                  "targets": {"throughput_ratio": ">= 0.5", "p99_ms": "< 1000"}}
-        report["pass"] = ratio >= 0.5 and latency["p99_ms"] < 1000
+        report = {
+            "load_generator_max_rps": generator["rps"],
+            "end_to_end": {**live_results, "speedup_default_vs_1": round(e2e_default / max(1, e2e_1), 1)},
+            "replay_prebatched": {"events": total_events, "records": len(records),
+                                  "payloads_per_record": payloads_per_record, "leadstream_worker": faust,
+                                  "baseline_raw_aiokafka": raw, "throughput_ratio": ratio},
+            "latency_at_half_max": latency,
+            "settings": {"commit_records": default_group, "commit_ms": StageSettings().commit_ms,
+                         "connections": connections, "load_seconds": load_seconds, "cpus": os.cpu_count()},
+            "targets": {"speedup_default_vs_1": ">= 8", "throughput_ratio": ">= 0.5", "p99_ms": "< 1000",
+                        "replay_events_per_s": ">= 15000"},
+        }
+        checks = {"speedup_default_vs_1": e2e_default >= 8 * e2e_1, "throughput_ratio": ratio >= 0.5,
+                  "p99_ms": latency["p99_ms"] < 1000, "replay_events_per_s": faust["events_per_s"] >= 15_000,
+                  "generator_not_the_bottleneck": generator["rps"] > 1.5 * max(
+                      r["collector_rps"] for r in live_results.values())}
+        report["checks"] = checks
+        report["pass"] = all(checks.values())
         return report
     finally:
         redis_server.close()

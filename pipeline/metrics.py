@@ -56,8 +56,15 @@ STAGE_BATCH_SIZE = Histogram(
     "leadstream_stage_record_events", "Events (visitor stage) or updates (account stage) carried per input record.",
     ["stage"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 STAGE_RECORD_SECONDS = Histogram(
-    "leadstream_stage_record_duration_seconds", "Time to apply one input record, outputs acknowledged.",
+    "leadstream_stage_record_duration_seconds", "Time a stage's handler took for one input record (its outputs "
+    "are sent with its group, see leadstream_stage_group_duration_seconds).",
     ["stage"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+STAGE_GROUP_RECORDS = Histogram(
+    "leadstream_stage_group_records", "Input records per commit group (applied, outputs acknowledged together, "
+    "then state written).", ["stage"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+STAGE_GROUP_SECONDS = Histogram(
+    "leadstream_stage_group_duration_seconds", "Time to apply one commit group: handlers, outputs acknowledged, "
+    "state written.", ["stage"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 STAGE_REPLAYED = Counter(
     "leadstream_stage_replayed_records_total", "Records skipped because their offset was already applied "
     "(after a crash or rebalance).", ["stage"])

@@ -730,6 +730,11 @@ class StageSettings(_Frozen):
         "the changelog); 0 keeps state forever")
     history_max_bytes: int = Field(
         65_536, ge=1024, description="Bytes of page views and conversions kept per visitor for an identify backfill")
+    commit_records: int = Field(
+        100, ge=1, description="Group commit: at most this many input records are applied together, their outputs "
+        "acknowledged together, then their state written (1: record at a time)")
+    commit_ms: float = Field(
+        50.0, gt=0, description="Group commit: a group closes after this many milliseconds even when not full")
 
 
 class Settings(BaseSettings):

@@ -2,14 +2,15 @@
 
 A stage is declared with :func:`add_stage`: its source topic, its table and a
 handler (pure function of a record and the current states, see
-``runtime.Handler``). The agent only moves messages: it reads raw records and
-hands each to the stage's :class:`~pipeline.stages.runtime.RecordRunner`.
+``runtime.Handler``). The agent only moves messages: it reads raw records in
+commit groups (``stages.commit_records`` / ``stages.commit_ms``) and hands each
+group to the stage's :class:`~pipeline.stages.runtime.RecordRunner`. What it
+needs from Faust beyond the public API is in :mod:`.faust_adapter`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ import faust
 
 from ..settings import Settings
 from ..topology import changelog_topic
-from .runtime import GapReader, Handler, RecordRunner, faust_sender
+from .faust_adapter import EventScope, commit_groups, faust_sender, replace_partition_state
+from .runtime import GapReader, Handler, RecordRunner
 from .watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
@@ -91,15 +93,18 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
     if settings.stages.gap_repair:
         gap_reader = GapReader(source_topic, settings.stages.app_id, _client_options(settings),
                                start_at_ms=settings.stages.source_start_ms)
+    group = settings.stages.commit_records
     runner = RecordRunner(table, handler, faust_sender(app), gap_reader, name=name, retryable=retryable,
-                          on_error=on_error, max_backoff_s=settings.stages.retry_backoff_max_s)
+                          on_error=on_error, max_group=group, max_backoff_s=settings.stages.retry_backoff_max_s)
     stage = Stage(name, source_topic, partitions, table, runner)
+    within_s = settings.stages.commit_ms / 1000
+    scope = EventScope()
+    runner.write_scope = scope.of
 
     async def agent(stream: Any) -> None:
         try:
-            async for event in stream.events():
-                message = event.message
-                await runner.handle(message.partition, message.offset, message.value)
+            async for records in commit_groups(stream, group, within_s, scope):
+                await runner.handle_group(records)
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -120,18 +125,7 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
             """Replace the table's state for ``partition`` with its changelog's latest values."""
             # Our own writes for a partition were flushed when it was revoked (Faust commits then).
             values = await asyncio.wait_for(gap_reader.last_values(changelog, partition), 120)
-            store = table.data
-            for key in [k for k, p in getattr(store, "_key_partition", {}).items() if p == partition]:
-                store.pop(key, None)
-            for raw_key, raw_value in values.items():
-                key = json.loads(raw_key)
-                if raw_value is None:
-                    store.pop(key, None)
-                    continue
-                store[key] = json.loads(raw_value)
-                if hasattr(store, "_key_partition"):
-                    store._key_partition[key] = partition
-            return len(values)
+            return replace_partition_state(table, partition, values)
 
         runner.reload = reload
 

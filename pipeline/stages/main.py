@@ -20,8 +20,7 @@ from ..redis_client import async_client, sync_client
 from .. import metrics
 from ..codec import make_codec
 from ..core.identity import IdentitySnapshot, Identifier
-from ..metrics import (STAGE_DEPENDENCY_RETRIES, STAGE_GAPS, STAGE_RECORD_SECONDS, STAGE_RECORDS, STAGE_REPLAYED,
-                       STAGE_WAITING, WORKER_REBALANCES)
+from ..metrics import WORKER_REBALANCES
 from ..settings import Settings
 from ..topology import topic_specs
 from .account import AccountStage, AccountTopics, RedisQuota
@@ -74,12 +73,10 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
     app = build_app(settings, pixel.partitions)
     visitor, account = build_handlers(settings)
     retry = retryable_errors()
-    stages = [add_stage(app, settings, "visitor", pixel.name, pixel.partitions, _timed("visitor", visitor),
+    stages = [add_stage(app, settings, "visitor", pixel.name, pixel.partitions, visitor,
                         on_error=visitor.failed, retryable=retry),
-              add_stage(app, settings, "account", visits.name, visits.partitions, _timed("account", account),
+              add_stage(app, settings, "account", visits.name, visits.partitions, account,
                         on_error=account.failed, retryable=retry)]
-    for stage in stages:
-        _count(stage)
     if settings.stages.model_poll_s > 0 and settings.redis.url_value:
         from ..ops.models import follow_models
         follow_models(app, settings, account)  # `leadstream model promote/rollback` without a restart
@@ -122,45 +119,6 @@ class ReadOnlyIdentity:
 
     async def apply(self, site_id: str, ops: Sequence[Any]) -> None:
         return None
-
-
-def _timed(name: str, handler: Any) -> Any:
-    import time
-    histogram = STAGE_RECORD_SECONDS.labels(name)
-
-    async def timed(partition: int, offset: int, value: bytes, states: Any) -> Any:
-        started = time.perf_counter()
-        result = await handler(partition, offset, value, states)
-        histogram.observe(time.perf_counter() - started)
-        return result
-
-    return timed
-
-
-def _count(stage: Stage) -> None:
-    runner = stage.runner
-    original = runner.handle
-    applied, replayed, gaps, retries = (STAGE_RECORDS.labels(stage.name), STAGE_REPLAYED.labels(stage.name),
-                                        STAGE_GAPS.labels(stage.name), STAGE_DEPENDENCY_RETRIES.labels(stage.name))
-
-    def waiting() -> float:
-        since = runner.waiting_since
-        return 0.0 if since is None else time.monotonic() - since
-
-    STAGE_WAITING.labels(stage.name).set_function(waiting)
-
-    async def counted(partition: int, offset: int, value: bytes) -> None:
-        before = (runner.stats.records, runner.stats.replayed_skipped, runner.stats.gaps_repaired,
-                  runner.stats.retries)
-        try:
-            await original(partition, offset, value)
-        finally:
-            applied.inc(runner.stats.records - before[0])
-            replayed.inc(runner.stats.replayed_skipped - before[1])
-            gaps.inc(runner.stats.gaps_repaired - before[2])
-            retries.inc(runner.stats.retries - before[3])
-
-    runner.handle = counted  # type: ignore[method-assign]
 
 
 def run(settings: Settings) -> None:

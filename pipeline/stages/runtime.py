@@ -19,6 +19,12 @@ partition:
   (whose changelog goes out through Faust's buffered producer). A crash in
   between replays the record: outputs are sent again with the same ids, which
   consumers de-duplicate.
+* **Group commit.** The rule holds per group of records: a group (up to
+  ``stages.commit_records`` records or ``stages.commit_ms``) is applied
+  against an overlay of the table, so later records read earlier ones'
+  writes; all its outputs are sent and acknowledged together, then its
+  states and progress are written. Faust acks (and may commit) a record's
+  offset only after its group's table writes (see ``app.add_stage``).
 
 The handler is a plain function of (records, current states) returning
 outputs and new states: no Kafka in it.
@@ -29,10 +35,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Protocol, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ..metrics import (STAGE_DEPENDENCY_RETRIES, STAGE_GAPS, STAGE_GROUP_RECORDS, STAGE_GROUP_SECONDS,
+                       STAGE_RECORD_SECONDS, STAGE_RECORDS, STAGE_REPLAYED, STAGE_WAITING)
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +71,35 @@ class Handler(Protocol):
                  states: "StateView") -> Awaitable[HandlerResult]: ...
 
 
+#: an overlay entry for a key the group deleted: no state, applied at no offset
+_DELETED: dict[str, Any] = {"o": -1, "s": None}
+
+
 class StateView:
     """The handler's read access to the table, with the per-key offset guard applied.
 
     ``get`` returns the stored state of a key, ``applied(key, offset)`` whether
-    the record at ``offset`` has already been applied to it.
+    the record at ``offset`` has already been applied to it. ``overlay`` holds
+    the writes of the group being applied, not yet in the table: a key there
+    reads its overlay value (group commit, see :class:`RecordRunner`).
     """
 
-    __slots__ = ("_table",)
+    __slots__ = ("_table", "_overlay")
 
-    def __init__(self, table: MutableMapping[str, Any]) -> None:
+    def __init__(self, table: Mapping[str, Any], overlay: Mapping[str, Any] | None = None) -> None:
         self._table = table
+        self._overlay: Mapping[str, Any] = {} if overlay is None else overlay
+
+    def _stored(self, key: str) -> Any:
+        stored = self._overlay.get(key)
+        return self._table.get(key) if stored is None else stored
 
     def get(self, key: str) -> Any:
-        stored = self._table.get(key)
+        stored = self._stored(key)
         return None if stored is None else stored["s"]
 
     def applied(self, key: str, offset: int) -> bool:
-        stored = self._table.get(key)
+        stored = self._stored(key)
         return stored is not None and stored["o"] >= offset
 
     def keys(self) -> list[str]:
@@ -209,6 +230,7 @@ class GapReader:
 @dataclass
 class RunnerStats:
     records: int = 0
+    groups: int = 0               # groups committed (outputs acknowledged, then states written)
     replayed_skipped: int = 0     # records at or below the partition's progress (after a crash)
     gaps_repaired: int = 0        # records Faust skipped that the runner read itself
     gap_events: int = 0           # times a gap was detected
@@ -218,13 +240,22 @@ class RunnerStats:
 
 
 class RecordRunner:
-    """Applies each input record exactly once to the table, outputs first (see module doc)."""
+    """Applies each input record exactly once to the table, outputs first (see module doc).
+
+    Records are applied in groups (:meth:`handle_group`): every record of a group
+    is handled against an overlay of the table holding the group's earlier
+    writes, the outputs of the whole group are sent and acknowledged together,
+    and only then are the group's states and each partition's progress written.
+    A group of one record is the record-at-a-time rule; a crash anywhere
+    before the table write replays the whole group, whose outputs carry the
+    same ids. ``max_group`` bounds a group (gap repairs are split to it).
+    """
 
     def __init__(self, table: MutableMapping[str, Any], handler: Handler, send: OutputSender,
                  gap_reader: GapReader | None, name: str = "stage",
                  retryable: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError),
                  on_error: Callable[[int, int, bytes, Exception], HandlerResult] | None = None,
-                 max_backoff_s: float = 30.0) -> None:
+                 max_backoff_s: float = 30.0, max_group: int = 1) -> None:
         self.table = table
         self.handler = handler
         self.send = send
@@ -233,6 +264,7 @@ class RecordRunner:
         self.retryable = retryable
         self.on_error = on_error
         self.max_backoff_s = max_backoff_s
+        self.max_group = max(1, max_group)
         self.stats = RunnerStats()
         self.on_gap: Callable[[int, int, int], None] | None = None
         # Set by the stage: reloads a partition's table state from its changelog (see ``assigned``).
@@ -242,12 +274,16 @@ class RecordRunner:
         self._to_reload: set[int] = set()
         #: monotonic time of the last record handled per partition (or of its assignment)
         self.last_activity: dict[int, float] = {}
-        #: a record is being applied (the stage may be waiting on Redis or the broker)
+        #: a group is being applied (the stage may be waiting on Redis or the broker)
         self.busy = False
         #: monotonic time since which the stage waits for an unreachable dependency (None: it does not)
         self.waiting_since: float | None = None
         #: a record that takes this long was waiting, not working (see ``_not_idle``)
         self.slow_record_s = 1.0
+        self._metrics = _RunnerMetrics(name)
+        STAGE_WAITING.labels(name).set_function(self._waiting_s)
+        #: the context a partition's table writes run in (Faust: that partition's event, see faust_adapter)
+        self.write_scope: Callable[[int], AbstractContextManager[None]] = _no_scope
 
     def assigned(self, partitions: Iterable[int]) -> None:
         """The consumer now owns ``partitions`` of the source topic (called on every rebalance).
@@ -293,62 +329,97 @@ class RecordRunner:
         return None if value is None else int(value)
 
     async def handle(self, partition: int, offset: int, value: bytes) -> None:
-        """Apply one input record (and any records Faust skipped before it)."""
+        """Apply one input record (and any records Faust skipped before it): a group of one."""
+        await self.handle_group([(partition, offset, value)])
+
+    async def handle_group(self, records: Sequence[tuple[int, int, bytes]]) -> None:
+        """Apply ``records`` ((partition, offset, value), in delivery order) as one group.
+
+        Records at or below a partition's progress are skipped (a replay); records
+        Faust skipped before one are read and applied first, in order.
+        """
+        if not records:
+            return
         self.busy = True
         started = time.monotonic()
         try:
-            await self._handle(partition, offset, value)
+            todo = await self._plan(records)
+            for start in range(0, len(todo), self.max_group):
+                await self._apply_group(todo[start:start + self.max_group])
         finally:
             self.busy = False
-            now = self.last_activity[partition] = time.monotonic()
+            now = time.monotonic()
+            for partition, _, _ in records:
+                self.last_activity[partition] = now
             if now - started >= self.slow_record_s:
                 self._not_idle(now - started, now)
 
     def _not_idle(self, waited: float, now: float) -> None:
-        """A record took ``waited`` seconds: the stage was waiting (on Redis, or on the broker to take
+        """A group took ``waited`` seconds: the stage was waiting (on Redis, or on the broker to take
         its outputs), and no partition could be delivered meanwhile. That is not idle time: every
         owned partition's idle clock, which the stall watchdog reads, moves forward by it."""
         for partition in self._owned:
             if partition in self.last_activity:
                 self.last_activity[partition] = min(now, self.last_activity[partition] + waited)
 
-    async def _handle(self, partition: int, offset: int, value: bytes) -> None:
-        if partition in self._to_reload and self.reload is not None:
-            keys = await self._retrying(f"reloading partition {partition}", lambda: self.reload(partition))  # type: ignore[misc]
-            self._to_reload.discard(partition)
-            self.stats.reloads += 1
-            log.info("%s: partition %d state reloaded from its changelog (%d keys)", self.name, partition, keys)
-        done = self.progress(partition)
-        if done is not None and offset <= done:
-            self.stats.replayed_skipped += 1
-            return
-        if self.gap_reader is not None:
-            expected = done + 1 if done is not None else await self._log_start(partition)
-            if offset > expected:
+    async def _plan(self, records: Sequence[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+        """The records to apply, in order: replays dropped, gaps filled from the log."""
+        todo: list[tuple[int, int, bytes]] = []
+        next_of: dict[int, int | None] = {}   # partition -> the next offset to apply (None: not known)
+        for partition, offset, value in records:
+            if partition not in next_of:
+                await self._maybe_reload(partition)
+                done = self.progress(partition)
+                if done is None and self.gap_reader is not None:
+                    next_of[partition] = await self._log_start(partition)
+                else:
+                    next_of[partition] = None if done is None else done + 1
+            expected = next_of[partition]
+            if expected is not None and offset < expected:
+                self.stats.replayed_skipped += 1
+                self._metrics.replayed.inc()
+                continue
+            if self.gap_reader is not None and expected is not None and offset > expected:
                 missing = await asyncio.wait_for(self.gap_reader.read(partition, expected, offset), 120)
                 self.stats.gap_events += 1
                 self.stats.gaps_repaired += len(missing)
+                self._metrics.gaps.inc(len(missing))
                 log.warning("%s: partition %d jumped from offset %d to %d; applying %d skipped records first",
                             self.name, partition, expected, offset, len(missing))
                 if self.on_gap is not None:
                     self.on_gap(partition, expected, offset)
-                for missing_offset, missing_value in missing:
-                    await self._apply(partition, missing_offset, missing_value)
-        await self._apply(partition, offset, value)
+                todo.extend((partition, o, v) for o, v in missing)
+            todo.append((partition, offset, value))
+            next_of[partition] = offset + 1
+        return todo
 
-    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _maybe_reload(self, partition: int) -> None:
+        if partition in self._to_reload and self.reload is not None:
+            reload = self.reload
+            keys = await self._retrying(f"reloading partition {partition}", lambda: reload(partition))
+            self._to_reload.discard(partition)
+            self.stats.reloads += 1
+            log.info("%s: partition %d state reloaded from its changelog (%d keys)", self.name, partition, keys)
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]],
+                        failed: BaseException | None = None) -> Any:
         """``call()`` until it succeeds, backing off on errors of ``retryable`` types (Redis or the
-        broker unreachable): a record is never skipped because a dependency was down."""
+        broker unreachable): a record is never skipped because a dependency was down. ``failed``:
+        the error a first try made outside this loop (it counts as the first failure)."""
         delay = 0.25
         began: float | None = None
         try:
             while True:
                 try:
+                    if failed is not None:
+                        first, failed = failed, None
+                        raise first
                     result = await call()
                 except self.retryable as exc:
                     if began is None:
                         began = self.waiting_since = time.monotonic()
                     self.stats.retries += 1
+                    self._metrics.retries.inc()
                     log.warning("%s: %s failed (%s: %s); retrying in %.1f s", self.name, what,
                                 type(exc).__name__, exc, delay)
                     await asyncio.sleep(delay)
@@ -361,6 +432,11 @@ class RecordRunner:
             if began is not None:   # also when another error (or a cancel) ends the wait
                 self.waiting_since = None
 
+    def _waiting_s(self) -> float:
+        """Seconds the stage has been waiting for an unreachable dependency (0: it is not)."""
+        since = self.waiting_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def _dependency_back(self, what: str, began: float) -> None:
         """A wait for an unreachable dependency ended (``handle`` then moves the idle clocks past it)."""
         waited = time.monotonic() - began
@@ -368,9 +444,9 @@ class RecordRunner:
         self.stats.waited_s += waited
         log.warning("%s: %s succeeded after waiting %.1f s for an unreachable dependency", self.name, what, waited)
 
-    async def _handle_once(self, partition: int, offset: int, value: bytes) -> HandlerResult:
+    async def _handle_once(self, partition: int, offset: int, value: bytes, view: StateView) -> HandlerResult:
         try:
-            return await self.handler(partition, offset, value, StateView(self.table))
+            return await self.handler(partition, offset, value, view)
         except self.retryable:
             raise
         except Exception as exc:
@@ -381,31 +457,73 @@ class RecordRunner:
             log.exception("%s: record %d:%d failed; writing it as a bad row", self.name, partition, offset)
             return self.on_error(partition, offset, value, exc)
 
-    async def _apply(self, partition: int, offset: int, value: bytes) -> None:
-        result: HandlerResult = await self._retrying(
-            f"record {partition}:{offset}", lambda: self._handle_once(partition, offset, value))
-        if result.outputs:
-            # acknowledged by the broker before any state write
-            await self._retrying(f"sending the outputs of {partition}:{offset}", lambda: self.send(result.outputs))
-        for key, state in result.states.items():
-            self.table[key] = {"o": offset, "s": state}
-        for key in result.deletes:
-            if key in self.table:
-                del self.table[key]  # Faust writes a tombstone to the changelog
-        self.table[self.progress_key(partition)] = offset
-        self.stats.records += 1
+    async def _apply_group(self, records: Sequence[tuple[int, int, bytes]]) -> None:
+        """Handle every record against the overlay, send all outputs, await them, then write the table."""
+        started = time.perf_counter()
+        overlay: dict[str, Any] = {}
+        view = StateView(self.table, overlay)
+        outputs: list[Output] = []
+        written: dict[int, dict[str, None]] = {}   # partition -> its keys in the overlay, in order
+        last: dict[int, int] = {}
+        handled = self._metrics.handled
+        for partition, offset, value in records:
+            t0 = time.perf_counter()
+            try:  # the common case without the retry loop's closure and extra coroutine per record
+                result = await self._handle_once(partition, offset, value, view)
+            except self.retryable as exc:
+                result = await self._retrying(
+                    f"record {partition}:{offset}", lambda: self._handle_once(partition, offset, value, view), exc)
+            handled.observe(time.perf_counter() - t0)
+            outputs.extend(result.outputs)
+            if result.states or result.deletes:
+                keys = written.setdefault(partition, {})
+                for key, state in result.states.items():
+                    overlay[key] = {"o": offset, "s": state}
+                    keys[key] = None
+                for key in result.deletes:
+                    overlay[key] = _DELETED   # reads as no state; a tombstone once written
+                    keys[key] = None
+            last[partition] = offset
+        if outputs:
+            # every output of the group acknowledged by the broker before any state write
+            first = records[0]
+            await self._retrying(f"sending the outputs of the group from {first[0]}:{first[1]}",
+                                 lambda: self.send(outputs))
+        table = self.table
+        for partition, offset in last.items():
+            with self.write_scope(partition):
+                for key in written.get(partition, ()):
+                    value = overlay[key]
+                    if value is _DELETED:
+                        if key in table:
+                            del table[key]  # Faust writes a tombstone to the changelog
+                    else:
+                        table[key] = value
+                table[self.progress_key(partition)] = offset
+        self.stats.records += len(records)
+        self.stats.groups += 1
+        self._metrics.applied.inc(len(records))
+        self._metrics.group_records.observe(len(records))
+        self._metrics.group_seconds.observe(time.perf_counter() - started)
 
 
-def faust_sender(app: Any) -> OutputSender:
-    """Sends outputs through the Faust app's producer and waits for every acknowledgement."""
+def _no_scope(partition: int) -> AbstractContextManager[None]:
+    return nullcontext()
 
-    async def send(outputs: Sequence[Output]) -> None:
-        producer = app.producer
-        futures = [await producer.send(o.topic, o.key, o.value, o.partition, None, list(o.headers) or None)
-                   for o in outputs]
-        await asyncio.gather(*futures)
 
-    return send
+class _RunnerMetrics:
+    """The runner's Prometheus series (declared in ``pipeline.metrics``), labelled once."""
+
+    __slots__ = ("applied", "replayed", "gaps", "handled", "group_records", "group_seconds", "retries")
+
+    def __init__(self, stage: str) -> None:
+        self.retries = STAGE_DEPENDENCY_RETRIES.labels(stage)
+        self.applied = STAGE_RECORDS.labels(stage)
+        self.replayed = STAGE_REPLAYED.labels(stage)
+        self.gaps = STAGE_GAPS.labels(stage)
+        self.handled = STAGE_RECORD_SECONDS.labels(stage)
+        self.group_records = STAGE_GROUP_RECORDS.labels(stage)
+        self.group_seconds = STAGE_GROUP_SECONDS.labels(stage)
 
 
 def group_by_partition(items: Iterable[tuple[int, Any]]) -> dict[int, list[Any]]:

@@ -49,10 +49,8 @@ import os
 import time
 from typing import Any, Iterable, Mapping
 
-from aiokafka import TopicPartition
-from faust.types import TP
-
 from ..metrics import STAGE_STALLS
+from .faust_adapter import consumer_paused_or_rebalancing, consumer_state, unstick
 from .runtime import RecordRunner
 
 log = logging.getLogger(__name__)
@@ -96,7 +94,7 @@ class StallWatchdog:
     async def check(self) -> None:
         """One pass: find stalled partitions and repair them."""
         app, runner = self.app, self.runner
-        if runner.busy or app.rebalancing or not app.consumer.flow_active or runner.gap_reader is None:
+        if runner.busy or consumer_paused_or_rebalancing(app) or runner.gap_reader is None:
             return
         owned = runner.owned
         if not owned:
@@ -134,7 +132,7 @@ class StallWatchdog:
         for partition in stalled:
             offset = expected[partition]
             _, count = self._repairs.get(partition, (offset, 0))
-            state = self._consumer_state(partition)
+            state = consumer_state(app, self.source_topic, partition)
             if count >= self.max_repairs:
                 log.critical("%s: partition %d still stalled at offset %d (log end %d) after %d repairs; "
                              "exiting so the worker is restarted. Consumer state: %s", runner.name, partition,
@@ -144,45 +142,7 @@ class StallWatchdog:
             log.warning("%s: partition %d stalled: offset %d is next, the log ends at %d, nothing delivered "
                         "for %.0f s; consumer state: %s. Seeking it to %d.", runner.name, partition, offset,
                         ends[partition], time.monotonic() - runner.last_activity.get(partition, 0), state, offset)
-            await self._unstick(partition, offset)
+            await unstick(app, self.source_topic, partition, offset)
             self._repairs[partition] = (offset, count + 1)
             STAGE_STALLS.labels(runner.name).inc()
             runner.last_activity[partition] = time.monotonic()  # give the repair time to take effect
-
-    def _tp(self, partition: int) -> TP:
-        return TP(self.source_topic, partition)
-
-    def _consumer_state(self, partition: int) -> dict[str, Any]:
-        """What Faust's consumer (and the aiokafka consumer under it) says about the partition."""
-        consumer = self.app.consumer
-        tp = self._tp(partition)
-        state: dict[str, Any] = {
-            "assigned": tp in consumer.assignment(),
-            "active": tp in (consumer._active_partitions or ()),
-            "paused": tp in consumer._paused_partitions,
-            "buffered": tp in consumer._buffered_partitions,
-            "flow_active": consumer.flow_active,
-            "read_offset": consumer._read_offset.get(tp),
-        }
-        inner = self._aiokafka()
-        if inner is not None:
-            state["aiokafka_paused"] = tp in inner.paused()
-            try:
-                state["aiokafka_position"] = inner._subscription.subscription.assignment.state_value(tp).position
-            except Exception:  # internal layout of aiokafka: diagnostics only
-                pass
-        return state
-
-    def _aiokafka(self) -> Any:
-        thread = getattr(self.app.consumer, "_thread", None)
-        return getattr(thread, "_consumer", None)
-
-    async def _unstick(self, partition: int, offset: int) -> None:
-        consumer = self.app.consumer
-        tp = self._tp(partition)
-        consumer._buffered_partitions.discard(tp)
-        consumer.resume_partitions([tp])
-        inner = self._aiokafka()
-        if inner is not None and tp in inner.paused():
-            inner.resume(TopicPartition(self.source_topic, partition))
-        await consumer.seek(tp, offset)

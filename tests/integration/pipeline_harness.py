@@ -37,7 +37,8 @@ class Pipeline:
     """Collector + worker processes on fresh topics; helpers to send hits and read outputs."""
 
     def __init__(self, broker: KafkaBroker, redis_url: str, tmp: Path, name: str, *,
-                 topics: dict[str, str] | None = None, site_rules: dict[str, Any] | None = None) -> None:
+                 topics: dict[str, str] | None = None, site_rules: dict[str, Any] | None = None,
+                 stages: dict[str, Any] | None = None) -> None:
         self.broker = broker
         self.tmp = tmp
         self.name = name
@@ -53,7 +54,7 @@ class Pipeline:
             "geoip": {k: str(v) for k, v in geoip.items()},
             "collector": {"port": self.port, "trusted_proxies": ["127.0.0.1/32"], "linger_ms": 2},
             "stages": {"app_id": f"{name}-app", "session_timeout_s": 6.0, "heartbeat_interval_s": 1.0,
-                       "commit_interval_s": 1.0, "stall_after_s": 10.0},
+                       "commit_interval_s": 1.0, "stall_after_s": 10.0, **(stages or {})},
             "identity_salt": "test-salt",
             "data_dir": str(tmp / f"{name}-data"),
             "log_level": "warn",

@@ -59,13 +59,14 @@ def produce(bootstrap: str, topic: str, records: list[Any]) -> None:
 
 class Run:
     def __init__(self, kafka_broker: KafkaBroker, redis_server: RedisServer, tmp: Path, name: str,
-                 source: dict[str, Any], db: int, own_source: bool = False) -> None:
+                 source: dict[str, Any], db: int, own_source: bool = False, group: int | None = None) -> None:
         url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
         load_reference_data(url)
         topics = {k: f"{name}-{k.replace('_', '-')}" for k in
                   ("bad_events", "visits", "lead_scores", "qualified_leads", "sink_dead_letter")}
         topics["pixel_events"] = f"{name}-pixel-events" if own_source else source["topic"]
-        self.p = Pipeline(kafka_broker, url, tmp, name, topics=topics)
+        self.p = Pipeline(kafka_broker, url, tmp, name, topics=topics,
+                          stages=None if group is None else {"commit_records": group})
         self.p.create_topics()
         self.app_id = self.p.config["stages"]["app_id"]
         self.bootstrap = kafka_broker.bootstrap
@@ -115,8 +116,8 @@ def make_run(kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Pat
              unique_name: Callable[[str], str]) -> Iterator[Callable[..., Run]]:
     runs: list[Run] = []
 
-    def make(db: int, own_source: bool = False) -> Run:
-        run = Run(kafka_broker, redis_server, tmp_path, unique_name("faults"), source, db, own_source)
+    def make(db: int, own_source: bool = False, group: int | None = None) -> Run:
+        run = Run(kafka_broker, redis_server, tmp_path, unique_name("faults"), source, db, own_source, group)
         runs.append(run)
         return run
 
@@ -221,8 +222,12 @@ def test_clean_run_counts_every_event(clean: dict[str, Any], source: dict[str, A
     assert len(clean["outputs"]["latest"]) == VISITORS
 
 
-def test_kill_9_mid_stream_then_restart(make_run: Callable[[int], Run], clean: dict[str, Any]) -> None:
-    run = make_run(4)
+GROUPS = pytest.mark.parametrize("group", [1, 100], ids=["group1", "group100"])
+
+
+@GROUPS
+def test_kill_9_mid_stream_then_restart(make_run: Callable[..., Run], clean: dict[str, Any], group: int) -> None:
+    run = make_run(4, group=group)
     first = run.p.start_worker("w1")
     wait_progress(run, int(clean["updates"] * 0.4))
     first.kill()
@@ -231,8 +236,9 @@ def test_kill_9_mid_stream_then_restart(make_run: Callable[[int], Run], clean: d
     compare(run, clean)
 
 
-def test_sigterm_mid_stream_then_restart(make_run: Callable[[int], Run], clean: dict[str, Any]) -> None:
-    run = make_run(5)
+@GROUPS
+def test_sigterm_mid_stream_then_restart(make_run: Callable[..., Run], clean: dict[str, Any], group: int) -> None:
+    run = make_run(5, group=group)
     first = run.p.start_worker("w1")
     wait_progress(run, int(clean["updates"] * 0.4))
     assert first.terminate() == 0, run.p.logs()
@@ -241,10 +247,11 @@ def test_sigterm_mid_stream_then_restart(make_run: Callable[[int], Run], clean: 
     compare(run, clean)
 
 
+@GROUPS
 def test_second_worker_joins_then_leaves(make_run: Callable[..., Run], clean: dict[str, Any],
-                                         source: dict[str, Any]) -> None:
+                                         source: dict[str, Any], group: int) -> None:
     """The input arrives in three parts: before the second worker, while both run, after it left."""
-    run = make_run(6, own_source=True)
+    run = make_run(6, own_source=True, group=group)
     records = source["records"]
     thirds = [records[: len(records) // 3], records[len(records) // 3: 2 * len(records) // 3],
               records[2 * len(records) // 3:]]

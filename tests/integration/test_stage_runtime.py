@@ -107,6 +107,27 @@ class Run:
 
         wait_until(done, timeout_s, f"{fraction:.0%} of the outputs", self.logs)
 
+    def applied_everything(self) -> bool:
+        """Every partition's progress in the changelog is its last input offset: the state of every
+        record is written (outputs are acknowledged before it, so all outputs alone do not say that)."""
+        last: dict[int, int] = defaultdict(lambda: -1)
+        for p, _ in self.records:
+            last[p] += 1
+        progress: dict[int, int] = {}
+        for rec in read_all(self.broker.bootstrap, f"{self.app_id}-counting-state-changelog"):
+            key = json.loads(rec.key)
+            if str(key).startswith("~progress/") and rec.value:
+                progress[int(key.split("/")[1])] = json.loads(rec.value)
+        return all(progress.get(p) == offset for p, offset in last.items())
+
+    def wait_until_applied(self, timeout_s: float = 120) -> None:
+        def done() -> bool:
+            if not any(w.alive() for w in self.workers):
+                raise AssertionError(f"every worker has exited\n{self.logs()}")
+            return self.applied_everything()
+
+        wait_until(done, timeout_s, "every record's state in the changelog", self.logs)
+
     def final_state(self) -> dict[str, dict[str, int]]:
         state: dict[str, Any] = {}
         for rec in read_all(self.broker.bootstrap, f"{self.app_id}-counting-state-changelog"):
@@ -128,7 +149,9 @@ class Run:
         wrong = [k for k, v in expected(self.records).items() if state.get(k) != v]
         assert not missing, f"{len(missing)} outputs missing, e.g. {sorted(missing)[:5]}\n{self.logs()}"
         assert not differing, f"duplicates that differ: {differing[:5]}"
-        assert not wrong, f"{len(wrong)} keys with a wrong final state, e.g. {wrong[:5]}"
+        want_state = expected(self.records)
+        assert not wrong, (f"{len(wrong)} keys with a wrong final state, e.g. "
+                           f"{[(k, state.get(k), want_state[k]) for k in wrong[:3]]}\n{self.logs()}")
         return {"outputs": len(outputs), "duplicates": len(outputs) - len(by_id)}
 
 
@@ -152,6 +175,7 @@ def run(kafka_broker: KafkaBroker, new_topic: Callable[..., str], unique_name: C
 def finish(run: Run, name: str, **extra: Any) -> dict[str, int]:
     run.worker(name, **extra)
     run.wait_for_outputs(1.0)
+    run.wait_until_applied()
     return run.check()
 
 
@@ -162,8 +186,12 @@ def test_clean_run(run: Callable[..., Run]) -> None:
     assert result["duplicates"] == 0
 
 
-def test_kill_9_mid_stream_and_restart(run: Callable[..., Run]) -> None:
-    r = run()
+GROUPS = pytest.mark.parametrize("group", [1, 100], ids=["group1", "group100"])
+
+
+@GROUPS
+def test_kill_9_mid_stream_and_restart(run: Callable[..., Run], group: int) -> None:
+    r = run(commit_records=group)
     r.produce()
     first = r.worker("w1")
     r.wait_for_outputs(0.4)
@@ -171,8 +199,9 @@ def test_kill_9_mid_stream_and_restart(run: Callable[..., Run]) -> None:
     finish(r, "w2")
 
 
-def test_sigterm_mid_stream_and_restart(run: Callable[..., Run]) -> None:
-    r = run()
+@GROUPS
+def test_sigterm_mid_stream_and_restart(run: Callable[..., Run], group: int) -> None:
+    r = run(commit_records=group)
     r.produce()
     first = r.worker("w1")
     r.wait_for_outputs(0.4)
@@ -180,13 +209,14 @@ def test_sigterm_mid_stream_and_restart(run: Callable[..., Run]) -> None:
     finish(r, "w2")
 
 
-def test_second_worker_joins_then_leaves(run: Callable[..., Run]) -> None:
+@GROUPS
+def test_second_worker_joins_then_leaves(run: Callable[..., Run], group: int) -> None:
     """Input arrives in three parts: before the second worker, while both run, after it left.
 
     Faust sometimes drops the records in flight around these rebalances (see pipeline/stages/watchdog.py);
     the stall watchdog brings them back, so nothing is missing at the end.
     """
-    r = run()
+    r = run(commit_records=group)
     third = RECORDS // 3
     r.produce(slice(0, third))
     first = r.worker("w1")
@@ -199,8 +229,28 @@ def test_second_worker_joins_then_leaves(run: Callable[..., Run]) -> None:
     assert second.terminate() == 0, r.logs()
     r.produce(slice(2 * third, None))
     r.wait_for_outputs(1.0)
+    r.wait_until_applied()
     assert first.alive()
     r.check()
+
+
+@GROUPS
+def test_crash_between_outputs_acknowledged_and_state_written(run: Callable[..., Run], group: int,
+                                                              tmp_path: Path) -> None:
+    """The worker dies right after a group's outputs are acknowledged, before its state is written:
+    the restart applies the group again (same output ids, identical copies) and nothing twice in state."""
+    marker = tmp_path / "crashed"
+    r = run(commit_records=group, crash_after_ack=5, crash_marker=str(marker))
+    r.produce()
+    first = r.worker("w1")
+    assert first.proc is not None
+    assert first.proc.wait(120) == 9, r.logs()
+    sent = int(marker.read_text())
+    assert sent > 0
+    before = r.output_ids()
+    result = finish(r, "w2")
+    assert result["duplicates"] >= sent, "the crashed group's outputs were not sent again"
+    assert len(before) < len(r.expected_ids())
 
 
 def stalled_run(run: Callable[..., Run], stall_after_s: float) -> Run:
@@ -217,6 +267,7 @@ def test_partition_faust_stops_fetching_is_resumed(run: Callable[..., Run]) -> N
     """A partition still assigned but no longer fetched (seen after a join/leave) is found and re-seeked."""
     r = stalled_run(run, stall_after_s=3.0)
     r.wait_for_outputs(1.0)
+    r.wait_until_applied()
     r.check()
     assert "partition 0 stalled" in r.workers[0].log_path.read_text(errors="replace"), r.logs()
 

@@ -13,15 +13,21 @@ CONFIG: bootstrap, app_id, source, sink, partitions, data_dir, gap_repair,
         (inject the stall seen after a join/leave: once partition 0 has handled
         that many records, every later record of it is dropped the first time
         it is delivered, as Faust dropped fetched records, so that nothing but
-        a seek back brings them; with stall_forever, every time).
+        a seek back brings them; with stall_forever, every time),
+        commit_records / commit_ms (group commit), crash_after_ack (once the
+        outputs of that many groups were acknowledged, exit with code 9 right
+        after the next group's acknowledgement, before its state is written;
+        only when the marker file crash_marker does not exist yet, created then).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 from pipeline.settings import KafkaSettings, Settings, StageSettings
 from pipeline.stages.app import add_stage, build_app
@@ -35,7 +41,9 @@ def make_app(cfg: dict[str, Any]) -> Any:
                                              commit_interval_s=cfg.get("commit_interval_s", 1.0),
                                              session_timeout_s=cfg.get("session_timeout_s", 10.0),
                                              heartbeat_interval_s=1.0,
-                                             stall_after_s=cfg.get("stall_after_s", 30.0)))
+                                             stall_after_s=cfg.get("stall_after_s", 30.0),
+                                             commit_records=cfg.get("commit_records", 1),
+                                             commit_ms=cfg.get("commit_ms", 50.0)))
     app = build_app(settings, cfg["partitions"])
     sink = cfg["sink"]
 
@@ -59,36 +67,61 @@ def make_app(cfg: dict[str, Any]) -> Any:
         mine = sorted(tp.partition for tp in assigned if tp.topic == cfg["source"])
         if mine:
             logging.getLogger("counting").warning("assigned partitions %s", mine)
+    runner = stage.runner
+    Records = Sequence[tuple[int, int, bytes]]
     if cfg.get("skip_first_per_partition"):
         seen: set[int] = set()
-        original = stage.runner.handle
+        original = runner.handle_group
 
-        async def faulty(partition: int, offset: int, value: bytes) -> None:
-            if partition not in seen:
-                seen.add(partition)
-                return  # acked by Faust, never applied: what 0.15.3 did after a graceful restart
-            await original(partition, offset, value)
+        async def faulty(records: Records) -> None:
+            kept = []
+            for partition, offset, value in records:
+                if partition not in seen:
+                    seen.add(partition)
+                    continue  # acked by Faust, never applied: what 0.15.3 did after a graceful restart
+                kept.append((partition, offset, value))
+            await original(kept)
 
-        stage.runner.handle = faulty  # type: ignore[method-assign]
+        runner.handle_group = faulty  # type: ignore[method-assign]
     if cfg.get("stall_partition_after"):
         handled = 0
         dropped: set[int] = set()
-        inner = stage.runner.handle
+        inner = runner.handle_group
 
-        async def stalling(partition: int, offset: int, value: bytes) -> None:
+        async def stalling(records: Records) -> None:
             nonlocal handled
-            if (partition == 0 and handled >= cfg["stall_partition_after"]
-                    and (offset not in dropped or cfg.get("stall_forever"))):
-                # fetched, never handed to the stage: what Faust did to records in flight around a rebalance
-                if not dropped:
-                    logging.getLogger("counting").warning("injected: partition 0 records dropped from %d", offset)
-                dropped.add(offset)
-                return
-            await inner(partition, offset, value)
-            if partition == 0:
-                handled += 1
+            kept = []
+            for partition, offset, value in records:
+                if (partition == 0 and handled >= cfg["stall_partition_after"]
+                        and (offset not in dropped or cfg.get("stall_forever"))):
+                    # fetched, never handed to the stage: what Faust did to records in flight around a rebalance
+                    if not dropped:
+                        logging.getLogger("counting").warning("injected: partition 0 records dropped from %d",
+                                                              offset)
+                    dropped.add(offset)
+                    continue
+                kept.append((partition, offset, value))
+                if partition == 0:
+                    handled += 1
+            await inner(kept)
 
-        stage.runner.handle = stalling  # type: ignore[method-assign]
+        runner.handle_group = stalling  # type: ignore[method-assign]
+    if cfg.get("crash_after_ack") is not None and not Path(cfg["crash_marker"]).exists():
+        acked = 0
+        send = runner.send
+
+        async def crashing(outputs: Any) -> None:
+            nonlocal acked
+            await send(outputs)
+            acked += 1
+            if acked > cfg["crash_after_ack"]:
+                # outputs acknowledged, state not written: the window group commit must survive
+                Path(cfg["crash_marker"]).write_text(str(len(outputs)))
+                logging.getLogger("counting").warning("injected: exit after %d outputs acknowledged", len(outputs))
+                logging.shutdown()
+                os._exit(9)
+
+        runner.send = crashing
     return app
 
 

@@ -1,0 +1,23 @@
+"""`bench pipeline` end to end on a small input (slow: run with -m bench)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from loadtest.bench_pipeline import bench
+
+pytestmark = [pytest.mark.integration, pytest.mark.bench]
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (scripts/bootstrap --test)")
+def test_bench_pipeline_reports_every_figure_with_the_generator_not_the_bottleneck() -> None:
+    report = bench(events=4000, latency_seconds=3, load_seconds=3)
+    e2e = report["end_to_end"]
+    assert e2e["group_1"]["events_per_s"] > 0 and e2e["group_100"]["events_per_s"] > 0
+    assert e2e["group_1"]["records_per_group"]['{stage="visitor"}'] == 1.0
+    assert report["replay_prebatched"]["leadstream_worker"]["events_per_s"] > 0
+    assert report["replay_prebatched"]["baseline_raw_aiokafka"]["commit_records"] == 100
+    assert report["latency_at_half_max"]["probes"] > 0
+    assert report["checks"]["generator_not_the_bottleneck"], report
