@@ -373,7 +373,13 @@ class Collector:
             err = PayloadError("size_violation", f"header '{name}' is {length} bytes long; the limit is "
                                f"{self.cfg.max_header_chars if name != '(all headers)' else self.cfg.max_headers_bytes}",
                                431, name)
-            return await self._reject(send, kind, err, scope, b"", None)
+            body = b""
+            if kind.reads_body:  # the bad row keeps what was sent, so the events can be replayed
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.cfg.body_timeout_s):
+                        body, _, _ = await _read_body(receive, self.cfg.max_request_bytes, None,
+                                                      self.cfg.bad_row_payload_limit)
+            return await self._reject(send, kind, err, scope, body, None)
         headers = read_headers(scope["headers"])
         origin = headers.get("origin")
         method = scope["method"]

@@ -103,7 +103,8 @@ def test_a_hit_without_user_agent_costs_none_of_its_neighbours(make_pipeline: Ca
     rows = p.decoded("bad_events")
     assert [r["failure_type"] for r in rows] == ["schema_violation"], rows
     assert "page_view without url" in rows[0]["message"]
-    assert len(p.records("pixel_events")) < 10  # the hits did share records
+    # Whether the hits share a record depends on timing (the collector writes at once to an idle
+    # partition); tests/unit/stages/test_visitor_stage.py puts the ten in one record deterministically.
     assert worker.alive()
 
 
@@ -190,7 +191,7 @@ def test_fuzz_every_good_event_reaches_visits_and_every_bad_one_is_a_typed_bad_r
             for marker, is_rejected in odd:
                 (rejected if is_rejected else good).add(marker)
         else:
-            assert status in (400, 403, 413), status
+            assert status in (400, 403, 413, 431), status
             rejected.update(goods)
             rejected.update(marker for marker, _ in odd)
     assert len(good) >= 2500  # a few requests carry garbage the collector refuses whole

@@ -255,3 +255,36 @@ def test_the_page_shows_the_list_filters_details_and_live_moves(pipeline: Pipeli
             page.screenshot(path=str(ARTIFACTS / "leads-page.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_a_replay_leaves_the_live_view_alone_until_its_model_is_promoted(pipeline: Pipeline, leads: Leads) -> None:
+    from datetime import datetime, timezone
+
+    from .test_replay import cli, model_file
+
+    p = pipeline
+    since = now_ms() - 5_000
+    buyers(p, now_ms() - DAY)
+    wait_until(lambda: (leads.row(BRIGHTPATH) or {}).get("status") == "qualified", 90, "Brightpath qualified")
+    time.sleep(3)  # let every score of the traffic land in the view
+    before = {r["domain"]: (r["fit"], r["intent"], r["status"]) for r in leads.rows(limit=200, seen="true")}
+    live_version = leads.get(f"/api/sites/acme/accounts/{BRIGHTPATH}").json()["model_version"]
+
+    # a replay of the same traffic with another model: its scores go to its own topics only
+    other = model_file(p.tmp, "other", version="other-1", intent={"saturation_points": 40})
+    iso = datetime.fromtimestamp(since / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    run = cli(p, "replay", "--since", iso, "--model", str(other), "--name", "rescore", "--json", "--no-progress")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads(run.stdout)["lead_scores"] > 0
+    time.sleep(3)
+    after = {r["domain"]: (r["fit"], r["intent"], r["status"]) for r in leads.rows(limit=200, seen="true")}
+    assert after == before, "a replay must not touch the live view"
+    assert leads.get(f"/api/sites/acme/accounts/{BRIGHTPATH}").json()["model_version"] == live_version
+
+    # promoted, the model scores the next live events, and the view follows
+    promote = cli(p, "model", "promote", str(other))
+    assert promote.returncode == 0, promote.stdout + promote.stderr
+    time.sleep(6)  # stages.model_poll_s (5 s by default)
+    buyers(p, now_ms() - 60_000)
+    wait_until(lambda: leads.get(f"/api/sites/acme/accounts/{BRIGHTPATH}").json()["model_version"] == "other-1",
+               90, "the promoted model's scores in the live view")
