@@ -33,6 +33,7 @@ class Receivers:
         self.webhook_bodies: dict[str, dict[str, Any]] = {}
         self.webhook_rejected = 0
         self.webhook_status = 200                        # what the endpoint answers
+        self.webhook_delay_s = 0.0                       # a slow receiver (the burst then takes a while)
         self.slack: list[tuple[str, float]] = []
         self.slack_payloads: list[dict[str, Any]] = []
         self.slack_429 = 0                               # answer this many 429s first
@@ -69,6 +70,8 @@ class Receivers:
             return web.Response(status=400, text="bad signature")
         if self.webhook_status != 200:
             return web.Response(status=self.webhook_status, text="receiver failing on purpose")
+        if self.webhook_delay_s:
+            await asyncio.sleep(self.webhook_delay_s)
         with self.lock:
             self.webhook.append((request.headers["webhook-id"], time.time()))
             self.webhook_bodies[request.headers["webhook-id"]] = payload

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Protocol, Sequence
@@ -70,6 +71,9 @@ class Handler(Protocol):
     def __call__(self, partition: int, offset: int, value: bytes,
                  states: "StateView") -> Awaitable[HandlerResult]: ...
 
+
+#: every runner of this process (the stages share one consumer: see ``RecordRunner._not_idle``)
+_RUNNERS: "weakref.WeakSet[RecordRunner]" = weakref.WeakSet()
 
 #: an overlay entry for a key the group deleted: no state, applied at no offset
 _DELETED: dict[str, Any] = {"o": -1, "s": None}
@@ -281,6 +285,7 @@ class RecordRunner:
         #: a record that takes this long was waiting, not working (see ``_not_idle``)
         self.slow_record_s = 1.0
         self._metrics = _RunnerMetrics(name)
+        _RUNNERS.add(self)
         STAGE_WAITING.labels(name).set_function(self._waiting_s)
         #: the context a partition's table writes run in (Faust: that partition's event, see faust_adapter)
         self.write_scope: Callable[[int], AbstractContextManager[None]] = _no_scope
@@ -356,11 +361,19 @@ class RecordRunner:
 
     def _not_idle(self, waited: float, now: float) -> None:
         """A group took ``waited`` seconds: the stage was waiting (on Redis, or on the broker to take
-        its outputs), and no partition could be delivered meanwhile. That is not idle time: every
-        owned partition's idle clock, which the stall watchdog reads, moves forward by it."""
-        for partition in self._owned:
-            if partition in self.last_activity:
-                self.last_activity[partition] = min(now, self.last_activity[partition] + waited)
+        its outputs), and no partition could be delivered meanwhile, to this stage or to the others
+        of the process (they share one consumer, which stops handing records over while one agent
+        is stuck). That is not idle time: every owned partition's idle clock of every runner of the
+        process, which the stall watchdogs read, moves forward by it."""
+        for runner in list(_RUNNERS):
+            for partition in runner._owned:
+                if partition in runner.last_activity:
+                    runner.last_activity[partition] = min(now, runner.last_activity[partition] + waited)
+
+    @staticmethod
+    def any_waiting() -> bool:
+        """True while a runner of this process waits for an unreachable dependency."""
+        return any(r.waiting_since is not None for r in list(_RUNNERS))
 
     async def _plan(self, records: Sequence[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
         """The records to apply, in order: replays dropped, gaps filled from the log."""

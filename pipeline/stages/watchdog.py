@@ -94,8 +94,9 @@ class StallWatchdog:
     async def check(self) -> None:
         """One pass: find stalled partitions and repair them."""
         app, runner = self.app, self.runner
-        if runner.busy or consumer_paused_or_rebalancing(app) or runner.gap_reader is None:
-            return
+        if (runner.busy or runner.any_waiting() or consumer_paused_or_rebalancing(app)
+                or runner.gap_reader is None):
+            return   # any stage waiting on a dependency holds the shared consumer: not a stall
         owned = runner.owned
         if not owned:
             return

@@ -230,3 +230,25 @@ async def test_a_query_that_waited_for_the_broker_counts_as_an_outage() -> None:
     await dog.check()
     assert dog._repairs == {}
     assert time.monotonic() - r.last_activity[0] < 30.0
+
+
+async def test_a_wait_in_one_stage_is_no_stall_of_the_other() -> None:
+    """Regression (Redis hung for 30 s): the visitor stage waited, Faust's shared consumer handed the
+    account stage nothing meanwhile, and the account stage's watchdog took that for a stall."""
+    import asyncio
+
+    visitor = runner(Flaky(2, redis.exceptions.TimeoutError), Sink())
+    account = RecordRunner({}, Flaky(0, ValueError), Sink(), None, name="account", retryable=retryable_errors())
+    visitor.max_backoff_s = 0.2
+    visitor.slow_record_s = 0.3
+    visitor.assigned([0])
+    account.assigned([0, 1])
+    long_ago = time.monotonic() - 100.0
+    account.last_activity.update({0: long_ago, 1: long_ago})
+    waiting = asyncio.create_task(visitor.handle(0, 1, b"x"))
+    await asyncio.sleep(0.1)
+    assert RecordRunner.any_waiting()          # every stage's watchdog skips its pass now
+    await waiting
+    assert not RecordRunner.any_waiting()
+    waited = visitor.stats.waited_s
+    assert account.last_activity[1] == pytest.approx(long_ago + waited, abs=0.1)
