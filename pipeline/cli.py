@@ -701,6 +701,9 @@ def bench_leads(
     and p50/p99 of GET /leads?limit=50 with each filter against a /health baseline."""
     from loadtest.bench_leads import bench
     report = bench(accounts=accounts, requests=requests)
+    typer.echo(json.dumps(report, indent=2))
+    if not report["pass"]:
+        raise typer.Exit(1)
 
 
 @bench_app.command("state")

@@ -5,7 +5,11 @@ Key layout, per site (``{site}`` is a Redis Cluster hash tag, so one site's view
 - ``ls:lv:{site}:rank``            sorted set, every listed account by priority key (``view.priority_key``)
 - ``ls:lv:{site}:st:<status>``     sorted set per status (qualified, warming, ...), same scores
 - ``ls:lv:{site}:cc:<CC>``         sorted set per country, same scores
+- ``ls:lv:{site}:fit``, ``:intent`` sorted sets of every account by its fit / intent (``--min-fit``,
+                                   ``--min-intent``: a selective threshold reads only the accounts above it)
 - ``ls:lv:{site}:sum``             hash, account -> the row as the list shows it (compact JSON)
+- ``ls:lv:{site}:facts``           hash, account -> the fields filters read, tab-separated (a scan reads these,
+                                   and the summaries of the rows it keeps only)
 - ``ls:lv:{site}:doc``             hash, account -> the full document (detail panel, ``leads show``)
 - ``ls:lv:{site}:person:<id>``     set of the accounts where a person was seen (erasure)
 - ``ls:lv:{site}:changes``         pub/sub channel: a JSON list of the changed rows per update batch (the page's live updates)
@@ -18,8 +22,9 @@ never a scan of a topic, never a scan of all keys.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, List, Mapping, Sequence
 
 from ..redis_client import AsyncRedisClient, async_client
 from .view import STATUSES, Filter, matches, priority_at
@@ -30,6 +35,8 @@ SUMMARY_FIELDS = ("account", "domain", "name", "status", "filtered_by", "seen", 
                   "last_activity", "country", "industry", "employees", "visitors", "people", "reason",
                   "priority_key")
 _PAGE = 2048
+Candidates = List[tuple[float, str]]   # (priority key, account), in list order
+_SELECTIVE = 5000   # a fit/intent threshold with at most this many accounts above it is read by its index
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +59,20 @@ class ViewKeys:
         return f"{self.prefix}cc:{cc.upper()}"
 
     @property
+    def fit(self) -> str:
+        return self.prefix + "fit"
+
+    @property
+    def intent(self) -> str:
+        return self.prefix + "intent"
+
+    @property
     def summaries(self) -> str:
         return self.prefix + "sum"
+
+    @property
+    def facts(self) -> str:
+        return self.prefix + "facts"
 
     @property
     def docs(self) -> str:
@@ -72,6 +91,20 @@ def summary_of(doc: Mapping[str, Any]) -> dict[str, Any]:
     row["people"] = [{"name": p.get("name"), "title": p.get("title"), "confidence": p.get("confidence"),
                       "person_id": p.get("person_id")} for p in doc.get("people") or ()]
     return row
+
+
+def facts_of(doc: Mapping[str, Any]) -> str:
+    """What the filters read of one account (``view.matches``), tab-separated: cheap to scan."""
+    return "\t".join((str(doc.get("status") or ""), repr(float(doc.get("fit") or 0.0)),
+                      repr(float(doc.get("intent") or 0.0)), str(doc.get("country") or ""),
+                      "1" if doc.get("seen") else "0", str(doc.get("domain") or "").replace("\t", " "),
+                      str(doc.get("name") or "").replace("\t", " ")))
+
+
+def _facts(raw: Any) -> dict[str, Any]:
+    status, fit, intent, country, seen, domain, name = _s(raw).split("\t", 6)
+    return {"status": status, "fit": float(fit), "intent": float(intent), "country": country or None,
+            "seen": seen == "1", "domain": domain, "name": name}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +158,7 @@ class LeadsView:
             people: dict[str, list[str]] = {}
             summaries: dict[Any, Any] = {}
             full: dict[Any, Any] = {}
+            facts: dict[Any, Any] = {}
             for doc in site_docs:
                 account = doc["account"]
                 old = previous.get(account)
@@ -136,9 +170,12 @@ class LeadsView:
                     additions.setdefault(key, {})[account] = score
                     if account in removals.get(key, ()):
                         removals[key].remove(account)
+                additions.setdefault(k.fit, {})[account] = float(doc.get("fit") or 0.0)
+                additions.setdefault(k.intent, {})[account] = float(doc.get("intent") or 0.0)
                 for p in doc.get("people") or ():
                     people.setdefault(k.person(p["person_id"]), []).append(account)
                 summaries[account] = json.dumps(summary_of(doc), separators=(",", ":"))
+                facts[account] = facts_of(doc)
                 full[account] = json.dumps(doc, separators=(",", ":"))
                 n += 1
             for key, members in removals.items():
@@ -149,6 +186,7 @@ class LeadsView:
             for key, accounts in people.items():
                 pipe.sadd(key, *accounts)
             pipe.hset(k.summaries, mapping=summaries)
+            pipe.hset(k.facts, mapping=facts)
             pipe.hset(k.docs, mapping=full)
             # one message per batch: a JSON list of the changed rows
             pipe.publish(k.changes, "[" + ",".join(summaries.values()) + "]")
@@ -173,7 +211,10 @@ class LeadsView:
             for key in self._index_keys(k, doc):
                 pipe.zrem(key, account)
             pipe.zrem(k.rank, account)
+            pipe.zrem(k.fit, account)
+            pipe.zrem(k.intent, account)
             pipe.hdel(k.summaries, account)
+            pipe.hdel(k.facts, account)
             pipe.hdel(k.docs, account)
             for p in doc.get("people") or ():
                 pipe.srem(k.person(p["person_id"]), account)
@@ -239,6 +280,9 @@ class LeadsView:
         The most selective index among status, country and not-seen is read page by page.
         """
         k = self.keys(site_id)
+        selective = await self._selective_candidates(k, f, limit)
+        if selective is not None:
+            return await self._list_candidates(k, f, selective, limit, cursor, now_ms)
         index = (k.status(f.status) if f.status in STATUSES else
                  k.country(f.country) if f.country else
                  k.status("not_seen") if f.seen is False else k.rank)
@@ -257,22 +301,65 @@ class LeadsView:
             if not batch:
                 break
             start += len(batch)
-            members = [(_s(m), float(sc)) for m, sc in batch]
-            summaries = await self.client.hmget(k.summaries, [m for m, _ in members])
-            for (member, score), raw in zip(members, summaries):
-                if raw is None:
-                    continue
-                row = json.loads(raw)
-                if not matches(row, f):
-                    continue
-                if now_ms is not None:
-                    row["priority"] = priority_at(score, now_ms)
-                row["cursor"] = f"{score!r}|{member}"
-                rows.append(row)
-                if len(rows) >= limit:
-                    break
+            await self._collect(k, f, [(float(sc), _s(m)) for m, sc in batch], limit, now_ms, rows)
             if len(batch) < page:
                 break
             page = min(page * 4, _PAGE)
         next_cursor = rows[-1]["cursor"] if len(rows) >= limit else None
         return Page(rows, next_cursor)
+
+    async def _selective_candidates(self, k: ViewKeys, f: Filter, limit: int) -> Candidates | None:
+        """The accounts above the more selective of ``min_fit`` / ``min_intent``, in priority order,
+        when there are at most :data:`_SELECTIVE` of them (else None: scanning the priority order
+        finds ``limit`` rows sooner)."""
+        picks = [(index, low) for index, low in ((k.fit, f.min_fit), (k.intent, f.min_intent)) if low is not None]
+        if not picks:
+            return None
+        counts = [int(await self.client.zcount(index, low, "+inf")) for index, low in picks]
+        best = min(range(len(picks)), key=counts.__getitem__)
+        # Reading n candidates costs about n; scanning the priority order for ``limit`` rows costs about
+        # limit * total / n: read the candidates when they are the fewer (and never more than _SELECTIVE).
+        total = int(await self.client.zcard(k.rank))
+        if counts[best] > min(_SELECTIVE, max(4 * limit, math.isqrt(limit * max(total, 1)))):
+            return None
+        index, low = picks[best]
+        members = [_s(m) for m in await self.client.zrangebyscore(index, low, "+inf")]
+        if not members:
+            return []
+        scores = await self.client.zmscore(k.rank, members)
+        # the order of ZREVRANGE: score descending, then member descending
+        return sorted(((float(sc), m) for m, sc in zip(members, scores) if sc is not None), reverse=True)
+
+    async def _list_candidates(self, k: ViewKeys, f: Filter, ordered: Candidates, limit: int,
+                               cursor: str | None, now_ms: int | None) -> Page:
+        start = 0
+        if cursor:
+            score_text, _, account = cursor.partition("|")
+            after = (float(score_text), account)
+            start = next((i + 1 for i, item in enumerate(ordered) if item[1] == account),
+                         next((i for i, item in enumerate(ordered) if item < after), len(ordered)))
+        rows: List[dict[str, Any]] = []
+        while len(rows) < limit and start < len(ordered):
+            chunk = ordered[start:start + 256]
+            start += len(chunk)
+            await self._collect(k, f, chunk, limit, now_ms, rows)
+        return Page(rows, rows[-1]["cursor"] if len(rows) >= limit else None)
+
+    async def _collect(self, k: ViewKeys, f: Filter, items: Candidates, limit: int, now_ms: int | None,
+                       rows: List[dict[str, Any]]) -> None:
+        """Append to ``rows`` (up to ``limit``) the rows of ``items`` ((priority key, account), in order)
+        that pass ``f``: the filters read each account's facts; only kept rows' summaries are read."""
+        facts = await self.client.hmget(k.facts, [m for _, m in items])
+        kept = [(score, member) for (score, member), raw in zip(items, facts)
+                if raw is not None and matches(_facts(raw), f)][:limit - len(rows)]
+        if not kept:
+            return
+        summaries = await self.client.hmget(k.summaries, [m for _, m in kept])
+        for (score, member), raw in zip(kept, summaries):
+            if raw is None:
+                continue
+            row = json.loads(raw)
+            if now_ms is not None:
+                row["priority"] = priority_at(score, now_ms)
+            row["cursor"] = f"{score!r}|{member}"
+            rows.append(row)

@@ -20,13 +20,17 @@ from pipeline.local.redis import RedisServer
 SEED = 1
 SERVER_SIDE_SHARE = 0.25
 
-#: Today's floor: measured on this seed and share before the model fixes of #12 (precision 0.452,
-#: recall 1.0, F1 0.623; naive rule 0.474 / 0.947 / 0.632), minus a small margin.
-TODAY_MIN_PRECISION = 0.40
+#: The floor, with a margin below what this seed and share measure with the model fixes of #12
+#: (precision 0.95, recall 1.0, F1 0.974; naive rule 0.474 / 0.947 / 0.632; before the fixes the
+#: product measured 0.452 / 1.0 / 0.623): one more false positive than today still passes, two fail.
+TODAY_MIN_PRECISION = 0.90
 TODAY_MIN_RECALL = 0.90
-TODAY_MIN_F1 = 0.55
+TODAY_MIN_F1 = 0.90
+TODAY_MIN_F1_OVER_NAIVE = 0.10
 
-#: The issue's targets: precision >= 0.95, recall >= 0.90, F1 >= naive + 0.1.
+#: The issue's targets: precision >= 0.95, recall >= 0.90, F1 >= naive + 0.1. This seed meets them
+#: (README "Lead quality benchmark" has the five seeds), at the edge for precision: a lead issued
+#: before a bot is unmasked stays issued, so they are not enforced here.
 ENFORCE_ISSUE_TARGETS = False
 
 
@@ -43,6 +47,7 @@ def test_lead_quality_on_a_labelled_world(kafka_broker: KafkaBroker, redis_serve
     assert product["precision"] >= TODAY_MIN_PRECISION, summary
     assert product["recall"] >= TODAY_MIN_RECALL, summary
     assert product["f1"] >= TODAY_MIN_F1, summary
+    assert product["f1"] >= naive["f1"] + TODAY_MIN_F1_OVER_NAIVE, summary
     if ENFORCE_ISSUE_TARGETS:
         assert product["precision"] >= TARGET_PRECISION, summary
         assert product["recall"] >= TARGET_RECALL, summary
