@@ -347,28 +347,7 @@ async def replay(url: str, requests: list[Request], concurrency: int = 16) -> Co
 
 # -- running the product ------------------------------------------------------------------------
 
-def _metric(url: str, name: str) -> dict[str, float]:
-    import httpx
-    try:
-        text = httpx.get(url, timeout=2).text
-    except httpx.HTTPError:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            labels, value = line.rsplit(" ", 1)
-            out[labels[len(name):]] = float(value)
-    return out
-
-
-def _end_offsets(bootstrap: str, topic: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return sum(consumer.end_offsets(tps).values())
-    finally:
-        consumer.close()
+from .bench_pipeline import _end_offsets, _metric  # noqa: E402  (one copy of each)
 
 
 def _cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
