@@ -129,8 +129,10 @@ def account_text(a: Mapping[str, Any]) -> str:
               f"ended {_when(s.get('end'))}" for s in a.get("sessions") or ()] or ["  none"]
     lines += ["", "Pages:"]
     lines += [f"  {k}: {', '.join(v)}" for k, v in (a.get("pages") or {}).items()] or ["  none"]
-    lines += ["", f"Identity: company confidence {a.get('company_confidence')}, network {a.get('network_class')}",
-              "", "Filters:"]
+    lines += ["", f"Identity: company confidence {a.get('company_confidence')}, network {a.get('network_class')}"]
+    lines += [f"  {e.get('source')}: {e.get('detail')} (confidence {float(e.get('confidence') or 0):.2f})"
+              for e in a.get("company_evidence") or ()]
+    lines += ["", "Filters:"]
     lines += [f"  {f['name']:<12} {'passed' if f['passed'] else 'FAILED ' + str(f.get('reason') or '')}"
               for f in a.get("filters") or ()] or ["  none evaluated"]
     lines += ["", f"Model: {a.get('model_version') or '-'} ({a.get('model_digest') or '-'})"

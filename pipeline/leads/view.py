@@ -177,6 +177,7 @@ def account_doc(score: Mapping[str, Any], previous: Mapping[str, Any] | None,
         "fit_contributions": list(score.get("fit_contributions") or ()),
         "intent_contributions": list(score.get("intent_contributions") or ()),
         "filters": list(score.get("filters") or ()), "company_confidence": score.get("company_confidence"),
+        "company_evidence": list(score.get("company_evidence") or ()),
         "network_class": score.get("network_class"), "model_version": score.get("model_version"),
         "model_digest": score.get("model_digest"), "last_lead_id": score.get("last_lead_id"),
     }

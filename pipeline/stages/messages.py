@@ -148,6 +148,7 @@ def lead_score_record(state: AccountState, intent: IntentScore, fit: FitScore, f
                       "page_views": int(s.get("page_views") or 0), "end": int(s.get("end") or 0),
                       "signal_pages": int(s.get("signal_pages") or 0)} for s in intent.top_sessions],
         "pages": {k: list(v) for k, v in intent.top_pages.items()},
+        "company_evidence": _ev_list(co.get("ev")),
     }
 
 

@@ -149,7 +149,8 @@ def test_pixel_hits_become_a_ranked_account_with_people_and_reason(pipeline: Pip
     assert exported[0]["domain"] == BRIGHTPATH and exported[0]["rank"] == 1
     assert leads.cli("--csv", "--not-seen", "--limit", "3").splitlines()[0].startswith("rank,domain,name,status")
     shown = leads.cli("show", BRIGHTPATH)
-    for part in ("Fit, rule by rule:", "Intent, rule by rule:", "Ada Fictional", "Filters:", "Model:"):
+    assert any(e["source"] == "ip_range" for e in detail["company_evidence"]), detail["company_evidence"]
+    for part in ("Fit, rule by rule:", "Intent, rule by rule:", "Ada Fictional", "Filters:", "Model:", "ip_range:"):
         assert part in shown, shown
 
     # a person erased from the view disappears from every account
