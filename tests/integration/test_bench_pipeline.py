@@ -11,8 +11,8 @@ from loadtest.bench_pipeline import bench
 pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (scripts/bootstrap --test)")
 def test_bench_pipeline_reports_every_figure_with_the_generator_not_the_bottleneck() -> None:
+    assert shutil.which("wrk"), "bench pipeline needs wrk: scripts/bootstrap --test installs it"
     report = bench(events=4000, latency_seconds=3, load_seconds=3)
     e2e = report["end_to_end"]
     assert e2e["group_1"]["events_per_s"] > 0 and e2e["group_100"]["events_per_s"] > 0

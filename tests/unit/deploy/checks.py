@@ -40,17 +40,6 @@ def cli_command_exists(words: list[str]) -> bool:
     return getattr(command, "commands", None) is None or bool(getattr(command, "invoke_without_command", False))
 
 
-#: `leadstream sinks` (merged into main while this branch was written): its service and manifest are
-#: checked like every other once the command is in this checkout; until then they are skipped.
-SINKS_IN_CLI = cli_command_exists(["sinks"])
-
-
-def checked(name_or_argv: str | list[str]) -> bool:
-    """False only for the sinks process while this checkout has no `leadstream sinks`."""
-    first = name_or_argv if isinstance(name_or_argv, str) else (name_or_argv[:1] or [""])[0]
-    return SINKS_IN_CLI or first not in ("sinks", "leadstream-sinks")
-
-
 def settings_field_for_env(name: str) -> tuple[type[BaseModel], str] | None:
     """The (model, field) a LEADSTREAM_<SECTION>__<FIELD> variable sets, or None."""
     if not name.startswith(ENV_PREFIX):
