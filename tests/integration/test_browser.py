@@ -70,18 +70,22 @@ def free_port() -> int:
 
 
 class StaticSite:
-    """A tiny HTTP server on 127.0.0.1 serving fixed HTML pages (the site owner's pages, on their own origin)."""
+    """A tiny HTTP server on 127.0.0.1 serving fixed HTML pages (the site owner's pages, on their own origin)
+    and ``files`` (path -> (content type, bytes)), such as a tracker's script."""
 
-    def __init__(self) -> None:
+    def __init__(self, files: dict[str, tuple[str, bytes]] | None = None) -> None:
         self.pages: dict[str, str] = {}
-        pages = self.pages
+        self.files = dict(files or {})
+        pages, served = self.pages, self.files
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
-                page = pages.get(urlsplit(self.path).path)
-                body = (page if page is not None else "<!doctype html><title>Not found</title>").encode()
-                self.send_response(200 if page is not None else 404)
-                self.send_header("content-type", "text/html; charset=utf-8")
+                path = urlsplit(self.path).path
+                page = pages.get(path)
+                ctype, body = served.get(path) or ("text/html; charset=utf-8", (
+                    page if page is not None else "<!doctype html><title>Not found</title>").encode())
+                self.send_response(200 if page is not None or path in served else 404)
+                self.send_header("content-type", ctype)
                 self.send_header("content-length", str(len(body)))
                 self.send_header("cache-control", "no-store")
                 self.end_headers()

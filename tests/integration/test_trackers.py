@@ -24,11 +24,9 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +35,7 @@ import pytest
 import requests
 
 from .pipeline_harness import Pipeline
+from .test_browser import StaticSite
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -73,41 +72,6 @@ def browser_tracker_js(version: str = BROWSER_TRACKER_VERSION) -> Path:
     if done.returncode != 0 or not js.is_file():
         raise RuntimeError(f"npm install {BROWSER_TRACKER}@{version} failed: {done.stderr[-2000:]}")
     return js
-
-
-# ---- a site on its own origin --------------------------------------------------------------------------
-
-class Site:
-    """A static server on 127.0.0.1: HTML pages and the tracker's script, each with its content type."""
-
-    def __init__(self, files: dict[str, tuple[str, bytes]]) -> None:
-        self.files = files
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
-                found = files.get(urlsplit(self.path).path)
-                ctype, body = found if found else ("text/plain", b"not found")
-                self.send_response(200 if found else 404)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "Site":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def tracker_page(collector: str, method: str, title: str) -> bytes:
@@ -195,7 +159,7 @@ def test_browser_tracker_in_chromium_is_scored_as_a_person(pipeline: Pipeline, t
         parts = urlsplit(url)
         return parts.port == collector_port and parts.path == path
 
-    with Site(files) as site, sync_playwright() as pw:
+    with StaticSite(files) as site, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(user_agent=CHROME_UA, locale="en-US", viewport={"width": 1280, "height": 720},
