@@ -81,7 +81,10 @@ def _filter(request: Request) -> tuple[Filter, int, str | None] | JSONResponse:
             text = q.get(name)
             if text is None or text == "":
                 return None
-            value = float(text)
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{name} must be a number between 0 and 100, not {text!r}") from None
             if not 0 <= value <= 100:
                 raise ValueError(f"{name} must be between 0 and 100")
             return value
@@ -95,9 +98,18 @@ def _filter(request: Request) -> tuple[Filter, int, str | None] | JSONResponse:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
         f = Filter(status=q.get("tier") or None, min_fit=number("min_fit"), min_intent=number("min_intent"),
                    country=q.get("country") or None, seen=seen, query=q.get("q") or None)
+        cursor = q.get("cursor") or None
+        if cursor is not None:
+            score, sep, account = cursor.partition("|")
+            try:
+                number = float(score)
+            except ValueError:
+                number = float("nan")
+            if not sep or not account or number != number:
+                raise ValueError("cursor must be the next_cursor of a previous answer")
     except ValueError as exc:
         return _error(400, str(exc))
-    return f, limit, q.get("cursor") or None
+    return f, limit, cursor
 
 
 def create_api(settings: Settings, view: LeadsView) -> Starlette:

@@ -177,6 +177,10 @@ def test_api_answers_401_and_403_with_a_message(pipeline: Pipeline, leads: Leads
     other = leads.get("/api/sites/acme/leads", token=leads.other_token)
     assert other.status_code == 403 and "another site" in other.json()["error"]
     assert leads.get("/api/sites/acme/leads", tier="hot").status_code == 400
+    for cursor in ("garbage", "x|c:a.example", "1.5", "nan|c:a.example"):
+        bad = leads.get("/api/sites/acme/leads", cursor=cursor)
+        assert bad.status_code == 400 and "cursor" in bad.json()["error"], (cursor, bad.text)
+    assert leads.get("/api/sites/acme/leads", min_fit="lots").status_code == 400
     assert leads.get("/api/sites/acme/accounts/nowhere.example").status_code == 404
     spec = httpx.get(f"{leads.url}/api/openapi.json").json()
     assert set(spec["paths"]) == {"/api/sites/{site}/leads", "/api/sites/{site}/accounts/{domain}",
