@@ -102,10 +102,10 @@ def _filter(request: Request) -> tuple[Filter, int, str | None] | JSONResponse:
         if cursor is not None:
             score, sep, account = cursor.partition("|")
             try:
-                number = float(score)
+                cursor_score = float(score)
             except ValueError:
-                number = float("nan")
-            if not sep or not account or number != number:
+                cursor_score = float("nan")
+            if not sep or not account or cursor_score != cursor_score:
                 raise ValueError("cursor must be the next_cursor of a previous answer")
     except ValueError as exc:
         return _error(400, str(exc))
