@@ -26,7 +26,8 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Vali
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .core.identity import IdentityConfig, trust_config
-from .core.scoring_model import ScoringModel, SiteRules, default_scoring_model, load_scoring_model
+from .core.scoring_model import (ActionRule, IntentModel, ScoringModel, SiteRules, default_scoring_model,
+                                 load_scoring_model)
 
 CONFIG_ENV = "LEADSTREAM_CONFIG"
 DEFAULT_CONFIG_FILE = "leadstream.yaml"
@@ -502,21 +503,30 @@ _SITE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 class IdentityTrustSettings(_Frozen):
     """How far the site trusts each identity source (README 'Trust model')."""
     browser_confidence: float = Field(
-        0.5, ge=0, le=1, description="Confidence of an identity the browser claims (identify, login, form)")
+        0.5, ge=0, le=1, description="Confidence of an identity the browser claims (identify, login, a form)")
+    handraise_confidence: float = Field(
+        0.7, ge=0, le=1, description="Confidence of a work email typed into a form the site's intent rules "
+        "count as a conversion (demo, contact, trial): still a browser claim; set it to browser_confidence "
+        "to treat it as any other claim")
     verified_confidence: float = Field(
         1.0, ge=0, le=1, description="Confidence of a verified identity: the owner's import, an email click, "
         "a server-side call signed with a write key")
 
     @model_validator(mode="after")
     def _order(self) -> "IdentityTrustSettings":
-        if self.browser_confidence > self.verified_confidence:
-            raise ValueError("browser_confidence must not exceed verified_confidence")
+        if self.browser_confidence > self.handraise_confidence:
+            raise ValueError("browser_confidence must not exceed handraise_confidence")
+        if self.handraise_confidence > self.verified_confidence:
+            raise ValueError("handraise_confidence must not exceed verified_confidence")
         return self
 
 
 @functools.lru_cache(maxsize=64)
-def _trust_config(browser: float, verified: float) -> IdentityConfig:
-    return trust_config(browser, verified)  # built once per pair: the visitor stage asks per record
+def _trust_config(browser: float, verified: float, handraise: float, conversions: tuple[ActionRule, ...],
+                  non_conversions: tuple[ActionRule, ...]) -> IdentityConfig:
+    # built once per site and rules: the visitor stage asks per record
+    return trust_config(browser, verified, handraise_confidence=handraise, conversions=conversions,
+                        non_conversions=non_conversions)
 
 
 class RequireMode(str, Enum):
@@ -578,9 +588,12 @@ class SiteSettings(_Frozen):
             raise ValueError("require: signature needs at least one entry in write_keys")
         return self
 
-    def identity_config(self) -> IdentityConfig:
-        """The identity rules with this site's confidences per link source."""
-        return _trust_config(self.identity.browser_confidence, self.identity.verified_confidence)
+    def identity_config(self, intent: IntentModel | None = None) -> IdentityConfig:
+        """The identity rules with this site's confidences per link source; ``intent`` (the site's
+        effective intent rules) tells which forms are conversions, whose email is a hand-raise."""
+        t = self.identity
+        return _trust_config(t.browser_confidence, t.verified_confidence, t.handraise_confidence,
+                             intent.conversions if intent else (), intent.non_conversions if intent else ())
     sinks: list[SinkSettings] = Field(default_factory=list,
                                       description="Where this site's qualified leads go (`leadstream sinks`)")
 

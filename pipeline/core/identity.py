@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterable, Mapping, Sequence, Union
 
+from .actions import classify_action
 from .events import TrackedEvent
 from .model import Evidence, Person, PersonResolution
+from .scoring_model import ActionRule
 
 __all__ = [
     "IdType", "BLOCKED_VALUES", "FREE_MAIL_DOMAINS", "IdentityConfig", "LinkRecord", "PersonRecord",
@@ -77,23 +79,28 @@ def _default_limits() -> dict[IdType, int | None]:
 
 
 #: Link sources the browser claims: anyone can send these, so they are claims, never proof.
-BROWSER_SOURCES = frozenset({"identify", "login", "form"})
+#: ``handraise`` is a work email typed into a form the site counts as a conversion (demo,
+#: contact, trial): still a claim, but one the site's own funnel asks for and acts on.
+BROWSER_SOURCES = frozenset({"identify", "login", "form", "handraise"})
 #: Verified link sources: the site owner's import, an email-campaign click, a server-side call
 #: signed with the site's write key.
 VERIFIED_SOURCES = frozenset({"import", "email_click", "server"})
 DEFAULT_BROWSER_CONFIDENCE = 0.5
+DEFAULT_HANDRAISE_CONFIDENCE = 0.7
 DEFAULT_VERIFIED_CONFIDENCE = 1.0
 
 
-def _confidence(browser: float, verified: float) -> dict[str, float]:
+def _confidence(browser: float, verified: float, handraise: float | None = None) -> dict[str, float]:
     out = {s: browser for s in BROWSER_SOURCES}
+    # unset: the default, kept between the site's claim and verified confidences
+    out["handraise"] = min(max(browser, DEFAULT_HANDRAISE_CONFIDENCE), verified) if handraise is None else handraise
     out.update({s: verified for s in VERIFIED_SOURCES})
     out["inferred"] = min(browser, 0.5)
     return out
 
 
 def _default_confidence() -> dict[str, float]:
-    return _confidence(DEFAULT_BROWSER_CONFIDENCE, DEFAULT_VERIFIED_CONFIDENCE)
+    return _confidence(DEFAULT_BROWSER_CONFIDENCE, DEFAULT_VERIFIED_CONFIDENCE, DEFAULT_HANDRAISE_CONFIDENCE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,10 @@ class IdentityConfig:
     identifying: frozenset[IdType] = frozenset({IdType.user_id, IdType.crm_id, IdType.email})
     max_merges: int = 100
     link_confidence: Mapping[str, float] = field(default_factory=_default_confidence)
+    #: the site's conversion rules (``intent.conversions`` / ``non_conversions``): a form they
+    #: classify as a conversion links its email as a ``handraise``; empty: every form is ``form``
+    conversions: tuple[ActionRule, ...] = ()
+    non_conversions: tuple[ActionRule, ...] = ()
 
 
 DEFAULT_IDENTITY = IdentityConfig()
@@ -110,10 +121,15 @@ DEFAULT_IDENTITY = IdentityConfig()
 
 def trust_config(browser_confidence: float = DEFAULT_BROWSER_CONFIDENCE,
                  verified_confidence: float = DEFAULT_VERIFIED_CONFIDENCE,
-                 base: IdentityConfig = DEFAULT_IDENTITY) -> IdentityConfig:
-    """``base`` with the confidence of each link source set from one site's trust settings."""
+                 base: IdentityConfig = DEFAULT_IDENTITY, *,
+                 handraise_confidence: float | None = None,
+                 conversions: Sequence[ActionRule] = (),
+                 non_conversions: Sequence[ActionRule] = ()) -> IdentityConfig:
+    """``base`` with the confidence of each link source set from one site's trust settings, and
+    the site's conversion rules that tell a hand-raise form from any other form."""
     return IdentityConfig(base.limits, base.priority, base.identifying, base.max_merges,
-                          _confidence(browser_confidence, verified_confidence))
+                          _confidence(browser_confidence, verified_confidence, handraise_confidence),
+                          tuple(conversions), tuple(non_conversions))
 Identifier = tuple[IdType, str]
 
 
@@ -433,13 +449,15 @@ def _traits(properties_json: str | None) -> dict[str, str]:
     return {k: str(data[k]).strip() for k in _TRAIT_KEYS if isinstance(data.get(k), (str, int)) and str(data[k]).strip()}
 
 
-def identifiers_from_event(event: TrackedEvent, salt: str) -> tuple[list[Identifier], str, dict[str, str]]:
+def identifiers_from_event(event: TrackedEvent, salt: str,
+                           cfg: IdentityConfig = DEFAULT_IDENTITY) -> tuple[list[Identifier], str, dict[str, str]]:
     """(identifiers, link source, profile fields) one event carries; no identifiers when
     it carries no identity signal. The visitor id joins any other identifier. Emails are
     normalised and salted-hashed here; only the company domain of the address is kept.
 
     The source is ``server`` for an event of a request signed with the site's write key
-    (``event.verified``), else what the browser claims: identify | form | login."""
+    (``event.verified``), else what the browser claims: identify | login | form, or
+    ``handraise`` for a form the site's conversion rules in ``cfg`` count as a conversion."""
     ids: list[Identifier] = []
     profile: dict[str, str] = {}
     uid = event.identify_user_id or event.user_id
@@ -460,8 +478,17 @@ def identifiers_from_event(event: TrackedEvent, salt: str) -> tuple[list[Identif
         ids.append((IdType.visitor, event.visitor_id))
     if event.verified:
         return ids, "server", profile
-    source = {"identify": "identify", "form_submit": "form"}.get(event.event_type, "login")
-    return ids, source, profile
+    if event.event_type == "form_submit":
+        return ids, "handraise" if is_handraise(event, cfg) else "form", profile
+    return ids, "identify" if event.event_type == "identify" else "login", profile
+
+
+def is_handraise(event: TrackedEvent, cfg: IdentityConfig = DEFAULT_IDENTITY) -> bool:
+    """A form submit the site's conversion rules classify as a conversion (the same
+    :func:`~pipeline.core.actions.classify_action` the intent score uses, on the form id and page)."""
+    if event.event_type != "form_submit" or not cfg.conversions:
+        return False
+    return classify_action(event.name, None, event.url, cfg.conversions, cfg.non_conversions).kind == "conversion"
 
 
 def apply_identity_events(snapshot: IdentitySnapshot, events: Sequence[TrackedEvent], salt: str,
@@ -479,7 +506,7 @@ def apply_identity_events(snapshot: IdentitySnapshot, events: Sequence[TrackedEv
     visitors: list[str] = []
     for e in sorted(events, key=lambda e: e.tstamp):
         step: IdentityResult | None = None
-        ids, source, profile = identifiers_from_event(e, salt)
+        ids, source, profile = identifiers_from_event(e, salt, cfg)
         if e.email is not None and normalize_email(e.email) is None:
             ops.append(LogEntry("invalid_email", e.tstamp, "email field is not an address"))
         if ids:

@@ -38,7 +38,7 @@ from ..core.limits import (MAX_NAME_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS, chunk
                            text_bytes, trim_by_bytes)
 from ..core.model import NetworkInfo, PersonResolution
 from ..core.network import classify_network
-from ..core.scoring_model import ScoringModel
+from ..core.scoring_model import ScoringModel, effective_rules
 from ..core.sessions import DAY_MS, Hit, SessionConfig, VisitorState, apply_events
 from ..core.visit import VisitUpdate, build_visit_update
 from ..enrich.geoip import GeoIPReader
@@ -119,6 +119,9 @@ class VisitorStage:
         self.bot_config = bot_config
         self.retryable = retryable
         classes = tuple((s.name, tuple(s.patterns)) for s in model.intent.page_signals)
+        # each site's identity trust, with its conversion rules: a conversion form's email is a hand-raise
+        self.identity_cfg = {s.site_id: s.identity_config(effective_rules(model, s.rules, s.conversion_names).intent)
+                             for s in settings.sites}
         self.session_cfg = {
             s.site_id: SessionConfig(gap_ms=s.session_gap_minutes * 60_000, site_hosts=s.own_hosts,
                                      conversion_names=frozenset(s.conversion_names), page_classes=classes)
@@ -376,13 +379,13 @@ class VisitorStage:
     async def _identify_group(self, site_id: str, group: list[_Visitor]) -> dict[str, PersonResolution]:
         site = group[0].site
         salt = self.settings.email_salt(site)
-        cfg = site.identity_config()  # the site's confidence per identity source
+        cfg = self.identity_cfg.get(site.site_id) or site.identity_config()  # confidence per identity source
         wanted: list[Identifier] = []
         for v in group:
             if v.visitor_id:
                 wanted.append((IdType.visitor, v.visitor_id))
             for e in v.events:
-                wanted.extend(identifiers_from_event(e, salt)[0])
+                wanted.extend(identifiers_from_event(e, salt, cfg)[0])
                 if e.email_click_id:
                     wanted.append((IdType.email_click, e.email_click_id))
         assert self.identity is not None

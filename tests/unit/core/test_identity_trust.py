@@ -134,3 +134,67 @@ def test_a_merge_keeps_the_verified_fields_of_the_absorbed_person() -> None:
     record = joined.snapshot.persons[joined.person_id or ""]
     assert record.profile["title"] == "CRM title" and record.profile["department"] == "x"
     assert "title" in record.verified_fields and T.user_id in record.identifiers
+
+
+# ---- hand-raise: a work email typed into a conversion form (issue 12) ----------------------------
+
+def form(t: int, form_id: str, url: str = "https://www.example.com/demo", **kw: Any) -> TrackedEvent:
+    r = raw("form_submit", true_tstamp=t, name=form_id, url=url, **kw)
+    return build_event(r, payload([r], visitor_id="v1", collector_tstamp=t + 100))
+
+
+def site_cfg(**trust: float) -> Any:
+    from pipeline.core.scoring_model import default_scoring_model, effective_rules
+    intent = effective_rules(default_scoring_model(), None).intent
+    return trust_config(**trust, conversions=intent.conversions, non_conversions=intent.non_conversions)
+
+
+def test_a_conversion_forms_email_is_a_handraise_with_its_own_confidence() -> None:
+    cfg = site_cfg()
+    r = apply_identity_events(EMPTY, [form(T0, "demo-request", email="jane@acme.com")], SALT, cfg)
+    res = resolve_visitor(r.snapshot, "v1", cfg)
+    assert res.source == "handraise" and res.confidence == 0.7 and "claimed" in res.evidence[0].detail
+
+
+@pytest.mark.parametrize("form_id,url", [("support-request", "https://www.example.com/support"),
+                                         ("job-application", "https://www.example.com/careers/apply"),
+                                         ("report-download", "https://www.example.com/resources/report"),
+                                         ("newsletter", "https://www.example.com/blog/post")])
+def test_any_other_form_stays_a_plain_claim(form_id: str, url: str) -> None:
+    cfg = site_cfg()
+    r = apply_identity_events(EMPTY, [form(T0, form_id, url, email="jane@acme.com")], SALT, cfg)
+    res = resolve_visitor(r.snapshot, "v1", cfg)
+    assert res.source == "form" and res.confidence == 0.5
+
+
+def test_an_identify_call_is_never_a_handraise() -> None:
+    cfg = site_cfg()
+    r = apply_identity_events(EMPTY, [identify(T0, email="jane@acme.com")], SALT, cfg)
+    assert resolve_visitor(r.snapshot, "v1", cfg).source == "identify"
+
+
+def test_without_conversion_rules_every_form_is_a_plain_claim() -> None:
+    r = apply_identity_events(EMPTY, [form(T0, "demo-request", email="jane@acme.com")], SALT, trust_config())
+    assert resolve_visitor(r.snapshot, "v1").source == "form"
+
+
+def test_a_later_handraise_upgrades_an_earlier_claim_and_a_signed_call_upgrades_both() -> None:
+    cfg = site_cfg()
+    first = apply_identity_events(EMPTY, [form(T0, "report-download", email="jane@acme.com")], SALT, cfg)
+    raised = apply_identity_events(first.snapshot, [form(T0 + 1, "demo-request", email="jane@acme.com")], SALT, cfg)
+    res = resolve_visitor(raised.snapshot, "v1", cfg)
+    assert res.source == "handraise" and res.person is not None and res.person.person_id == first.person_id
+    signed = apply_identity_events(raised.snapshot, [identify(T0 + 2, signed=True, email="jane@acme.com")], SALT, cfg)
+    assert resolve_visitor(signed.snapshot, "v1", cfg).source == "server"
+
+
+def test_the_site_sets_the_handraise_confidence_between_claim_and_verified() -> None:
+    from pipeline.settings import IdentityTrustSettings
+    assert IdentityTrustSettings(handraise_confidence=0.5).handraise_confidence == 0.5
+    with pytest.raises(ValueError, match="browser_confidence must not exceed handraise_confidence"):
+        IdentityTrustSettings(browser_confidence=0.8)
+    with pytest.raises(ValueError, match="handraise_confidence must not exceed verified_confidence"):
+        IdentityTrustSettings(handraise_confidence=0.9, verified_confidence=0.8)
+    cfg = site_cfg(handraise_confidence=0.5)
+    r = apply_identity_events(EMPTY, [form(T0, "demo-request", email="jane@acme.com")], SALT, cfg)
+    assert resolve_visitor(r.snapshot, "v1", cfg).confidence == 0.5
