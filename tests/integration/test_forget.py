@@ -147,16 +147,18 @@ def test_forget_by_email_leaves_nothing_about_the_person(erasure: Erasure) -> No
 
     done = erasure.cli("--site", "acme", "--email", f"  {EMAIL.title()} ")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "forgot a person" in done.stdout and "6 tombstones for 2 visitor ids" in done.stdout, done.stdout
+    assert "forgot a person" in done.stdout and "2 erasure records for 2 visitor ids" in done.stdout, done.stdout
     for secret in (EMAIL, email_hash, person_id, laptop.visitor_id, phone.visitor_id):
         assert secret not in done.stdout + done.stderr
 
-    # the view's updater sees the tombstones too; wait for anything in flight, then nothing may remain
+    # the worker applies the erasure records in band (its tables, their changelogs, lead-scores) and the view's
+    # updater sees the account stage's tombstones; wait for that, then nothing may remain
     wait_until(lambda: not any(erasure.leftovers(needles).values()), 30, "nothing left about the person",
                lambda: json.dumps(erasure.leftovers(needles), indent=1))
     assert all(erasure.doc(a) is None for a in erins)
     assert all(leads.row(a[2:]) is None and leads.row(a[2:], tier="filtered") is None for a in erins)
-    # tombstones, not missing keys: compaction replaces the old values
+    # tombstones, not missing keys: compaction replaces the old values (the two visitors' states, their
+    # accounts' states and their accounts' scores)
     latest = latest_values(p, erasure.compacted)
     assert sum(1 for v in latest.values() if v is None) == 6
 
@@ -168,15 +170,15 @@ def test_forget_by_email_leaves_nothing_about_the_person(erasure: Erasure) -> No
     assert erasure.doc(f"v:{bystander.visitor_id}") is not None
     assert latest[(p.topics["lead_scores"], *_where(p, f"acme|v:{bystander.visitor_id}"))] is not None
 
-    # forgetting again is harmless: nothing found, the same tombstones, one more audit entry
+    # forgetting again is harmless: nothing found, nothing to publish, one more audit entry
     again = erasure.cli("--site", "acme", "--email", EMAIL)
     assert again.returncode == 0 and "no person in the identity graph" in again.stdout, again.stdout + again.stderr
     assert not any(erasure.leftovers(needles).values())
     audit = erasure.cli("--site", "acme", "--audit")
     assert audit.returncode == 0, audit.stderr
     entries = [json.loads(line) for line in audit.stdout.splitlines()]
-    assert [(e["kind"], e["person_found"], e["visitors"], e["tombstones"]) for e in entries] == [
-        ("email", "0", "0", "0"), ("email", "1", "2", "6")]
+    assert [(e["kind"], e["person_found"], e["visitors"], e["erasure_records"]) for e in entries] == [
+        ("email", "0", "0", "0"), ("email", "1", "2", "2")]
     assert entries[0]["subject"] == entries[1]["subject"] and len(entries[0]["subject"]) == 64
     assert int(entries[1]["identifiers_removed"]) >= 3 and int(entries[1]["view_accounts_removed"]) == 2
     assert client.xlen(audit_key("acme")) == 2
@@ -202,7 +204,7 @@ def test_forget_an_anonymous_visitor_twice(erasure: Erasure) -> None:
 
     done = erasure.cli("--site", "acme", "--visitor", visitor.visitor_id)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "3 tombstones for 1 visitor ids" in done.stdout and "no person" in done.stdout, done.stdout
+    assert "1 erasure records for 1 visitor ids" in done.stdout and "no person" in done.stdout, done.stdout
     wait_until(lambda: not any(erasure.leftovers(needles).values()), 30, "the visitor gone",
                lambda: json.dumps(erasure.leftovers(needles)))
 
@@ -210,8 +212,8 @@ def test_forget_an_anonymous_visitor_twice(erasure: Erasure) -> None:
     hook = Sequences()
     report = asyncio.run(forget(load_settings(erasure.leads.config_path), "acme", "visitor", visitor.visitor_id,
                                 hooks=[hook]))
-    assert (report.person_found, report.tombstones, report.view_accounts_removed, report.sequences_stopped) == (
-        False, 3, 0, 1)
+    assert (report.person_found, report.erasure_records, report.view_accounts_removed, report.sequences_stopped) == (
+        False, 1, 0, 1)
     assert [(s.person_id, s.visitor_ids, s.accounts) for s in hook.subjects] == [
         (None, (visitor.visitor_id,), (accounts[0],))]
     assert not any(erasure.leftovers(needles).values())
@@ -236,27 +238,34 @@ class Sequences:
 
 def test_tombstones_replace_the_latest_value_on_both_brokers(any_broker: Any, new_topic: Any,
                                                              unique_name: Any) -> None:
-    """`leadstream up` runs the embedded broker: a tombstone must be a null value there too."""
+    """`leadstream up` runs the embedded broker: the stages' tombstones (a null value, which the Faust
+    producer sends through aiokafka as below) must replace the latest value there too."""
+    from aiokafka import AIOKafkaProducer
     from kafka import KafkaProducer
-
-    from pipeline.ops.forget import Tombstone, write_tombstones
-    from pipeline.settings import Settings
 
     topic = new_topic(any_broker, 2, config={"cleanup.policy": "compact"})
     producer = KafkaProducer(bootstrap_servers=any_broker.bootstrap, acks="all")
     for partition, key in ((0, b"acme|v:a"), (1, b"acme|v:b"), (1, b"acme|v:c")):
         producer.send(topic, key=key, value=b"state", partition=partition).get(30)
     producer.close()
-    settings = Settings(kafka={"bootstrap_servers": any_broker.bootstrap})  # type: ignore[arg-type]
-    sent = asyncio.run(write_tombstones(settings, [Tombstone(topic, 0, b"acme|v:a"), Tombstone(topic, 1, b"acme|v:c")]))
-    assert sent == 2
+
+    async def tombstones() -> None:
+        aio = AIOKafkaProducer(bootstrap_servers=any_broker.bootstrap, acks="all")
+        await aio.start()
+        try:
+            for partition, key in ((0, b"acme|v:a"), (1, b"acme|v:c")):
+                await (await aio.send(topic, key=key, value=None, partition=partition))
+        finally:
+            await aio.stop()
+
+    asyncio.run(tombstones())
     latest = {(r.partition, r.key): r.value for r in read_all(any_broker.bootstrap, topic)}
     assert latest == {(0, b"acme|v:a"): None, (1, b"acme|v:b"): b"state", (1, b"acme|v:c"): None}
 
 
 def test_a_run_that_fails_half_way_finds_the_person_again(redis_server: Any, redis_client: redis.Redis,
                                                           tmp_path: Any) -> None:
-    """Kafka away: the tombstones cannot be written, so the identity graph must still hold the person
+    """Kafka away: the erasure records cannot be written, so the identity graph must still hold the person
     (erased last), and the CLI says to run it again."""
     import yaml
 
