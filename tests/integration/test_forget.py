@@ -22,7 +22,7 @@ from pipeline.topology import changelog_topic
 
 from .pipeline_harness import DAY, Pipeline, Visitor, now_ms
 from .stagekit import REPO, read_all, wait_until
-from .test_leads import BRIGHTPATH, Leads, buyers
+from .test_leads import BRIGHTPATH, BRIGHTPATH_IP, Leads, buyers
 
 pytestmark = pytest.mark.integration
 
@@ -182,6 +182,92 @@ def test_forget_by_email_leaves_nothing_about_the_person(erasure: Erasure) -> No
     assert entries[0]["subject"] == entries[1]["subject"] and len(entries[0]["subject"]) == 64
     assert int(entries[1]["identifiers_removed"]) >= 3 and int(entries[1]["view_accounts_removed"]) == 2
     assert client.xlen(audit_key("acme")) == 2
+
+
+def test_forget_reaches_the_running_workers_tables_and_a_restart_brings_nothing_back(erasure: Erasure) -> None:
+    """A person who shares a company account with a colleague: forget runs while the worker runs. The worker's
+    live tables lose her (the colleague's next visit is scored without her), their changelogs and lead-scores
+    hold nothing about her, the company stays listed without her, and a restart (tables recovered from the
+    changelogs) writes nothing about her back."""
+    p, leads, client = erasure.p, erasure.leads, erasure.client
+    email, name = "ada.fictional@brightpath-analytics.example", "Ada Fictional"
+    t0 = now_ms() - DAY
+    ada, colleague = Visitor(p, BRIGHTPATH_IP), Visitor(p, BRIGHTPATH_IP)
+    t = ada.browse(t0, ["/", "/product", "/pricing"])
+    t = ada.browse(t + 45 * 60_000, ["/demo", "/contact"])
+    colleague.browse(t0 + 600_000, ["/pricing", "/security"])
+    ada.send([{"type": "identify", "email": email, "ts": t + 1000, "traits": {"name": name, "title": "VP Marketing"}}],
+             sent_at=t + 1000)
+    email_hash = hash_email(email, p.config["identity_salt"])
+    account, key = f"c:{BRIGHTPATH}", f"acme|c:{BRIGHTPATH}"
+    state_key = json.dumps(key).encode()
+    person_id = ""
+
+    def latest_state() -> bytes:
+        return next((v or b"" for (topic, _, k), v in latest_values(p, erasure.compacted[2:]).items()
+                     if k == state_key), b"")
+
+    def ada_counted() -> bool:
+        nonlocal person_id
+        person_id = (client.hget(f"ls:{{acme}}:id:email:{email_hash}", "p") or b"").decode()
+        doc = erasure.doc(account) or {}
+        state = latest_state()
+        return (bool(person_id) and any(pp.get("person_id") == person_id for pp in doc.get("people") or ())
+                and ada.visitor_id.encode() in state and colleague.visitor_id.encode() in state
+                and person_id.encode() in state)
+
+    p.wait_for(ada_counted, "Ada and her colleague in Brightpath's state, its changelog and the list")
+    needles = {"email": email.encode(), "email hash": email_hash.encode(), "person id": person_id.encode(),
+               "name": name.encode(), "visitor": ada.visitor_id.encode()}
+    assert set(erasure.leftovers(needles)["compacted topics"]) >= {"person id", "email hash", "visitor"}
+
+    done = erasure.cli("--site", "acme", "--email", email)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 erasure records for 1 visitor ids" in done.stdout, done.stdout
+    wait_until(lambda: not any(erasure.leftovers(needles).values()), 60, "nothing left about Ada",
+               lambda: json.dumps(erasure.leftovers(needles), indent=1) + p.logs())
+    # the company stays, re-scored from the colleague alone, in its state, its score and the list
+    assert colleague.visitor_id.encode() in latest_state()
+    score = scores(p, key)[-1]
+    assert score["visitors"] == 1 and score["person_id"] is None and score["persons"] == []
+    assert {s["visitor_id"] for s in score["sessions"]} == {colleague.visitor_id}
+    wait_until(lambda: bool((leads.row(BRIGHTPATH) or {}).get("domain")) and not (leads.row(BRIGHTPATH) or {})
+               .get("people"), 30, "Brightpath listed without Ada", lambda: json.dumps(leads.row(BRIGHTPATH)))
+
+    # the live table: the colleague's next visit is scored on what the running worker holds
+    def next_score(after: int) -> dict[str, Any] | None:
+        later = scores(p, key)
+        return later[-1] if len(later) > after and later[-1]["tstamp"] > score["tstamp"] else None
+
+    seen = len(scores(p, key))
+    colleague.browse(t + 2 * 3_600_000, ["/pricing", "/docs"])
+    p.wait_for(lambda: next_score(seen) is not None, "the colleague's next visit scored")
+    live = next_score(seen)
+    assert live is not None and live["visitors"] == 1 and live["person_id"] is None
+    assert not found(needles, {"live score": json.dumps(live).encode()})
+
+    # a restart: the tables are recovered from their changelogs, nothing about Ada comes back
+    before = {(r.topic, r.partition, r.offset) for topic in erasure.compacted for r in read_all(p.broker.bootstrap, topic)}
+    worker = next(w for w in p.processes if "worker" in w.log_path.name)
+    assert worker.terminate() == 0
+    p.start_worker("worker-2")
+    seen = len(scores(p, key))
+    colleague.browse(t + 3 * 3_600_000, ["/security"])
+    p.wait_for(lambda: next_score(seen) is not None, "the colleague's visit after the restart scored", 120)
+    after = next_score(seen)
+    assert after is not None and after["visitors"] == 1 and after["person_id"] is None
+    written = {(r.topic, r.partition, r.offset): r.value or b"" for topic in erasure.compacted
+               for r in read_all(p.broker.bootstrap, topic) if (r.topic, r.partition, r.offset) not in before}
+    assert written, "the restarted worker wrote its state and scores"
+    assert not found(needles, written), found(needles, written)
+    assert not any(erasure.leftovers(needles).values()), erasure.leftovers(needles)
+
+
+def scores(p: Pipeline, key: str) -> list[dict[str, Any]]:
+    """Every LeadScore written for ``key``, oldest first (tombstones left out)."""
+    from .pipeline_harness import CODEC
+    return [CODEC.decode(r.value) for r in read_all(p.broker.bootstrap, p.topics["lead_scores"])
+            if r.key == key.encode() and r.value is not None]
 
 
 def _where(p: Pipeline, key: str) -> tuple[int, bytes]:
