@@ -6,6 +6,7 @@ it had never visited."""
 from __future__ import annotations
 
 import asyncio
+import random
 import json
 from typing import Any
 
@@ -161,3 +162,28 @@ def test_bad_erasures_are_bad_rows_and_the_good_ones_apply() -> None:
     value = CODEC.encode("VisitBatch", {"updates": [], "erasures": [erasure("ada", accounts=[BRIGHTPATH])]})
     assert [r["failure_type"] for r in bad_rows(run(acct, Table(), value, 0, partition=wrong_p))] == [
         "schema_violation"]
+
+
+def test_fuzzed_erasures_among_events_erase_exactly_their_visitors() -> None:
+    """Erasure records mixed into the event stream, some with junk erasures: after every record the table
+    holds exactly the visitors that sent events and were not erased since; junk is one bad row each."""
+    rnd = random.Random(7)
+    stage, table = visitor_stage(), Table()
+    alive: set[str] = set()
+    junk = [([], 0), ([erasure("ghost")], 0), ([erasure("x", site_id="nowhere")], 1),
+            ([{**erasure("y"), "visitor_id": ""}], 1)]
+    for offset in range(80):
+        if alive and rnd.random() < 0.3:
+            victims = rnd.sample(sorted(alive), k=min(len(alive), rnd.randint(1, 3)))
+            extra, bad = rnd.choice(junk)
+            result = run(stage, table, erasure_record(*[erasure(v) for v in victims], *extra), offset)
+            alive -= set(victims)
+            assert len(bad_rows(result)) == bad and visit_updates(result) == []
+            forwarded = [e for o in result.outputs if o.topic == "visits"
+                         for e in CODEC.decode(o.value, "VisitBatch")["erasures"]]
+            assert {e["visitor_id"] for e in forwarded} >= set(victims)
+        else:
+            vids = [f"v{rnd.randint(0, 15)}" for _ in range(rnd.randint(1, 4))]
+            run(stage, table, record(*[payload(v, [event(t=T0 + offset * 60_000)]) for v in vids]), offset)
+            alive |= set(vids)
+        assert {k.split("|", 1)[1] for k in table.data} == alive
