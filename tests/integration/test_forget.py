@@ -226,6 +226,9 @@ def test_forget_reaches_the_running_workers_tables_and_a_restart_brings_nothing_
     assert "1 erasure records for 1 visitor ids" in done.stdout, done.stdout
     wait_until(lambda: not any(erasure.leftovers(needles).values()), 60, "nothing left about Ada",
                lambda: json.dumps(erasure.leftovers(needles), indent=1) + p.logs())
+    # her visitor state was deleted from the running worker's table: the delete is its changelog's tombstone
+    visitor_state = json.dumps(f"acme|{ada.visitor_id}").encode()
+    assert [v for (_, _, k), v in latest_values(p, erasure.compacted[1:2]).items() if k == visitor_state] == [None]
     # the company stays, re-scored from the colleague alone, in its state, its score and the list
     assert colleague.visitor_id.encode() in latest_state()
     score = scores(p, key)[-1]
@@ -261,6 +264,19 @@ def test_forget_reaches_the_running_workers_tables_and_a_restart_brings_nothing_
     assert written, "the restarted worker wrote its state and scores"
     assert not found(needles, written), found(needles, written)
     assert not any(erasure.leftovers(needles).values()), erasure.leftovers(needles)
+
+    # her browser comes back (new data): the recovered visitor table has no state for her (a new first session,
+    # where a kept state would continue her session), and the graph no person
+    def hers() -> dict[str, dict[str, Any]]:
+        return {u["update_id"]: u for batch in p.decoded("visits") for u in batch["updates"]
+                if u["visitor_id"] == ada.visitor_id}
+
+    old = set(hers())
+    ada.browse(now_ms(), ["/back"], step_ms=0, pings=0)
+    p.wait_for(lambda: bool(set(hers()) - old), "her new visit")
+    new = [u for i, u in hers().items() if i not in old]
+    assert {(u["new_session"], u["session"]["index"], u["person_id"], u["person_email_hash"]) for u in new} == {
+        (True, 1, None, None)}, new
 
 
 def scores(p: Pipeline, key: str) -> list[dict[str, Any]]:
