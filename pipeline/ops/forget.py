@@ -140,11 +140,14 @@ class ErasureRecord:
 
 
 def erasure_records(settings: Settings, site_id: str, visitor_ids: Sequence[str], person_id: str | None, *,
-                    salt: str, now_ms: int, codec: Codec | None = None) -> list[ErasureRecord]:
+                    salt: str, now_ms: int, accounts: Sequence[str] = (),
+                    codec: Codec | None = None) -> list[ErasureRecord]:
     """One erasure record per visitor, keyed ``site|visitor`` on the ``pixel-events`` partition that
     holds the visitor's events and state (:func:`~pipeline.topology.partition_for`, as the collector
     writes it). The stages apply it in order (:mod:`pipeline.stages.erasure`); the person is named
-    by their token, never by id (:func:`~pipeline.core.erasure.person_token`)."""
+    by their token, never by id (:func:`~pipeline.core.erasure.person_token`). ``accounts``: more
+    accounts to erase the visitor and the person from (the prospect list's), besides those the
+    visitor's state lists."""
     spec = next(s for s in topic_specs(settings) if s.logical == "pixel_events")
     codec = codec or make_codec(settings.kafka.schema_registry_url)
     token = person_token(salt, person_id) if person_id else None
@@ -152,7 +155,8 @@ def erasure_records(settings: Settings, site_id: str, visitor_ids: Sequence[str]
     for vid in dict.fromkeys(v for v in visitor_ids if v):
         key = visitor_key(site_id, vid)
         erasure: dict[str, Any] = {"erasure_id": str(uuid.uuid4()), "site_id": site_id, "visitor_id": vid,
-                                   "person_token": token, "accounts": [], "requested_at": now_ms}
+                                   "person_token": token, "accounts": list(dict.fromkeys(accounts)),
+                                   "requested_at": now_ms}
         value = codec.encode("CollectorBatch", {"erasures": [erasure], "payloads": []}, topic=spec.name)
         out.append(ErasureRecord(spec.name, partition_for(key, spec.partitions), key.encode(), value))
     return out
@@ -283,6 +287,8 @@ async def _downstream(settings: Settings, redis_url: str, subject: ErasureSubjec
 
     view = LeadsView(async_client(redis_url, socket_timeout=10, socket_connect_timeout=10))
     try:
+        # the stages also erase from these (a visitor state that no longer lists them: evicted, or older)
+        listed = await view.accounts_naming(subject.site_id, subject.person_id, subject.visitor_ids)
         report.view_accounts_removed += await view.remove(subject.site_id, list(subject.accounts))
         if subject.person_id:
             report.view_accounts_updated += await view.forget_person(subject.site_id, subject.person_id)
@@ -291,7 +297,7 @@ async def _downstream(settings: Settings, redis_url: str, subject: ErasureSubjec
         await view.aclose()
     report.visitors += len(subject.visitor_ids)
     records = await asyncio.to_thread(erasure_records, settings, subject.site_id, subject.visitor_ids,
-                                      subject.person_id, salt=salt, now_ms=now_ms)
+                                      subject.person_id, salt=salt, now_ms=now_ms, accounts=listed)
     report.erasure_records += await write_records(settings, records)
 
 

@@ -10,8 +10,9 @@ crash safety (the group's outputs acknowledged, then its state writes):
 
 1. the visitor stage (:func:`erase_visitors`) deletes the visitor's state (a changelog tombstone)
    and forwards the erasure to ``visits``: one ``VisitBatch`` with erasures per partition of the
-   accounts the visitor contributed to (:func:`pipeline.core.erasure.visitor_accounts`), each
-   naming that partition's accounts;
+   accounts the visitor contributed to (:func:`pipeline.core.erasure.visitor_accounts`) and those
+   the erasure names (``forget`` adds the prospect list's accounts naming the person or visitor),
+   each naming that partition's accounts;
 2. the account stage (:func:`erase_accounts`) takes the visitor's share and the person out of each
    account (:func:`pipeline.core.erasure.erase_from_account`) and writes its new ``LeadScore``, or
    deletes it and writes a ``lead-scores`` tombstone when nothing is left (also when it holds no
@@ -78,7 +79,8 @@ def erase_visitors(stage: "VisitorStage", partition: int, offset: int, batch: Ma
                 bad.add(FailureType.schema_violation, f"erasure of {key} on pixel-events partition {partition}: its "
                         f"state is on partition {owner} (run `leadstream forget` again)", erasure, site_id)
                 continue
-            for account in visitor_accounts(visitor_id, states.get(key)):
+            named = [str(a) for a in erasure.get("accounts") or ()]
+            for account in dict.fromkeys([*visitor_accounts(visitor_id, states.get(key)), *named]):
                 p = partition_for(f"{site_id}|{account}", visits_partitions)
                 entry = forward.setdefault(p, {}).setdefault(str(erasure["erasure_id"]), (dict(erasure), []))
                 entry[1].append(account)

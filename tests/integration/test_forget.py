@@ -388,3 +388,28 @@ def test_a_run_that_fails_half_way_finds_the_person_again(redis_server: Any, red
     assert store.lookup_person("acme", EMAIL, salt=salt).visitor_ids == ("v-erin",)
     assert not redis_client.exists(audit_key("acme"))
     store.close()
+
+
+def test_the_list_names_the_accounts_an_erasure_must_reach(redis_server: Any, redis_client: redis.Redis) -> None:
+    """What `forget` adds to its erasure records besides what the visitors' states list (a visitor state that
+    was evicted, or written before it listed accounts): every account of the list naming the person or
+    showing a session of one of their visitors."""
+    from pipeline.leads.store import LeadsView
+
+    def doc(account: str, people: list[str], visitors: list[str]) -> dict[str, object]:
+        return {"site_id": "acme", "account": account, "domain": account[2:], "name": account, "status": "warming",
+                "priority_key": 1.0, "country": "US", "seen": True, "tier": "C", "fit": 50, "intent": 20,
+                "people": [{"person_id": p} for p in people],
+                "sessions": [{"session_id": f"s-{v}", "visitor_id": v} for v in visitors]}
+
+    async def run() -> list[list[str]]:
+        view = LeadsView.from_url(redis_server.url)
+        try:
+            await view.put([doc("c:a.example", ["p1"], ["v9"]), doc("c:b.example", [], ["v1"]),
+                            doc("c:c.example", ["p2"], ["v2"]), doc("v:v1", [], ["v1"])], {})
+            return [await view.accounts_naming("acme", "p1", ["v1"]), await view.accounts_naming("acme", None, []),
+                    await view.accounts_naming("acme", "p3", ["v3"]), await view.accounts_naming("other", "p1", ["v1"])]
+        finally:
+            await view.aclose()
+
+    assert asyncio.run(run()) == [["c:a.example", "c:b.example", "v:v1"], [], [], []]

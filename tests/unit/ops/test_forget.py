@@ -85,8 +85,10 @@ def test_erasure_records_go_where_the_collector_writes_the_visitors_events(tmp_p
     assert {e["person_token"] for e in erasures} == {person_token("s3cret", "p-ada")}
     assert all(b"p-ada" not in r.value for r in records)
     assert len({e["erasure_id"] for e in erasures}) == 2
-    anonymous = erasure_records(settings, "acme", ["v2"], None, salt="s3cret", now_ms=1, codec=codec)
-    assert codec.decode(anonymous[0].value)["erasures"][0]["person_token"] is None
+    anonymous = erasure_records(settings, "acme", ["v2"], None, salt="s3cret", now_ms=1, codec=codec,
+                                accounts=["c:brightpath.example", "c:brightpath.example", "v:v2"])
+    assert [(e["person_token"], e["accounts"]) for e in codec.decode(anonymous[0].value)["erasures"]] == [
+        (None, ["c:brightpath.example", "v:v2"])]
 
 
 def test_audit_hash_is_keyed_and_never_the_graphs_email_hash() -> None:

@@ -98,6 +98,10 @@ def test_the_visitor_stage_deletes_the_visitor_and_forwards_to_every_account_it_
         p: sorted(a for a, q in accounts.items() if q == p) for p in set(accounts.values())}
     assert all(e["person_token"] == person_token(SALT, person) and e["visitor_id"] == "ada"
                for es in forwarded.values() for e in es)
+    # a visitor whose state is gone (evicted) still reaches the accounts the erasure names (forget's list)
+    gone = run(visitor_stage(), Table(), erasure_record(erasure("ada", person, accounts=[BRIGHTPATH])), 3)
+    assert sorted(a for o in gone.outputs for e in CODEC.decode(o.value, "VisitBatch")["erasures"]
+                  for a in e["accounts"]) == sorted(["v:ada", BRIGHTPATH])
     # a visitor state without the account list (written before it existed) still reaches its current account
     assert visitor_accounts("x", {"acct": BRIGHTPATH}) == ["v:x", BRIGHTPATH]
     assert visitor_accounts("x", None) == ["v:x"]
