@@ -110,24 +110,24 @@ def erase_accounts(stage: "AccountStage", partition: int, offset: int, batch: Ma
         bad.add(FailureType.schema_violation, f"visits record {partition}:{offset} carries erasures and updates: "
                 "the updates were not applied", {"updates": batch["updates"]}, None, {"payload_schema": "VisitBatch"})
     for erasure in erasures_of(batch):
-        try:
-            site_id, visitor_id = _subject(stage, erasure, bad)
-            if site_id is None or visitor_id is None:
+        site_id, visitor_id = _subject(stage, erasure, bad)
+        if site_id is None or visitor_id is None:
+            continue
+        for account in dict.fromkeys(str(a) for a in erasure.get("accounts") or ()):
+            key = f"{site_id}|{account}"
+            owner = partition_for(key, stage.idle.partitions)  # the idle index knows the visits partitions
+            if owner != partition:
+                bad.add(FailureType.schema_violation, f"erasure of {key} on visits partition {partition}: its "
+                        f"state is on partition {owner}", erasure, site_id)
                 continue
-            for account in dict.fromkeys(str(a) for a in erasure.get("accounts") or ()):
-                key = f"{site_id}|{account}"
-                owner = partition_for(key, stage.idle.partitions)
-                if owner != partition:
-                    bad.add(FailureType.schema_violation, f"erasure of {key} on visits partition {partition}: its "
-                            f"state is on partition {owner}", erasure, site_id)
-                    continue
+            try:
                 _erase_account(stage, key, erasure, visitor_id, states.get(key), offset, result)
-        except stage.retryable:
-            raise
-        except Exception as exc:
-            log.exception("account: an erasure failed")
-            bad.add(FailureType.processing_failure, f"an erasure failed in the account stage: {type(exc).__name__}: "
-                    f"{exc}", erasure, None)
+            except stage.retryable:
+                raise
+            except Exception as exc:  # one account's state that cannot be read costs only that account
+                log.exception("account: erasing from %s failed", key)
+                bad.add(FailureType.processing_failure, f"erasing from account {key} failed in the account stage: "
+                        f"{type(exc).__name__}: {exc}", erasure, site_id, {"account": key})
     return result
 
 

@@ -191,3 +191,16 @@ def test_fuzzed_erasures_among_events_erase_exactly_their_visitors() -> None:
             run(stage, table, record(*[payload(v, [event(t=T0 + offset * 60_000)]) for v in vids]), offset)
             alive |= set(vids)
         assert {k.split("|", 1)[1] for k in table.data} == alive
+
+
+def test_an_account_state_that_cannot_be_read_costs_only_that_account() -> None:
+    stage, table = account_stage(), Table()
+    p = partition_for(f"acme|{BRIGHTPATH}", VISITS_PARTITIONS)
+    other = next(f"c:{n}.example" for n in range(100) if partition_for(f"acme|c:{n}.example", VISITS_PARTITIONS) == p)
+    table.data[f"acme|{BRIGHTPATH}"] = {"o": -1, "s": {"a": {"v": 99}}}   # a state this version cannot read
+    value = CODEC.encode("VisitBatch", {"updates": [], "erasures": [erasure("ada", accounts=[BRIGHTPATH, other])]})
+    result = run(stage, table, value, 0, partition=p)
+    assert [(r["failure_type"], r["details"].get("account")) for r in bad_rows(result)] == [
+        ("processing_failure", f"acme|{BRIGHTPATH}")]
+    assert [(o.key, o.value) for o in result.outputs if o.topic == "lead-scores"] == [(f"acme|{other}".encode(), None)]
+    assert table.data[f"acme|{BRIGHTPATH}"]["s"] == {"a": {"v": 99}}
