@@ -28,8 +28,8 @@ id no person owns is erased on its own), then
 
 Idempotent: forgetting again finds nothing in Redis, publishes erasures again for the visitors it
 still finds (harmless: nothing is left to remove) and adds one more audit entry. The append-only
-topics (``pixel-events``, ``visits``, ``qualified-leads``, ``bad-events``) cannot be rewritten: the person's records stay there until the topic's retention
-deletes them (README, "Erasure").
+topics (``pixel-events``, ``visits``, ``qualified-leads``, ``bad-events``) cannot be rewritten:
+the person's records stay there until the topic's retention deletes them (README, "Erasure").
 
 The hook interface for sinks: a sink that keeps per-person state (an email sequence) implements
 :class:`ErasureHook` and registers a factory with :func:`register_hook` from a module
@@ -132,7 +132,7 @@ def load_hooks(settings: Settings) -> list[ErasureHook]:
 
 @dataclass(frozen=True, slots=True)
 class ErasureRecord:
-    """One record to send: an ``Erasure`` in a ``CollectorBatch`` on the visitor's partition of ``pixel-events``."""
+    """An ``Erasure`` in a ``CollectorBatch``, to send to the visitor's partition of ``pixel-events``."""
     topic: str
     partition: int
     key: bytes
