@@ -30,6 +30,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from ..codec import Codec, CodecError
 from ..core.bots import BotConfig, BotSignals, bot_verdict
 from ..core.company import CompanyLookups, resolve_company
+from ..core.erasure import noted_accounts
 from ..core.events import TimeConfig, TrackedEvent, build_event, validate_event
 from ..core.failures import FailureType
 from ..core.identity import (IdentityResult, IdentitySnapshot, IdType, Identifier, apply_identity_events,
@@ -47,7 +48,6 @@ from ..enrich.useragent import analyze_user_agent
 from ..metrics import BOTS, IDENTITY_OPS, NETWORK_CLASSES, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS
 from ..settings import Settings, SiteSettings
 from ..topology import partition_for
-from ..core.erasure import noted_accounts
 from .erasure import erase_visitors, erasures_of
 from .expiry import IdleKeys
 from .messages import bad_row, split_bad_row, visit_to_record
