@@ -307,9 +307,9 @@ def forget(site: Annotated[Optional[str], typer.Option("--site", help="A site id
            audit: Annotated[bool, typer.Option("--audit", help="List the site's erasure audit instead")] = False,
            count: Annotated[int, typer.Option(help="With --audit: the newest this many entries")] = 100,
            config: ConfigOption = None) -> None:
-    """Erase a person everywhere: identity graph and profile in Redis, tombstones in the compacted
-    topics, the prospect list, the sinks' email sequences; records an audit entry without personal
-    data. Give exactly one of --email, --visitor, --person. See README, "Erasure"."""
+    """Erase a person everywhere: identity graph and profile in Redis, the workers' state and the
+    compacted topics (through erasure records the stages apply in order), the prospect list, the
+    sinks' email sequences; records an audit entry without personal data. Give exactly one of --email, --visitor, --person. See README, "Erasure"."""
     import asyncio
 
     from .ops.forget import ForgetError, forget as run_forget, read_audit

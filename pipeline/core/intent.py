@@ -54,7 +54,7 @@ from .sessions import DAY_MS
 from .visit import VisitUpdate, company_to_dict, evidence_to_list
 
 __all__ = ["AccountState", "Contribution", "IntentScore", "apply_visits", "score_intent", "merge_accounts",
-           "saturate", "decay_factor", "ACCOUNT_STATE_VERSION"]
+           "saturate", "decay_factor", "withdraw_visitor", "ACCOUNT_STATE_VERSION"]
 
 ACCOUNT_STATE_VERSION = 1
 _SIG = "sig:"
@@ -205,20 +205,7 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
 
     def withdraw(visitor: str) -> None:
         """A visitor found to be a bot: what it added before the verdict no longer counts."""
-        for day, counts in by_visitor.pop(visitor, {}).items():
-            c = days.get(day, {})
-            for key, n in counts.items():
-                left = c.get(key, 0) - n
-                if left > 1e-9:
-                    c[key] = left
-                else:
-                    c.pop(key, None)
-            if day in days and not c:
-                del days[day]
-        for sid in [k for k, rec in sessions.items() if rec.get("vis") == visitor]:
-            del sessions[sid]
-        visitors.pop(visitor, None)
-        conversions[:] = [c for c in conversions if c.get("vis") != visitor]
+        withdraw_visitor(visitor, days, by_visitor, sessions, visitors, conversions)
 
     for u in updates:
         current = u.visitor_id
@@ -306,6 +293,28 @@ def apply_visits(state: AccountState, updates: Sequence[VisitUpdate], model: Int
                   by_visitor=by_visitor, bot_visitors=tuple(bot_visitors[-_MAX_BOT_VISITORS:]))
     new = _prune(new, model)
     return new, score_intent(new, model)
+
+
+def withdraw_visitor(visitor: str, days: dict[str, dict[str, float]],
+                     by_visitor: dict[str, dict[str, dict[str, float]]], sessions: dict[str, dict[str, Any]],
+                     visitors: dict[str, int], conversions: list[dict[str, Any]]) -> None:
+    """Take ``visitor``'s own share out of an account's counters (in place): its per-day counts
+    (``by_visitor``), sessions, breadth entry and conversions. A bot verdict withdraws a visitor's
+    earlier activity; an erasure (:mod:`pipeline.core.erasure`) withdraws a person's."""
+    for day, counts in by_visitor.pop(visitor, {}).items():
+        c = days.get(day, {})
+        for key, n in counts.items():
+            left = c.get(key, 0) - n
+            if left > 1e-9:
+                c[key] = left
+            else:
+                c.pop(key, None)
+        if day in days and not c:
+            del days[day]
+    for sid in [k for k, rec in sessions.items() if rec.get("vis") == visitor]:
+        del sessions[sid]
+    visitors.pop(visitor, None)
+    conversions[:] = [c for c in conversions if c.get("vis") != visitor]
 
 
 def _prune(state: AccountState, model: IntentModel) -> AccountState:

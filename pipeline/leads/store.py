@@ -236,6 +236,19 @@ class LeadsView:
         await self.client.delete(k.person(person_id))
         return len(changed)
 
+    async def accounts_naming(self, site_id: str, person_id: str | None, visitor_ids: Sequence[str]) -> list[str]:
+        """The accounts whose documents list the person or a session of ``visitor_ids`` (what an erasure
+        must reach in the stages too). Reads every document of the site (HSCAN): an erasure, never a
+        request path."""
+        k = self.keys(site_id)
+        found = {_s(a) for a in await self.client.smembers(k.person(person_id))} if person_id else set()
+        wanted = set(visitor_ids)
+        if wanted:
+            async for account, raw in self.client.hscan_iter(k.docs, count=500):
+                if any(s.get("visitor_id") in wanted for s in json.loads(raw).get("sessions") or ()):
+                    found.add(_s(account))
+        return sorted(found)
+
     async def forget_visitors(self, site_id: str, visitor_ids: Sequence[str]) -> int:
         """Drop the sessions of ``visitor_ids`` from every account document that lists them (an
         erased person's visits to a company account); returns how many accounts changed.

@@ -6,12 +6,15 @@ id no person owns is erased on its own), then
 
 1. removes them from the prospect list (the ``v:<visitor>`` accounts, the person from every
    account's people, their visitors' sessions from company accounts);
-2. writes tombstones (null values) for the keys that are the person's own in the compacted
-   topics, so compaction replaces their latest values (:func:`tombstones`):
-   ``lead-scores`` keyed ``site|v:<visitor>`` (an unresolved visitor's own account) and the
-   worker's table changelogs ``<app_id>-visitor-state-changelog`` (``site|<visitor>``) and
-   ``<app_id>-account-state-changelog`` (``site|v:<visitor>``), keys encoded as the Faust
-   table writes them, each to the partition the table writes it to;
+2. publishes one erasure record per visitor to ``pixel-events`` (:func:`erasure_records`), on the
+   partition of the visitor's ``site|visitor`` key. The running workers apply it in order with the
+   visitor's events (:mod:`pipeline.stages.erasure`): the visitor stage deletes the visitor's state
+   and forwards the erasure to every account the visitor contributed to; the account stage removes
+   the visitor's share and the person from each, re-scores it or deletes it. Their table deletions
+   are the changelog tombstones, and the account stage writes the ``lead-scores`` tombstones or
+   new scores: the workers' live tables, their changelogs and ``lead-scores`` change together
+   (a tombstone written into a changelog from outside would not reach a running worker, which
+   would write the old value back). Workers that are down apply it when they are back;
 3. asks every registered :class:`ErasureHook` (the sinks' email sequences) to stop what it runs
    for the person;
 4. erases the person from the identity graph in Redis
@@ -23,10 +26,10 @@ id no person owns is erased on its own), then
    whoever holds the salt and X) and counts of what was removed. No email, visitor or person id
    in clear. :func:`read_audit` lists it (``leadstream forget --audit``).
 
-Idempotent: forgetting again finds nothing in Redis, writes the same tombstones again and adds
-one more audit entry. The append-only topics (``pixel-events``, ``visits``, ``qualified-leads``,
-``bad-events``) cannot be rewritten: the person's records stay there until the topic's retention
-deletes them (README, "Erasure").
+Idempotent: forgetting again finds nothing in Redis, publishes erasures again for the visitors it
+still finds (harmless: nothing is left to remove) and adds one more audit entry. The append-only
+topics (``pixel-events``, ``visits``, ``qualified-leads``, ``bad-events``) cannot be rewritten:
+the person's records stay there until the topic's retention deletes them (README, "Erasure").
 
 The hook interface for sinks: a sink that keeps per-person state (an email sequence) implements
 :class:`ErasureHook` and registers a factory with :func:`register_hook` from a module
@@ -47,23 +50,27 @@ The hook interface for sinks: a sink that keeps per-person state (an email seque
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import importlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from ..redis_client import async_client, sync_client
+from ..codec import Codec, make_codec
+from ..core.erasure import person_token
 from ..core.identity import IdType, hash_email, normalize_email
+from ..redis_client import async_client, sync_client
 from ..settings import Settings, SettingsError
-from ..topology import changelog_topic, partition_for, topic_specs, visitor_key
+from ..topology import partition_for, topic_specs, visitor_key
 
-__all__ = ["Kind", "KINDS", "ErasureSubject", "ErasureHook", "register_hook", "load_hooks", "Tombstone",
-           "tombstones", "faust_table_key", "audit_key", "audit_hash", "ForgetReport", "forget", "read_audit",
+__all__ = ["Kind", "KINDS", "ErasureSubject", "ErasureHook", "register_hook", "load_hooks", "ErasureRecord",
+           "erasure_records", "write_records", "audit_key", "audit_hash", "ForgetReport", "forget", "read_audit",
            "ForgetError"]
 
 log = logging.getLogger(__name__)
@@ -121,60 +128,56 @@ def load_hooks(settings: Settings) -> list[ErasureHook]:
     return [h for h in hooks if h is not None]
 
 
-# ---- tombstones ----------------------------------------------------------------------------------
+# ---- erasure records -----------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class Tombstone:
+class ErasureRecord:
+    """An ``Erasure`` in a ``CollectorBatch``, to send to the visitor's partition of ``pixel-events``."""
     topic: str
     partition: int
     key: bytes
+    value: bytes
 
 
-def faust_table_key(key: str) -> bytes:
-    """A table key as the stages' Faust tables write it to their changelog (the ``json`` codec:
-    ``app.Table`` without a key type), so a tombstone replaces exactly that key."""
-    from faust.serializers import codecs
-    encoded: bytes = codecs.dumps("json", key)
-    return encoded
-
-
-def tombstones(settings: Settings, site_id: str, visitor_ids: Sequence[str]) -> list[Tombstone]:
-    """The compacted-topic keys that are the visitors' own, each on the partition it is written to:
-    ``lead-scores`` (raw key ``site|v:<visitor>``, partitioned like the account stage sends it) and
-    the two table changelogs (the source record's partition: ``site|<visitor>`` for the visitor
-    table, ``site|v:<visitor>`` for the account table, as the collector and the visitor stage
-    partition them)."""
-    specs = {s.logical: s for s in topic_specs(settings)}
-    app_id = settings.stages.app_id
-    out: list[Tombstone] = []
+def erasure_records(settings: Settings, site_id: str, visitor_ids: Sequence[str], person_id: str | None, *,
+                    salt: str, now_ms: int, accounts: Sequence[str] = (),
+                    codec: Codec | None = None) -> list[ErasureRecord]:
+    """One erasure record per visitor, keyed ``site|visitor`` on the ``pixel-events`` partition that
+    holds the visitor's events and state (:func:`~pipeline.topology.partition_for`, as the collector
+    writes it). The stages apply it in order (:mod:`pipeline.stages.erasure`); the person is named
+    by their token, never by id (:func:`~pipeline.core.erasure.person_token`). ``accounts``: more
+    accounts to erase the visitor and the person from (the prospect list's), besides those the
+    visitor's state lists."""
+    spec = next(s for s in topic_specs(settings) if s.logical == "pixel_events")
+    codec = codec or make_codec(settings.kafka.schema_registry_url)
+    token = person_token(salt, person_id) if person_id else None
+    out: list[ErasureRecord] = []
     for vid in dict.fromkeys(v for v in visitor_ids if v):
-        vkey = visitor_key(site_id, vid)
-        akey = f"{site_id}|v:{vid}"
-        out.append(Tombstone(specs["lead_scores"].name, partition_for(akey, specs["lead_scores"].partitions),
-                             akey.encode()))
-        out.append(Tombstone(changelog_topic(app_id, "visitor"),
-                             partition_for(vkey, specs["pixel_events"].partitions), faust_table_key(vkey)))
-        out.append(Tombstone(changelog_topic(app_id, "account"),
-                             partition_for(akey, specs["visits"].partitions), faust_table_key(akey)))
+        key = visitor_key(site_id, vid)
+        erasure: dict[str, Any] = {"erasure_id": str(uuid.uuid4()), "site_id": site_id, "visitor_id": vid,
+                                   "person_token": token, "accounts": list(dict.fromkeys(accounts)),
+                                   "requested_at": now_ms}
+        value = codec.encode("CollectorBatch", {"erasures": [erasure], "payloads": []}, topic=spec.name)
+        out.append(ErasureRecord(spec.name, partition_for(key, spec.partitions), key.encode(), value))
     return out
 
 
-async def write_tombstones(settings: Settings, stones: Sequence[Tombstone]) -> int:
-    """Send every tombstone (acks=all) and wait for all of them; returns how many were sent."""
-    if not stones:
+async def write_records(settings: Settings, records: Sequence[ErasureRecord]) -> int:
+    """Send every record (acks=all) and wait for all of them; returns how many were sent."""
+    if not records:
         return 0
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all", request_timeout_ms=30_000)
     await producer.start()
     try:
-        futures = [await producer.send(s.topic, value=None, key=s.key, partition=s.partition) for s in stones]
+        futures = [await producer.send(r.topic, value=r.value, key=r.key, partition=r.partition) for r in records]
         for f in futures:
             await f
         await producer.flush()
     finally:
         await producer.stop()
-    return len(stones)
+    return len(records)
 
 
 # ---- audit ----------------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ class ForgetReport:
     identifiers_removed: int = 0
     log_entries_removed: int = 0
     visitors: int = 0
-    tombstones: int = 0
+    erasure_records: int = 0
     view_accounts_removed: int = 0
     view_accounts_updated: int = 0
     sequences_stopped: int = 0
@@ -217,7 +220,8 @@ class ForgetReport:
         lines = [f"forgot {found} ({self.kind}) on site {self.site_id}",
                  f"  identity graph: {self.identifiers_removed} identifier links, "
                  f"{self.log_entries_removed} log entries removed",
-                 f"  compacted topics: {self.tombstones} tombstones for {self.visitors} visitor ids",
+                 f"  stages: {self.erasure_records} erasure records for {self.visitors} visitor ids on "
+                 "pixel-events (the workers delete their state and scores, in order)",
                  f"  prospect list: {self.view_accounts_removed} accounts removed, "
                  f"{self.view_accounts_updated} accounts updated",
                  f"  sinks: {self.sequences_stopped} sequences stopped"
@@ -273,15 +277,18 @@ def _subject(site_id: str, kind: Kind, normalised: str, salt: str, person_id: st
                           normalised if kind == "email" else None, email_hashes, tuple(f"v:{v}" for v in visitors))
 
 
-async def _downstream(settings: Settings, redis_url: str, subject: ErasureSubject, report: ForgetReport) -> None:
-    """The prospect list, then the tombstones (``leads serve`` also drops an account on its tombstone:
-    clearing the list first keeps the counts exact)."""
+async def _downstream(settings: Settings, redis_url: str, subject: ErasureSubject, report: ForgetReport,
+                      salt: str, now_ms: int) -> None:
+    """The prospect list, then the erasure records (``leads serve`` drops an account on the
+    tombstone the account stage writes for it: clearing the list first keeps the counts exact)."""
     import redis.asyncio as aredis
 
     from ..leads.store import LeadsView
 
     view = LeadsView(async_client(redis_url, socket_timeout=10, socket_connect_timeout=10))
     try:
+        # the stages also erase from these (a visitor state that no longer lists them: evicted, or older)
+        listed = await view.accounts_naming(subject.site_id, subject.person_id, subject.visitor_ids)
         report.view_accounts_removed += await view.remove(subject.site_id, list(subject.accounts))
         if subject.person_id:
             report.view_accounts_updated += await view.forget_person(subject.site_id, subject.person_id)
@@ -289,7 +296,9 @@ async def _downstream(settings: Settings, redis_url: str, subject: ErasureSubjec
     finally:
         await view.aclose()
     report.visitors += len(subject.visitor_ids)
-    report.tombstones += await write_tombstones(settings, tombstones(settings, subject.site_id, subject.visitor_ids))
+    records = await asyncio.to_thread(erasure_records, settings, subject.site_id, subject.visitor_ids,
+                                      subject.person_id, salt=salt, now_ms=now_ms, accounts=listed)
+    report.erasure_records += await write_records(settings, records)
 
 
 async def forget(settings: Settings, site_id: str, kind: Kind, value: str, *,
@@ -307,7 +316,7 @@ async def forget(settings: Settings, site_id: str, kind: Kind, value: str, *,
     if not redis_url:
         raise ForgetError("redis.url is not set (LEADSTREAM_REDIS__URL): the identity graph lives in Redis")
     if not settings.kafka.bootstrap_servers:
-        raise ForgetError("kafka.bootstrap_servers is not set: tombstones go to the compacted topics")
+        raise ForgetError("kafka.bootstrap_servers is not set: the erasure records go to pixel-events")
     try:
         salt = settings.email_salt(site)
     except SettingsError as exc:
@@ -326,7 +335,7 @@ async def forget(settings: Settings, site_id: str, kind: Kind, value: str, *,
         # Downstream first, the graph last: until the graph forgets, running again finds everything again.
         found = await identity.lookup_person(site_id, target, salt=salt)
         subject = _subject(site_id, kind, normalised, salt, found.person_id, found.visitor_ids, found.identifiers)
-        await _downstream(settings, redis_url, subject, report)
+        await _downstream(settings, redis_url, subject, report, salt, t)
         for hook in hooks:
             report.hooks.append(hook.name)
             try:
@@ -343,7 +352,7 @@ async def forget(settings: Settings, site_id: str, kind: Kind, value: str, *,
     late = [v for v in result.visitor_ids if v not in subject.visitor_ids]
     if late:  # linked to the person while this ran: erase those downstream too
         await _downstream(settings, redis_url, ErasureSubject(site_id, result.person_id, tuple(late),
-                                                              accounts=tuple(f"v:{v}" for v in late)), report)
+                                                              accounts=tuple(f"v:{v}" for v in late)), report, salt, t)
 
     client = async_client(redis_url, socket_timeout=10, socket_connect_timeout=10)
     try:

@@ -26,6 +26,7 @@ from ..core.visit import VisitUpdate
 from ..metrics import FILTERED, LEAD_SCORES, LEADS, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS
 from ..settings import Settings
 from ..topology import partition_for
+from .erasure import erase_accounts, erasures_of
 from .expiry import IdleKeys
 from .messages import bad_row, lead_score_record, qualified_lead_record, split_bad_row, visit_from_record
 from .runtime import HandlerResult, Output, StateView
@@ -83,6 +84,8 @@ class AccountStage:
             self._bad(result, FailureType.schema_violation, f"visits record {partition}:{offset} is not a "
                       f"VisitBatch: {exc}", value, None)
             return result
+        if erasures_of(batch):  # `leadstream forget`, in band after the visitor's earlier updates
+            return erase_accounts(self, partition, offset, batch, states)
         by_account = self._split(batch.get("updates") if isinstance(batch, Mapping) else None, offset, states,
                                  result)
         STAGE_BATCH_SIZE.labels(STAGE).observe(sum(len(v) for v in by_account.values()))

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from ..codec import Codec, CodecError
 from ..core.bots import BotConfig, BotSignals, bot_verdict
 from ..core.company import CompanyLookups, resolve_company
+from ..core.erasure import noted_accounts
 from ..core.events import TimeConfig, TrackedEvent, build_event, validate_event
 from ..core.failures import FailureType
 from ..core.identity import (IdentityResult, IdentitySnapshot, IdType, Identifier, apply_identity_events,
@@ -47,6 +48,7 @@ from ..enrich.useragent import analyze_user_agent
 from ..metrics import BOTS, IDENTITY_OPS, NETWORK_CLASSES, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS
 from ..settings import Settings, SiteSettings
 from ..topology import partition_for
+from .erasure import erase_visitors, erasures_of
 from .expiry import IdleKeys
 from .messages import bad_row, split_bad_row, visit_to_record
 from .runtime import HandlerResult, Output, StateView
@@ -144,6 +146,8 @@ class VisitorStage:
             self._bad(result, FailureType.schema_violation, f"pixel-events record {partition}:{offset} is not a "
                       f"CollectorBatch: {exc}", value, None, {"partition": str(partition), "offset": str(offset)})
             return result
+        if erasures_of(batch):  # `leadstream forget`, in band and in order with the visitor's events
+            return erase_visitors(self, partition, offset, batch, states)
         payloads = batch.get("payloads") if isinstance(batch, Mapping) else None
         visitors = self._split(payloads if isinstance(payloads, list) else [], offset, states, result)
         if visitors:
@@ -324,7 +328,8 @@ class VisitorStage:
         history = self._trim_history(history + [h.to_dict() for h in new_hits],
                                      max((h.tstamp for h in new_hits), default=0))
         # Bounded by construction (tests/unit/stages): cut fields, history_bytes, the core's count limits.
-        state_dict = {"vs": new_state.to_dict(), "acct": account_before, "h": history}
+        state_dict = {"vs": new_state.to_dict(), "acct": account_before, "h": history,
+                      "accts": noted_accounts(stored, (vu.account for vu, _ in updates))}  # for an erasure
         seen = new_state.last_seen if new_state.last_seen is not None else last_event
         return _Outcome(state_dict, seen, updates, list(out.late))
 

@@ -1,5 +1,5 @@
-"""`leadstream forget` without servers: the CLI's clear errors, the tombstone keys matching what the stages
-write, the audit hash, the sinks' hook registry. The erasure itself: tests/integration/test_forget.py."""
+"""`leadstream forget` without servers: the CLI's clear errors, the erasure records on the partitions
+the stages read them from, the audit hash, the sinks' hook registry. The erasure itself: tests/integration/test_forget.py."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.core.identity import hash_email
 from pipeline.ops import forget as forget_mod
-from pipeline.ops.forget import (ErasureSubject, ForgetError, ForgetReport, audit_hash, faust_table_key, forget,
-                                 load_hooks, register_hook, tombstones)
+from pipeline.ops.forget import (ErasureSubject, ForgetError, ForgetReport, audit_hash, erasure_records, forget,
+                                 load_hooks, register_hook)
 from pipeline.settings import Settings, load_settings
-from pipeline.topology import changelog_topic, partition_for
+from pipeline.topology import partition_for
 
 
 def config(tmp_path: Path, **extra: Any) -> Path:
@@ -65,27 +65,30 @@ def test_unreachable_redis_is_a_clear_error_that_says_to_run_again(tmp_path: Pat
     assert "erasure not finished" in result.output and "running the same `forget` again" in result.output
 
 
-def test_tombstone_keys_and_partitions_are_the_ones_the_stages_write(tmp_path: Path) -> None:
-    from pipeline.stages.main import create_worker_app
+def test_erasure_records_go_where_the_collector_writes_the_visitors_events(tmp_path: Path) -> None:
+    """One record per distinct visitor, keyed and partitioned as the collector keys the visitor's events
+    (so the visitor stage applies it in order with them, on the partition that holds the state), a
+    CollectorBatch with the erasure and no payloads, naming the person by token only."""
+    from pipeline.codec import SingleObjectCodec
+    from pipeline.core.erasure import person_token
     settings = load_settings(config(tmp_path))
-    _, stages = create_worker_app(settings)
-    tables = {s.name: s.table for s in stages}
-    stones = tombstones(settings, "acme", ["v1", "v1", "wé"])
-    assert len(stones) == 6                               # per distinct visitor: lead-scores and two changelogs
-    by_topic: dict[str, list[Any]] = {}
-    for s in stones:
-        by_topic.setdefault(s.topic, []).append(s)
-    for stage, key, partitions in (("visitor", "acme|wé", 6), ("account", "acme|v:wé", 4)):
-        table = tables[stage]
-        assert table.changelog_topic.get_topic_name() == changelog_topic(settings.stages.app_id, stage)
-        from faust.serializers import codecs
-        written = codecs.dumps(table.key_serializer, key)   # what the table's changelog carries
-        assert faust_table_key(key) == written == json.dumps(key).encode()
-        assert any(s.key == written and s.partition == partition_for(key, partitions)
-                   for s in by_topic[changelog_topic(settings.stages.app_id, stage)])
-    # lead-scores: the account stage's raw key and partition (stages/account.py)
-    assert {(s.key, s.partition) for s in by_topic["lead-scores"]} == {
-        (b"acme|v:v1", partition_for("acme|v:v1", 3)), ("acme|v:wé".encode(), partition_for("acme|v:wé", 3))}
+    codec = SingleObjectCodec()
+    records = erasure_records(settings, "acme", ["v1", "v1", "wé"], "p-ada", salt="s3cret", now_ms=123, codec=codec)
+    assert [(r.topic, r.key, r.partition) for r in records] == [
+        ("pixel-events", b"acme|v1", partition_for("acme|v1", 6)),
+        ("pixel-events", "acme|wé".encode(), partition_for("acme|wé", 6))]
+    batches = [codec.decode(r.value, "CollectorBatch") for r in records]
+    assert all(b["payloads"] == [] and len(b["erasures"]) == 1 for b in batches)
+    erasures = [b["erasures"][0] for b in batches]
+    assert [(e["site_id"], e["visitor_id"], e["accounts"], e["requested_at"]) for e in erasures] == [
+        ("acme", "v1", [], 123), ("acme", "wé", [], 123)]
+    assert {e["person_token"] for e in erasures} == {person_token("s3cret", "p-ada")}
+    assert all(b"p-ada" not in r.value for r in records)
+    assert len({e["erasure_id"] for e in erasures}) == 2
+    anonymous = erasure_records(settings, "acme", ["v2"], None, salt="s3cret", now_ms=1, codec=codec,
+                                accounts=["c:brightpath.example", "c:brightpath.example", "v:v2"])
+    assert [(e["person_token"], e["accounts"]) for e in codec.decode(anonymous[0].value)["erasures"]] == [
+        (None, ["c:brightpath.example", "v:v2"])]
 
 
 def test_audit_hash_is_keyed_and_never_the_graphs_email_hash() -> None:
@@ -96,12 +99,12 @@ def test_audit_hash_is_keyed_and_never_the_graphs_email_hash() -> None:
 
 
 def test_report_fields_hold_counts_and_the_hash_only() -> None:
-    report = ForgetReport("acme", "email", audit_hash("s", "email", "ada@acme.example"), 1, True, 3, 2, 2, 6,
+    report = ForgetReport("acme", "email", audit_hash("s", "email", "ada@acme.example"), 1, True, 3, 2, 2, 2,
                           hooks=["email-sequences"])
     fields = report.fields()
-    assert fields["person_found"] == "1" and fields["tombstones"] == "6" and fields["hooks"] == '["email-sequences"]'
+    assert fields["person_found"] == "1" and fields["erasure_records"] == "2" and fields["hooks"] == '["email-sequences"]'
     assert "ada" not in " ".join(fields.values())
-    assert "6 tombstones for 2 visitor ids" in report.summary()
+    assert "2 erasure records for 2 visitor ids" in report.summary()
 
 
 class _Sequences:
