@@ -37,6 +37,7 @@ class Receivers:
         self.webhook_rejected = 0
         self.webhook_status = 200                        # what the endpoint answers
         self.webhook_delay_s = 0.0                       # a slow receiver (the burst then takes a while)
+        self.answer_delay_s = 0.0                        # Slack and HubSpot writes: applied, then answered this late
         self.slack: list[tuple[str, float]] = []
         self.slack_payloads: list[dict[str, Any]] = []
         self.slack_429 = 0                               # answer this many 429s first
@@ -102,6 +103,8 @@ class Receivers:
         with self.lock:
             self.slack.append((found.group(1) if found else "?", time.time()))
             self.slack_payloads.append(payload)
+        if self.answer_delay_s:
+            await asyncio.sleep(self.answer_delay_s)
         return web.Response(text="ok")
 
     def _hubspot_check(self, request: web.Request) -> web.Response | None:
@@ -126,6 +129,12 @@ class Receivers:
         path, method = request.path, request.method
         with self.lock:
             self.hubspot_requests.append((method, path, body))
+        response = self._hubspot_answer(request, method, path, body)
+        if self.answer_delay_s and method in ("POST", "PATCH", "PUT") and not path.endswith("/search"):
+            await asyncio.sleep(self.answer_delay_s)
+        return response
+
+    def _hubspot_answer(self, request: web.Request, method: str, path: str, body: Any) -> web.Response:
         if method == "POST" and path == "/crm/v3/objects/companies/search":
             try:
                 f = body["filterGroups"][0]["filters"][0]
@@ -279,6 +288,8 @@ class Receivers:
             self.slack_messages.append(message)
             lead_id = (metadata or {}).get("event_payload", {}).get("lead_id", "?")
             self.slack_api.append((str(lead_id), time.time()))
+        if self.answer_delay_s:
+            await asyncio.sleep(self.answer_delay_s)
         return web.json_response({"ok": True, "channel": SLACK_CHANNEL, "ts": ts,
                                   "message": {k: v for k, v in message.items() if k != "metadata"}})
 
