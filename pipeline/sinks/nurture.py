@@ -142,7 +142,7 @@ class NurtureSink:
         seq_id = sequence_id(self.site.site_id, self.config.name, person_id)
         result = await self.store.start(seq_id, self.site.site_id, self.key, person_id, address, email_hash, lead,
                                         profile, now_ms() + int(self.config.steps[0].delay * 1000))
-        return Delivered(f"sequence {seq_id}: {result}")
+        return Delivered(f"sequence {seq_id}: {result}", already=result == "exists")
 
     # -- sending due steps -------------------------------------------------------------------------
     async def run_background(self) -> None:
