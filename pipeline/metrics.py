@@ -116,6 +116,10 @@ SINK_QUEUE_DEPTH = Gauge(
 SINK_SCHEDULED = Gauge(
     "leadstream_sink_scheduled", "Leads waiting in Redis for a sink's later attempt (retries and overflow).",
     ["sink"])
+SINK_IN_DOUBT = Counter(
+    "leadstream_sink_in_doubt_total", "Deliveries found in flight from an earlier, unrecorded attempt (a crash, a "
+    "timeout), by how the sink resolved them: already_applied (read back at the receiver, nothing sent) or sent "
+    "(sent again; the webhook with the same webhook-id).", ["sink", "type", "resolution"])
 SINK_UNDECODABLE = Counter(
     "leadstream_sink_undecodable_records_total", "qualified-leads records the sinks could not decode (skipped).")
 NURTURE_SENT = Counter(

@@ -268,10 +268,28 @@ class WebhookSinkSettings(_SinkBase):
 
 
 class SlackSinkSettings(_SinkBase):
-    """A Slack incoming webhook; each lead becomes one Block Kit message."""
+    """Slack: each lead becomes one Block Kit message, through an incoming webhook (``webhook_url``:
+    at-least-once, see README) or the Web API (``bot_token`` + ``channel``: ``chat.postMessage``
+    with the lead id in message metadata, so a delivery in doubt after a crash is read back
+    with ``conversations.history`` instead of posted twice)."""
     type: Literal["slack"] = "slack"
-    concurrency: int = Field(1, ge=1, le=256, description="Slack accepts about one message per second per webhook")
-    webhook_url: SecretStr = Field(description="https://hooks.slack.com/services/... (a secret: anyone with it can post)")
+    concurrency: int = Field(1, ge=1, le=256, description="Slack accepts about one message per second per channel")
+    webhook_url: SecretStr | None = Field(
+        None, description="https://hooks.slack.com/services/... (a secret: anyone with it can post)")
+    bot_token: SecretStr | None = Field(
+        None, description="Web API mode: a bot token xoxb-... with chat:write and channels:history "
+        "(groups:history for a private channel)")
+    channel: str | None = Field(None, description="Web API mode: the channel id (C...) the bot posts to; "
+                                "the bot must be a member")
+    api_url: str = Field("https://slack.com/api", description="Web API base URL (tests point it elsewhere)")
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> "SlackSinkSettings":
+        if (self.webhook_url is None) == (self.bot_token is None):
+            raise ValueError("give either webhook_url (incoming webhook) or bot_token and channel (Web API)")
+        if self.bot_token is not None and not self.channel:
+            raise ValueError("channel is required with bot_token")
+        return self
 
 
 class HubSpotSinkSettings(_SinkBase):

@@ -21,6 +21,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 HUBSPOT_TOKEN = "pat-na1-test-token"
+SLACK_BOT_TOKEN = "xoxb-1234-5678-testtoken"
+SLACK_CHANNEL = "C0LEADSTRM"
 _LEAD_IN_CONTEXT = re.compile(r"lead ([0-9a-f-]{36})")
 
 
@@ -29,14 +31,22 @@ class Receivers:
         self.verifier = Webhook(webhook_secret)
         self.hubspot_token = hubspot_token
         self.lock = threading.Lock()
-        self.webhook: list[tuple[str, float]] = []      # (webhook-id, arrival epoch s)
+        self.webhook: list[tuple[str, float]] = []      # effects: (webhook-id, arrival epoch s), first per id
+        self.webhook_requests: list[str] = []            # every verified request's webhook-id (raw, repeats too)
         self.webhook_bodies: dict[str, dict[str, Any]] = {}
         self.webhook_rejected = 0
         self.webhook_status = 200                        # what the endpoint answers
         self.webhook_delay_s = 0.0                       # a slow receiver (the burst then takes a while)
+        self.answer_delay_s = 0.0                        # Slack and HubSpot writes: applied, then answered this late
         self.slack: list[tuple[str, float]] = []
         self.slack_payloads: list[dict[str, Any]] = []
         self.slack_429 = 0                               # answer this many 429s first
+        self.slack_api: list[tuple[str, float]] = []     # chat.postMessage: (metadata lead id, arrival)
+        self.slack_messages: list[dict[str, Any]] = []   # the channel's history, oldest first
+        self.slack_api_calls: list[tuple[str, dict[str, Any]]] = []  # (method, arguments)
+        self.slack_api_errors: list[str] = []            # requests Slack would refuse (shape violations)
+        self.slack_api_429 = 0                           # answer this many 429s to chat.postMessage first
+        self._slack_ts = 0.0
         self.hubspot_requests: list[tuple[str, str, Any]] = []
         self.hubspot_errors: list[str] = []              # shape violations found
         self.hubspot_fail: list[tuple[int, dict[str, str]]] = []  # next answers to give instead
@@ -45,6 +55,7 @@ class Receivers:
         self.associations: set[tuple[str, str]] = set()
         self.notes: list[dict[str, Any]] = []           # notes on contacts: id, contact, hs_note_body, hs_timestamp
         self.hubspot_leads: list[tuple[str, float]] = []  # leadstream_lead_id written to a company, arrival
+        self.hubspot_contact_leads: list[str] = []        # leadstream_lead_id written to a contact
         self.properties: dict[str, set[str]] = {"companies": set(), "contacts": set()}
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -72,9 +83,12 @@ class Receivers:
             return web.Response(status=self.webhook_status, text="receiver failing on purpose")
         if self.webhook_delay_s:
             await asyncio.sleep(self.webhook_delay_s)
-        with self.lock:
-            self.webhook.append((request.headers["webhook-id"], time.time()))
-            self.webhook_bodies[request.headers["webhook-id"]] = payload
+        msg_id = request.headers["webhook-id"]
+        with self.lock:  # as the Standard Webhooks docs tell receivers: apply each webhook-id once
+            self.webhook_requests.append(msg_id)
+            if msg_id not in self.webhook_bodies:
+                self.webhook.append((msg_id, time.time()))
+                self.webhook_bodies[msg_id] = payload
         return web.Response(status=204)
 
     async def _slack(self, request: web.Request) -> web.Response:
@@ -89,6 +103,8 @@ class Receivers:
         with self.lock:
             self.slack.append((found.group(1) if found else "?", time.time()))
             self.slack_payloads.append(payload)
+        if self.answer_delay_s:
+            await asyncio.sleep(self.answer_delay_s)
         return web.Response(text="ok")
 
     def _hubspot_check(self, request: web.Request) -> web.Response | None:
@@ -113,15 +129,23 @@ class Receivers:
         path, method = request.path, request.method
         with self.lock:
             self.hubspot_requests.append((method, path, body))
+        response = self._hubspot_answer(request, method, path, body)
+        if self.answer_delay_s and method in ("POST", "PATCH", "PUT") and not path.endswith("/search"):
+            await asyncio.sleep(self.answer_delay_s)
+        return response
+
+    def _hubspot_answer(self, request: web.Request, method: str, path: str, body: Any) -> web.Response:
         if method == "POST" and path == "/crm/v3/objects/companies/search":
             try:
                 f = body["filterGroups"][0]["filters"][0]
                 assert f["propertyName"] == "domain" and f["operator"] == "EQ"
             except (KeyError, IndexError, TypeError, AssertionError):
                 return self._bad(request, "search needs filterGroups[0].filters[0] domain EQ")
-            found = [{"id": i, "properties": {"domain": p["domain"]}} for i, p in self.companies.items()
-                     if p.get("domain") == f["value"]]
-            return web.json_response({"total": len(found), "results": found[:1]})
+            wanted = body.get("properties") or []
+            if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
+                return self._bad(request, "properties must be a list of property names")
+            found = [self._object(i, p, wanted) for i, p in self.companies.items() if p.get("domain") == f["value"]]
+            return web.json_response({"total": len(found), "results": found[:int(body.get("limit") or 10)]})
         if method == "POST" and path == "/crm/v3/objects/companies":
             props = (body or {}).get("properties")
             if not isinstance(props, dict) or not props.get("domain"):
@@ -138,6 +162,22 @@ class Receivers:
             if not isinstance(props, dict):
                 return self._bad(request, "properties required")
             return self._write_company(m.group(1), props, 200)
+        m = re.fullmatch(r"/crm/v3/objects/contacts/([^/]+)", path)
+        if method == "GET" and m and m.group(1) != "batch":
+            # GET /crm/v3/objects/contacts/{contactId}?idProperty=email&properties=a,b: by email when idProperty
+            # says so, else by record id; 404 OBJECT_NOT_FOUND when there is none
+            key, by = m.group(1), request.query.get("idProperty")
+            if by not in (None, "email"):
+                return self._bad(request, "idProperty must be a unique property (email)")
+            if by is None and not key.isdigit():
+                return self._bad(request, "an email as contactId needs idProperty=email")
+            cid = next((k for k, v in self.contacts.items() if v.get("email") == key), None) if by else \
+                (key if key in self.contacts else None)
+            if cid is None:
+                return web.json_response({"status": "error", "category": "OBJECT_NOT_FOUND",
+                                          "message": "Object not found."}, status=404)
+            wanted = [w for w in request.query.get("properties", "").split(",") if w]
+            return web.json_response(self._object(cid, self.contacts[cid], wanted))
         if method == "POST" and path == "/crm/v3/objects/contacts/batch/upsert":
             try:
                 inputs = body["inputs"]
@@ -150,6 +190,9 @@ class Receivers:
                 cid = next((k for k, v in self.contacts.items() if v.get("email") == item["id"]),
                            str(len(self.contacts) + 5001))
                 self.contacts[cid] = {**self.contacts.get(cid, {}), **item["properties"], "email": item["id"]}
+                if item["properties"].get("leadstream_lead_id"):
+                    with self.lock:
+                        self.hubspot_contact_leads.append(item["properties"]["leadstream_lead_id"])
                 results.append({"id": cid, "properties": self.contacts[cid], "new": False})
             return web.json_response({"status": "COMPLETE", "results": results})
         m = re.fullmatch(r"/crm/v4/objects/contacts/(\d+)/associations/default/companies/(\d+)", path)
@@ -188,6 +231,97 @@ class Receivers:
             return web.json_response({"name": name}, status=201)
         return web.json_response({"status": "error", "message": f"no route {method} {path}"}, status=404)
 
+    @staticmethod
+    def _object(cid: str, props: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
+        """A CRM object as HubSpot returns it: the requested properties (null when unset), as strings."""
+        shown = {k: (None if props.get(k) is None else str(props[k])) for k in wanted}
+        return {"id": cid, "properties": {**shown, "hs_object_id": cid}, "archived": False,
+                "createdAt": "2026-01-01T00:00:00.000Z", "updatedAt": "2026-01-01T00:00:00.000Z"}
+
+    # -- Slack Web API: chat.postMessage and conversations.history ----------------------------------
+    def _slack_error(self, error: str, status: int = 200, **headers: str) -> web.Response:
+        return web.json_response({"ok": False, "error": error}, status=status, headers=headers)
+
+    async def _slack_api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.headers.get("authorization") != f"Bearer {SLACK_BOT_TOKEN}":
+            return self._slack_error("not_authed" if "authorization" not in request.headers else "invalid_auth")
+        if method == "chat.postMessage":
+            return await self._slack_post(request)
+        if method == "conversations.history":
+            return await self._slack_history(request)
+        return self._slack_error("unknown_method", 404)
+
+    async def _slack_post(self, request: web.Request) -> web.Response:
+        if request.method != "POST" or request.content_type != "application/json":
+            with self.lock:
+                self.slack_api_errors.append(f"chat.postMessage: {request.method} {request.content_type}")
+            return self._slack_error("invalid_arguments")
+        if request.charset is None:  # Slack accepts it and warns "missing_charset"
+            with self.lock:
+                self.slack_api_errors.append("chat.postMessage: JSON without charset")
+        args = await request.json()
+        with self.lock:
+            self.slack_api_calls.append(("chat.postMessage", args))
+        if self.slack_api_429 > 0:
+            self.slack_api_429 -= 1
+            return self._slack_error("ratelimited", 429, **{"Retry-After": "1"})
+        if args.get("channel") != SLACK_CHANNEL:
+            return self._slack_error("channel_not_found")
+        if not args.get("text") and not args.get("blocks"):
+            return self._slack_error("no_text")
+        if "blocks" in args and not isinstance(args["blocks"], list):
+            return self._slack_error("invalid_blocks")
+        metadata = args.get("metadata")
+        if metadata is not None and not (isinstance(metadata, dict) and isinstance(metadata.get("event_type"), str)
+                                         and isinstance(metadata.get("event_payload"), dict)):
+            with self.lock:
+                self.slack_api_errors.append(f"chat.postMessage: metadata {metadata!r}")
+            return self._slack_error("invalid_metadata_format")
+        with self.lock:
+            self._slack_ts = max(time.time(), self._slack_ts + 0.000001)
+            ts = f"{self._slack_ts:.6f}"
+            message = {"type": "message", "subtype": "bot_message", "text": args.get("text", ""),
+                       "ts": ts, "bot_id": "B0LEADSTRM", "app_id": "A0LEADSTRM", "blocks": args.get("blocks", [])}
+            if metadata is not None:
+                message["metadata"] = metadata
+            self.slack_messages.append(message)
+            lead_id = (metadata or {}).get("event_payload", {}).get("lead_id", "?")
+            self.slack_api.append((str(lead_id), time.time()))
+        if self.answer_delay_s:
+            await asyncio.sleep(self.answer_delay_s)
+        return web.json_response({"ok": True, "channel": SLACK_CHANNEL, "ts": ts,
+                                  "message": {k: v for k, v in message.items() if k != "metadata"}})
+
+    async def _slack_history(self, request: web.Request) -> web.Response:
+        # a read method: arguments as a query string (GET) or a form (POST), never JSON
+        if request.method == "POST" and request.content_type == "application/json":
+            with self.lock:
+                self.slack_api_errors.append("conversations.history: JSON body")
+            return self._slack_error("invalid_arguments")
+        args = dict(request.query) if request.method == "GET" else dict(await request.post())
+        with self.lock:
+            self.slack_api_calls.append(("conversations.history", args))
+        if args.get("channel") != SLACK_CHANNEL:
+            return self._slack_error("channel_not_found")
+        try:
+            limit = min(999, int(args.get("limit") or 100))
+            oldest, latest = float(args.get("oldest") or 0), float(args.get("latest") or time.time() + 1)
+            start = int(args.get("cursor") or 0)
+        except ValueError:
+            return self._slack_error("invalid_arguments")
+        inclusive = args.get("inclusive") in ("true", "1")
+        metadata = args.get("include_all_metadata") in ("true", "1")
+        with self.lock:
+            newest_first = [m for m in reversed(self.slack_messages)
+                            if (oldest <= float(m["ts"]) if inclusive else oldest < float(m["ts"]))
+                            and float(m["ts"]) < latest]
+        page = newest_first[start:start + limit]
+        more = start + limit < len(newest_first)
+        messages = [m if metadata else {k: v for k, v in m.items() if k != "metadata"} for m in page]
+        return web.json_response({"ok": True, "messages": messages, "has_more": more, "pin_count": 0,
+                                  "response_metadata": {"next_cursor": str(start + limit) if more else ""}})
+
     def _write_company(self, cid: str, props: dict[str, Any], status: int) -> web.Response:
         with self.lock:
             self.companies[cid] = {**self.companies.get(cid, {}), **props}
@@ -200,6 +334,7 @@ class Receivers:
         app = web.Application()
         app.router.add_post("/webhook", self._webhook)
         app.router.add_post("/slack", self._slack)
+        app.router.add_route("*", "/slack-api/{method}", self._slack_api)
         app.router.add_route("*", "/crm/{tail:.*}", self._hubspot)
         return app
 

@@ -14,6 +14,7 @@ import aiohttp
 @dataclass(frozen=True)
 class Delivered:
     detail: str = ""
+    already: bool = False   # an in-doubt delivery found already applied at the receiver (nothing sent)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,20 @@ class Sink(Protocol):
     async def deliver(self, lead: Mapping[str, Any]) -> Outcome: ...
 
     async def aclose(self) -> None: ...
+
+
+class ResolvesInDoubt(Protocol):
+    """A sink that can tell whether an earlier, unrecorded send of a lead took effect.
+
+    The runner calls :meth:`deliver_in_doubt` instead of ``deliver`` when the delivery's
+    in-flight marker was already there (an earlier attempt started at ``since_ms`` and was
+    never recorded: a crash, a timeout). It must not apply the lead a second time: it reads
+    the receiver's state first and returns ``Delivered(already=True)`` when the effect is
+    there, or sends the parts that are missing. A sink without it is resent as is (the
+    webhook: same ``webhook-id``, which receivers de-duplicate on).
+    """
+
+    async def deliver_in_doubt(self, lead: Mapping[str, Any], since_ms: int) -> Outcome: ...
 
 
 RETRYABLE_STATUS = frozenset({408, 429})

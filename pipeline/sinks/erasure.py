@@ -2,8 +2,10 @@
 
 ``pipeline.ops.forget`` imports this module and calls every registered hook with the subject
 (site, person id, the salted email hashes the identity graph held, the email when the request
-named one). The suppression list keeps its entry: it holds only a salted hash, and it is what
-makes an opt-out outlive the erasure of the person's data.
+named one). Those hashes, and each erased sequence's, go on the site's suppression list: it holds
+only salted hashes, and it is what keeps a person the owner's data brings back after the erasure
+from getting a new sequence (the one rule, checked by the email sinks before a sequence starts
+and before every step).
 """
 
 from __future__ import annotations

@@ -44,15 +44,29 @@ LEAD_PROPERTIES = (
     PropertyDef("reason", "Leadstream reason", "string", "textarea"),
     PropertyDef("model_version", "Leadstream model version", "string", "text"),
     PropertyDef("lead_id", "Leadstream lead id", "string", "text"),
+    PropertyDef("lead_version", "Leadstream lead version", "number", "number"),
 )
+
+#: The properties that say which lead (id and version) last wrote a record: what an in-doubt
+#: delivery reads back to tell whether its write took effect.
+VERSION_PROPERTIES = ("lead_id", "lead_version")
 
 
 def lead_properties(lead: Mapping[str, Any], prefix: str) -> dict[str, str]:
     """The custom properties a lead writes (same on the company and the contact). Pure."""
     values = {"fit": f"{float(lead['fit']):g}", "intent": f"{float(lead['intent']):g}", "tier": str(lead["tier"]),
               "reason": str(lead["summary"]), "model_version": str(lead["model_version"]),
-              "lead_id": str(lead["lead_id"])}
+              "lead_id": str(lead["lead_id"]), "lead_version": str(int(lead.get("version") or 1))}
     return {prefix + k: v for k, v in values.items()}
+
+
+def already_written(record: Mapping[str, Any] | None, properties: Mapping[str, str], version_keys: tuple[str, ...],
+                    ) -> bool:
+    """True when ``record``'s properties (as the CRM returned them) hold the same lead id and
+    version that ``properties`` would write: the write took effect before. Pure."""
+    if not record or not version_keys:
+        return False
+    return all(str(record.get(k) if record.get(k) is not None else "") == properties.get(k, "") for k in version_keys)
 
 
 def company_properties(lead: Mapping[str, Any], prefix: str) -> dict[str, str]:
@@ -80,11 +94,18 @@ def contact_properties(lead: Mapping[str, Any], profile: Mapping[str, str], pref
 
 
 class CRM(Protocol):
-    """What the CRM sink needs from a CRM. Every method is idempotent; failures raise CRMError."""
+    """What the CRM sink needs from a CRM. Every method is idempotent; failures raise CRMError.
 
-    async def upsert_company(self, domain: str, properties: Mapping[str, str]) -> str: ...
+    ``check`` names properties (the lead id and version) to read back first: when the record
+    already holds the values the write would set, the write is skipped (an in-doubt delivery
+    is not applied twice). Each upsert returns the record id and whether it wrote.
+    """
 
-    async def upsert_contact(self, email: str, properties: Mapping[str, str]) -> str: ...
+    async def upsert_company(self, domain: str, properties: Mapping[str, str], check: tuple[str, ...] = ()
+                             ) -> tuple[str, bool]: ...
+
+    async def upsert_contact(self, email: str, properties: Mapping[str, str], check: tuple[str, ...] = ()
+                             ) -> tuple[str, bool]: ...
 
     async def associate(self, contact_id: str, company_id: str) -> None: ...
 
@@ -123,31 +144,55 @@ class HubSpot:
             raise CRMError(message, code, True, wait)
         raise CRMError(message, code, code == 408 or code >= 500)
 
-    async def _search_company(self, domain: str) -> str | None:
+    async def _search_company(self, domain: str, properties: tuple[str, ...] = ()
+                              ) -> tuple[str, dict[str, Any]] | None:
+        """``POST /crm/v3/objects/companies/search`` by domain: (id, the requested properties) or None."""
         body = {"filterGroups": [{"filters": [{"propertyName": "domain", "operator": "EQ", "value": domain}]}],
-                "properties": ["domain"], "limit": 1}
+                "properties": ["domain", *properties], "limit": 1}
         results = (await self._call("POST", "/crm/v3/objects/companies/search", body)).json().get("results") or []
-        return str(results[0]["id"]) if results else None
+        if not results:
+            return None
+        return str(results[0]["id"]), dict(results[0].get("properties") or {})
 
-    async def upsert_company(self, domain: str, properties: Mapping[str, str]) -> str:
-        found = await self._search_company(domain)
+    async def upsert_company(self, domain: str, properties: Mapping[str, str], check: tuple[str, ...] = ()
+                             ) -> tuple[str, bool]:
+        found = await self._search_company(domain, check)
         if found is None:
             response = await self._call("POST", "/crm/v3/objects/companies", {"properties": dict(properties)},
                                         ok=(200, 201, 409))
             if response.status_code != 409:
-                return str(response.json()["id"])
-            found = await self._search_company(domain)  # created meanwhile (a unique domain property)
+                return str(response.json()["id"]), True
+            found = await self._search_company(domain, check)  # created meanwhile (a unique domain property)
             if found is None:
                 raise CRMError(f"HubSpot: company {domain} conflicts (409) but cannot be found", 409)
-        await self._call("PATCH", f"/crm/v3/objects/companies/{found}", {"properties": dict(properties)})
-        return found
+        company_id, current = found
+        if already_written(current, properties, check):
+            return company_id, False
+        await self._call("PATCH", f"/crm/v3/objects/companies/{company_id}", {"properties": dict(properties)})
+        return company_id, True
 
-    async def upsert_contact(self, email: str, properties: Mapping[str, str]) -> str:
+    async def read_contact(self, email: str, properties: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
+        """``GET /crm/v3/objects/contacts/{email}?idProperty=email``: (id, properties) or None (404)."""
+        from urllib.parse import quote, urlencode
+        query = urlencode({"idProperty": "email", "properties": ",".join(properties), "archived": "false"})
+        response = await self._call("GET", f"/crm/v3/objects/contacts/{quote(email, safe='@')}?{query}",
+                                    ok=(200, 404))
+        if response.status_code == 404:
+            return None
+        body = response.json()
+        return str(body["id"]), dict(body.get("properties") or {})
+
+    async def upsert_contact(self, email: str, properties: Mapping[str, str], check: tuple[str, ...] = ()
+                             ) -> tuple[str, bool]:
+        if check:
+            found = await self.read_contact(email, check)
+            if found is not None and already_written(found[1], properties, check):
+                return found[0], False
         body = {"inputs": [{"idProperty": "email", "id": email, "properties": dict(properties)}]}
         results = (await self._call("POST", "/crm/v3/objects/contacts/batch/upsert", body)).json().get("results")
         if not results:
             raise CRMError(f"HubSpot: batch upsert of {email} returned no result", None, False)
-        return str(results[0]["id"])
+        return str(results[0]["id"]), True
 
     async def associate(self, contact_id: str, company_id: str) -> None:
         await self._call("PUT", f"/crm/v4/objects/contacts/{contact_id}/associations/default/companies/{company_id}")
@@ -205,25 +250,37 @@ class CrmSink:
                    config.property_prefix, profiles, links)
 
     async def deliver(self, lead: Mapping[str, Any]) -> Outcome:
+        return await self._deliver(lead, False)
+
+    async def deliver_in_doubt(self, lead: Mapping[str, Any], since_ms: int) -> Outcome:
+        """An earlier attempt may have written: read the company and the contact back and write
+        only what does not hold this lead (id and version) yet."""
+        return await self._deliver(lead, True)
+
+    async def _deliver(self, lead: Mapping[str, Any], in_doubt: bool) -> Outcome:
         try:
-            return await self._write(lead)
+            return await self._write(lead, in_doubt)
         except CRMError as exc:
             return Failed(str(exc), exc.retryable, exc.status, exc.retry_after)
 
-    async def _write(self, lead: Mapping[str, Any]) -> Outcome:
+    async def _write(self, lead: Mapping[str, Any], in_doubt: bool = False) -> Outcome:
         site_id, account, tstamp = str(lead["site_id"]), str(lead["account"]), int(lead.get("tstamp") or 0)
         if self.links is not None:  # a retried older lead must not overwrite a newer one's scores
             newest = int((await self.links.crm_links(site_id, account)).get("lead_tstamp") or 0)
             if tstamp < newest:
                 return Delivered(f"superseded: the CRM already has a lead of {account} from {newest}")
         profile = await person_profile(lead, self.profiles)
+        check = tuple(self.prefix + k for k in VERSION_PROPERTIES) if in_doubt else ()
         company_id = contact_id = None
+        wrote = False
         if lead.get("company"):
-            company_id = await self.crm.upsert_company(str(lead["company"]["domain"]),
-                                                       company_properties(lead, self.prefix))
+            company_id, w = await self.crm.upsert_company(str(lead["company"]["domain"]),
+                                                          company_properties(lead, self.prefix), check)
+            wrote = wrote or w
         if profile.get("email"):
-            contact_id = await self.crm.upsert_contact(profile["email"],
-                                                       contact_properties(lead, profile, self.prefix))
+            contact_id, w = await self.crm.upsert_contact(profile["email"],
+                                                          contact_properties(lead, profile, self.prefix), check)
+            wrote = wrote or w
         if company_id and contact_id:
             await self.crm.associate(contact_id, company_id)
         if company_id is None and contact_id is None:
@@ -233,7 +290,8 @@ class CrmSink:
                  if url}
         if self.links is not None:
             await self.links.set_crm_links(site_id, account, {**links, "lead_tstamp": str(tstamp)})
-        return Delivered(f"company {company_id}, contact {contact_id}")
+        return Delivered(f"company {company_id}, contact {contact_id}" + ("" if wrote else " (already written)"),
+                         already=in_doubt and not wrote)
 
     async def aclose(self) -> None:
         await self.crm.aclose()

@@ -51,7 +51,7 @@ class JsonlSink:
                 if self._written is None:
                     self._written = await asyncio.to_thread(self._load)
                 if lead_id in self._written:
-                    return Delivered(f"already in {self.path}")
+                    return Delivered(f"already in {self.path}", already=True)
                 await asyncio.to_thread(self._append, lead_json(lead))
             except OSError as exc:
                 return Failed(f"{type(exc).__name__}: {exc}")

@@ -32,7 +32,7 @@ from ..core.identity import hash_email, normalize_email
 from ..metrics import NURTURE_INBOUND, NURTURE_SCHEDULED, NURTURE_SENT, NURTURE_STOPPED, SINK_SKIPPED
 from ..settings import (HubSpotSinkSettings, NurtureSinkSettings, Settings, SiteSettings, SlackSinkSettings,
                         SmtpSettings)
-from .base import Delivered, Failed, Http, NoProfiles, Outcome, ProfilePort, TransportError, person_profile
+from .base import Delivered, Failed, NoProfiles, Outcome, ProfilePort, person_profile
 from .email import (Addresses, HandOff, as_bytes, build_message, dkim_sign, hand_off, new_message_id,
                     nurture_refusal, read_address, recipients, render_step, reply_text, sequence_id,
                     template_context)
@@ -142,7 +142,7 @@ class NurtureSink:
         seq_id = sequence_id(self.site.site_id, self.config.name, person_id)
         result = await self.store.start(seq_id, self.site.site_id, self.key, person_id, address, email_hash, lead,
                                         profile, now_ms() + int(self.config.steps[0].delay * 1000))
-        return Delivered(f"sequence {seq_id}: {result}")
+        return Delivered(f"sequence {seq_id}: {result}", already=result == "exists")
 
     # -- sending due steps -------------------------------------------------------------------------
     async def run_background(self) -> None:
@@ -315,7 +315,7 @@ class ReplyDesk:
         secret = settings.sinks.email.token_secret
         self.secret = secret.get_secret_value() if secret else ""
         self.profiles = profiles or NoProfiles()
-        self._http: dict[str, Http] = {}
+        self._slack_clients: dict[str, Any] = {}
 
     def ours(self, address: str) -> bool:
         return read_address(self.secret, address) is not None
@@ -359,22 +359,19 @@ class ReplyDesk:
         return targets
 
     async def _slack(self, cfg: SlackSinkSettings, handoff: HandOff) -> None:
-        http = self._http.get(cfg.name)
-        if http is None:
-            http = self._http[cfg.name] = Http(cfg.timeout_s)
-        try:
-            response = await http.request("POST", cfg.webhook_url.get_secret_value(),
-                                          json_body=handoff_blocks(handoff))
-        except TransportError as exc:
-            raise RuntimeError(f"hand-off to Slack failed: {exc}") from exc
-        if not 200 <= response.status_code < 300:
-            raise RuntimeError(f"hand-off to Slack failed: HTTP {response.status_code}: {response.text[:200]}")
+        from .slack import SlackClient
+        client = self._slack_clients.get(cfg.name)
+        if client is None:
+            client = self._slack_clients[cfg.name] = SlackClient(cfg)
+        outcome = await client.post(handoff_blocks(handoff))
+        if isinstance(outcome, Failed):
+            raise RuntimeError(f"hand-off to Slack failed: {outcome.error}")
 
     async def _crm_note(self, cfg: HubSpotSinkSettings, seq: Sequence, handoff: HandOff) -> None:
         from .hubspot import CRMError, HubSpot
         crm = HubSpot(cfg.token.get_secret_value(), cfg.base_url, cfg.portal_id, cfg.timeout_s)
         try:
-            contact_id = await crm.upsert_contact(seq.email, {"email": seq.email})
+            contact_id, _ = await crm.upsert_contact(seq.email, {"email": seq.email})
             await crm.add_note(contact_id, note_body(handoff), now_ms())
         except CRMError as exc:
             raise RuntimeError(f"hand-off to HubSpot failed: {exc}") from exc
@@ -382,8 +379,8 @@ class ReplyDesk:
             await crm.aclose()
 
     async def aclose(self) -> None:
-        for http in self._http.values():
-            await http.aclose()
+        for client in self._slack_clients.values():
+            await client.aclose()
 
 
 def _is_bounce(message: Message) -> bool:

@@ -13,9 +13,22 @@ Crash safety (why a lead is delivered once per sink, and never lost):
    records and skips every (lead, sink) already done.
 3. Scheduled attempts live in Redis and are claimed with a lease; a process killed
    while holding one leaves it to be claimed again when the lease ends.
-4. The one window left: a receiver answered but the process died before writing
-   ``done``. The lead is then sent again with the same ``webhook-id``/lead id, which
-   receivers use as the idempotency key (the HubSpot writes are upserts).
+4. In flight: before each send the process writes ``inflight:<sink>:<lead>`` (Redis
+   acknowledges it first); ``done`` deletes it. A receiver may have applied a lead whose
+   ``done`` was never written (kill -9 between its answer and our write, a timeout, a lost
+   answer). The next attempt then finds the marker: the delivery is *in doubt*, and the
+   sink resolves it instead of blindly sending again (:class:`.base.ResolvesInDoubt`):
+
+   - webhook: sent again with the same ``webhook-id``, the Standard Webhooks idempotency
+     key receivers de-duplicate on (one more request on the wire, no second effect);
+   - HubSpot: reads the company (search by domain) and the contact (by email) and skips
+     each write whose record already holds this lead id and version;
+   - Slack Web API mode: reads ``conversations.history`` (with message metadata) for a
+     message carrying this lead id before posting; the incoming-webhook mode has neither an
+     idempotency key nor a read API, so it stays at-least-once: at most one duplicate
+     message per crash per sink (its concurrency is 1);
+   - JSONL: the file is its own record; email: starting a sequence is idempotent, and a step
+     carries a stable Message-ID (see :mod:`.sequences` for the step window).
 """
 
 from __future__ import annotations
@@ -30,8 +43,8 @@ from typing import Any, Callable, Mapping, Protocol
 
 from ..redis_client import async_client, sync_client
 from ..codec import Codec, CodecError, make_codec
-from ..metrics import (SINK_DEAD_LETTERED, SINK_DELIVERED, SINK_DELIVERY_SECONDS, SINK_FAILED, SINK_QUEUE_DEPTH,
-                       SINK_RETRIED, SINK_SCHEDULED, SINK_SKIPPED, SINK_UNDECODABLE)
+from ..metrics import (SINK_DEAD_LETTERED, SINK_DELIVERED, SINK_DELIVERY_SECONDS, SINK_FAILED, SINK_IN_DOUBT,
+                       SINK_QUEUE_DEPTH, SINK_RETRIED, SINK_SCHEDULED, SINK_SKIPPED, SINK_UNDECODABLE)
 from ..settings import (HubSpotSinkSettings, JsonlSinkSettings, NurtureSinkSettings, Settings, SinkSettings,
                         SlackSinkSettings, WebhookSinkSettings)
 from .base import Delivered, Failed, LinksPort, Outcome, ProfilePort, Sink, lead_json
@@ -89,6 +102,7 @@ class SinkRuntime:
         self.delivered, self.retried = SINK_DELIVERED.labels(*labels), SINK_RETRIED.labels(*labels)
         self.failed, self.dead = SINK_FAILED.labels(*labels), SINK_DEAD_LETTERED.labels(*labels)
         self.latency = SINK_DELIVERY_SECONDS.labels(*labels)
+        self.in_doubt = {r: SINK_IN_DOUBT.labels(*labels, r) for r in ("already_applied", "sent")}
         self.depth, self.scheduled = SINK_QUEUE_DEPTH.labels(self.key), SINK_SCHEDULED.labels(self.key)
 
 
@@ -197,7 +211,10 @@ class Deliveries:
             await self.state.schedule(job, now_ms() + self.lease_ms, release_lock=False)  # another is sending it
             return
         at = now_ms()
-        outcome = await self._attempt(rt, job)
+        since = await self.state.begin(rt.key, job.lead_id, at)
+        outcome = await self._attempt(rt, job, since)
+        if since is not None:
+            rt.in_doubt["already_applied" if isinstance(outcome, Delivered) and outcome.already else "sent"].inc()
         while True:  # the attempt is made: only its recording is retried, never the delivery
             try:
                 await self._record(rt, job, outcome, at)
@@ -232,9 +249,13 @@ class Deliveries:
         log.warning("sink %s: lead %s dead-lettered after %d attempt(s): %s", rt.key, job.lead_id, job.attempts,
                     outcome.error)
 
-    async def _attempt(self, rt: SinkRuntime, job: Job) -> Outcome:
+    async def _attempt(self, rt: SinkRuntime, job: Job, in_doubt_since: int | None = None) -> Outcome:
+        """One attempt; ``in_doubt_since`` (an earlier send's start) makes the sink resolve the doubt first."""
         limit = rt.config.timeout_s * 3 + 5  # a sink makes a few requests, each with the timeout
+        resolve = getattr(rt.sink, "deliver_in_doubt", None) if in_doubt_since is not None else None
         try:
+            if resolve is not None:
+                return await asyncio.wait_for(resolve(job.lead, in_doubt_since), limit + rt.config.timeout_s * 2)
             return await asyncio.wait_for(rt.sink.deliver(job.lead), limit)
         except asyncio.TimeoutError:
             return Failed(f"timeout after {limit:g} s")

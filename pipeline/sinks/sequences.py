@@ -254,7 +254,9 @@ class SequenceStore:
                              reason: str = "stopped", forget: bool = False) -> int:
         """Stop every sequence of a person (by person id and/or salted email hash) on one site;
         returns how many were active. ``forget=True`` (erasure) also deletes their records
-        (the plain email with them); a suppression entry stays (it is a hash)."""
+        (the plain email with them) and puts the salted email hashes (``email_hash`` and each
+        sequence's) on the site's suppression list, so a person the owner's data brings back
+        after the erasure gets no new sequence; the list keeps only hashes."""
         keys = ([self._person(site_id, person_id)] if person_id else []) + \
                ([self._email(site_id, email_hash)] if email_hash else [])
         if not keys:
@@ -266,9 +268,12 @@ class SequenceStore:
         for seq_id in sorted(ids):
             stopped += await self.stop(seq_id, reason)
         if forget:
+            if email_hash:
+                await self.suppress(site_id, email_hash)
             for seq_id in ids:
                 seq = await self.get(seq_id)
                 if seq is not None:
+                    await self.suppress(site_id, seq.email_hash)
                     await self.client.delete(self._seq(seq_id), self._person(site_id, seq.person_id),
                                              self._email(site_id, seq.email_hash))
             await self.client.delete(*keys)

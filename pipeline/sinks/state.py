@@ -6,6 +6,11 @@ Keys, under ``sinks.namespace`` (default ``ls:sinks``), ``<sink>`` being ``<site
   with this key is never delivered to that sink again (restart, rebalance, replay).
 - ``lock:<sink>:<lead id>``: the process delivering it now (expires after ``lease_s``),
   so two processes never send the same lead at once during a rebalance.
+- ``inflight:<sink>:<lead id>``: epoch ms the first send of this (lead, sink) started. Written
+  (and acknowledged by Redis) before each send, deleted with ``done``. Found before a send,
+  it says an earlier attempt may have reached the receiver: the delivery is *in doubt* and the
+  sink resolves it (see :meth:`DeliveryState.begin` and ``runner``'s module doc). Deleted
+  with ``done`` = delivered; a dead letter keeps it (a re-drive is in doubt too).
 - ``due:<sink>``: sorted set of lead ids by the epoch ms of their next attempt.
 - ``job:<sink>:<lead id>``: hash with the lead (JSON), attempts made, first attempt and
   when the lead was first seen. Written with its ``due`` entry in one transaction.
@@ -26,6 +31,14 @@ from ..enrich.identity_store import PROFILE_PREFIX, IdentityKeys, _decode_hash
 
 DELIVERED = "delivered"
 DEAD = "dead"
+
+# KEYS: inflight. ARGV: now ms, ttl s. Returns the earlier start (in doubt) or nil (first send).
+_BEGIN = """
+local started = redis.call('GET', KEYS[1])
+if started then return started end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return false
+"""
 
 _CLAIM = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
@@ -64,6 +77,7 @@ class DeliveryState:
         self.ns = namespace
         self.ttl_s = ttl_s
         self._claim = client.register_script(_CLAIM)
+        self._begin = client.register_script(_BEGIN)
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "ls:sinks", ttl_s: int = 400 * 86400) -> "DeliveryState":
@@ -84,6 +98,19 @@ class DeliveryState:
     def _job(self, sink: str, lead_id: str) -> str:
         return f"{self.ns}:job:{sink}:{lead_id}"
 
+    def _inflight(self, sink: str, lead_id: str) -> str:
+        return f"{self.ns}:inflight:{sink}:{lead_id}"
+
+    async def begin(self, sink: str, lead_id: str, at: int) -> int | None:
+        """Record that a send of (lead, sink) starts now, before it starts. Returns None for the
+        first send, else the epoch ms an earlier send started: that one may have reached the
+        receiver without being recorded (a crash, a timeout, a lost answer), so this delivery is
+        *in doubt*. The marker stays until :meth:`mark` settles the delivery."""
+        started = await self._begin(keys=[self._inflight(sink, lead_id)], args=[at, self.ttl_s])
+        if not started:
+            return None
+        return int(started.decode() if isinstance(started, bytes) else started)
+
     async def status(self, sink: str, lead_id: str) -> str | None:
         """``delivered``, ``dead`` or None (not settled for good yet)."""
         value = await self.client.get(self._done(sink, lead_id))
@@ -103,6 +130,8 @@ class DeliveryState:
         pipe.set(self._done(sink, lead_id), value, ex=self.ttl_s)
         pipe.zrem(self._due(sink), lead_id)
         pipe.delete(self._job(sink, lead_id), self._lock(sink, lead_id))
+        if value == DELIVERED:  # a dead letter keeps it: a re-drive of a lead that timed out is in doubt
+            pipe.delete(self._inflight(sink, lead_id))
         await pipe.execute()
 
     async def schedule(self, job: Job, due_ms: int, release_lock: bool = True) -> None:

@@ -293,3 +293,57 @@ async def test_the_erasure_hook_stops_by_person_id_email_hash_or_the_email_itsel
     assert [await hook.forget(s) for s in subjects] == [0, 0, 0]             # idempotent
     assert await sink.send_due() == 0 and await sink.store.scheduled(sink.key) == 0
     assert [k async for k in sink.store.client.scan_iter(f"{rig.ns}:nurture:seq:*")] == []
+
+
+async def test_an_erased_person_found_again_gets_no_new_sequence(rig: Rig, mail: MailReceiver) -> None:
+    """Erasure deletes the sequences and puts the salted email hashes on the site's suppression list:
+    when the owner's next import brings the person back (any person id), no sequence starts again."""
+    sink = rig.sink()
+    address = await rig.profile("p-12")
+    await sink.deliver(person_lead("p-12"))
+    assert await sink.store.stop_sequences("acme", person_id="p-12", reason="erased", forget=True) == 1
+    h = email_hash_for(rig.settings, rig.settings.sites[0], address)
+    assert await sink.store.is_suppressed("acme", h)
+    # erased by the email hash alone, before any sequence: suppressed as well
+    other = await rig.profile("p-13")
+    h13 = email_hash_for(rig.settings, rig.settings.sites[0], other)
+    assert await sink.store.stop_sequences("acme", email_hash=h13, reason="erased", forget=True) == 0
+    assert await sink.store.is_suppressed("acme", h13)
+    # re-imported under new person ids with the same addresses
+    for pid, addr in (("p-12b", address), ("p-13b", other)):
+        await rig.client.hset(IdentityKeys("acme").person(pid), mapping={
+            "created": 1, "f:email": addr, "f:name": "Dana Again", "f:email_consent": "granted"})
+        outcome = await sink.deliver(person_lead(pid))
+        assert "suppressed" in outcome.detail, outcome  # type: ignore[union-attr]
+    assert await sink.send_due() == 0 and mail.to(address) == [] and mail.to(other) == []
+
+
+async def test_a_step_sent_again_after_a_crash_keeps_its_message_id(rig: Rig, mail: MailReceiver) -> None:
+    """SMTP has no idempotency key and no read-back: a crash between the server's 250 and the
+    record of the step sends it again once the claim's lease ends. Measured here: two messages
+    on the wire, one Message-ID (receivers that de-duplicate by Message-ID show one)."""
+    from pipeline.sinks.nurture import SmtpMailer
+
+    class KilledAfterAccept(SmtpMailer):
+        async def send(self, sender: str, recipient: str, message: bytes, accepted: Any = None) -> None:
+            async def die() -> None:   # kill -9 right after the server took the message
+                raise asyncio.CancelledError
+            await super().send(sender, recipient, message, die)
+
+    address = await rig.profile("p-11")
+    crashing = rig.sink()
+    await crashing.deliver(person_lead("p-11"))
+    crashing.mailer = KilledAfterAccept(crashing.config.smtp)
+    [seq_id] = await crashing.store.claim_due(crashing.key, 10, int(rig.settings.sinks.lease_s * 1000))
+    with pytest.raises(asyncio.CancelledError):
+        await crashing.send_step(seq_id)
+    restarted = rig.sink()
+    assert await restarted.send_due() == 0          # the dead process's claim holds until its lease ends
+    await asyncio.sleep(rig.settings.sinks.lease_s + 0.2)
+    assert await restarted.send_due() == 1
+    msgs = [email.message_from_bytes(raw) for raw in mail.to(address)]
+    ids = {m["Message-ID"] for m in msgs}
+    print("NURTURE-IN-DOUBT", json.dumps({"messages_on_the_wire": len(msgs), "distinct_message_ids": len(ids)}))
+    assert len(msgs) == 2 and len(ids) == 1
+    seq = await restarted.store.get(seq_id)
+    assert seq is not None and len(seq.sent) == 1    # recorded once: step 2 follows as usual

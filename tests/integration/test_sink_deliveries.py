@@ -230,3 +230,59 @@ async def test_a_redis_failure_after_delivery_retries_the_recording_not_the_deli
         await asyncio.sleep(0.05)
     worker.cancel()
     assert sink.got == [item["lead_id"]] and await state.status(rt.key, item["lead_id"]) == DELIVERED
+
+
+class DoubtingSink(FakeSink):
+    """A sink that resolves doubt: records each call and what it was told."""
+
+    def __init__(self, applied: set[str]) -> None:
+        super().__init__()
+        self.applied = applied                      # lead ids the "receiver" already holds
+        self.in_doubt: list[tuple[str, int]] = []
+
+    async def deliver_in_doubt(self, lead: Mapping[str, Any], since_ms: int) -> Outcome:
+        self.in_doubt.append((str(lead["lead_id"]), since_ms))
+        if str(lead["lead_id"]) in self.applied:
+            return Delivered("found at the receiver", already=True)
+        return await self.deliver(lead)
+
+
+async def test_an_in_flight_delivery_left_by_a_crash_is_resolved_not_resent(state: DeliveryState) -> None:
+    """kill -9 after the receiver applied a lead, before ``done``: the in-flight marker makes the next
+    attempt ask the sink to resolve the doubt (read back) instead of sending the lead again."""
+    applied, fresh = lead(), lead()
+    sink = DoubtingSink({applied["lead_id"]})
+    rt = runtime("crm", sink)
+    # the killed process: marker written, request sent and applied at the receiver, never recorded
+    assert await state.begin(rt.key, applied["lead_id"], 1_000) is None
+    assert await state.begin(rt.key, applied["lead_id"], 2_000) == 1_000     # a later start sees the first
+    d2, _ = deliveries(state, rt, owner="restarted")
+    for item in (applied, fresh):
+        await d2.dispatch(item, 0, lambda: None)
+    await drain(d2, rt)
+    assert sink.in_doubt == [(applied["lead_id"], 1_000)]        # resolved from the first attempt's start
+    assert sink.got == [fresh["lead_id"]]                        # only the lead never sent goes out
+    assert await state.status(rt.key, applied["lead_id"]) == DELIVERED
+    assert await state.client.exists(f"{state.ns}:inflight:{rt.key}:{applied['lead_id']}") == 0
+    # settled: a replay skips both without asking the sink anything
+    for item in (applied, fresh):
+        await d2.dispatch(item, 0, lambda: None)
+    await drain(d2, rt)
+    assert sink.got == [fresh["lead_id"]] and len(sink.in_doubt) == 1
+
+
+async def test_a_failed_attempt_leaves_the_next_one_in_doubt(state: DeliveryState) -> None:
+    """A timeout may have reached the receiver: the retry resolves first (the marker stays until done)."""
+    item = lead()
+    sink = DoubtingSink(set())
+    sink.outcomes = [Failed("timeout after 3 s")]
+    rt = runtime("crm", sink)
+    d, _ = deliveries(state, rt)
+    await d.dispatch(item, 0, lambda: None)
+    await drain(d, rt)
+    assert sink.got == [item["lead_id"]] and sink.in_doubt == []
+    await asyncio.sleep(0.05)
+    await d.poll_scheduled(rt)
+    await drain(d, rt)
+    assert [i for i, _ in sink.in_doubt] == [item["lead_id"]] and sink.got == [item["lead_id"]] * 2
+    assert await state.status(rt.key, item["lead_id"]) == DELIVERED

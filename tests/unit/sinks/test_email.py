@@ -117,6 +117,15 @@ def test_a_step_renders_the_lead_and_carries_the_unsubscribe_headers_and_link() 
     assert msg["Message-ID"].endswith("@acme.example>")
 
 
+def test_a_steps_message_id_is_the_same_on_every_attempt_and_differs_per_step() -> None:
+    """A step sent again after a crash is the same message to receivers that de-duplicate by Message-ID."""
+    seq = sequence_id("acme", "nurture", "p-1")
+    first, again = _message(sink(), 0)[0], _message(sink(), 0)[0]
+    ids = [email.message_from_bytes(raw)["Message-ID"] for raw in (first, again, _message(sink(), 1)[0])]
+    assert ids[0] == ids[1] == new_message_id(seq, 0, "acme.example") and ids[2] != ids[0]
+    assert ids[0].startswith("<") and ids[0].endswith("@acme.example>") and " " not in ids[0]
+
+
 def test_dkim_signature_verifies_and_covers_the_unsubscribe_headers() -> None:
     raw, _ = _message(sink())
     assert dkim.verify(raw, dnsfunc=_dns)

@@ -86,13 +86,13 @@ async def test_409_on_create_finds_the_company_and_updates_it(hubspot: Receivers
     original = crm._search_company
     calls: list[str] = []
 
-    async def first_miss(domain: str) -> str | None:
+    async def first_miss(domain: str, properties: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]] | None:
         calls.append(domain)
-        return None if len(calls) == 1 else await original(domain)
+        return None if len(calls) == 1 else await original(domain, properties)
 
     crm._search_company = first_miss  # type: ignore[method-assign]
     assert await crm.upsert_company(LEAD["company"]["domain"], {"domain": LEAD["company"]["domain"],
-                                                               "name": "X"}) == "2001"
+                                                               "name": "X"}) == ("2001", True)
     assert _paths(hubspot)[-2:] == ["POST /crm/v3/objects/companies/search", "PATCH /crm/v3/objects/companies/2001"]
     assert hubspot.companies["2001"]["name"] == "X"
     await crm.aclose()
@@ -147,7 +147,8 @@ async def test_an_older_lead_retried_late_does_not_overwrite_a_newer_one(hubspot
 
 async def test_a_note_on_the_contact_in_hubspots_shape(hubspot: Receivers) -> None:
     crm = HubSpot(HUBSPOT_TOKEN, hubspot.url)
-    contact = await crm.upsert_contact("dana@brightpath-analytics.example", {"email": "dana@brightpath-analytics.example"})
+    contact, _ = await crm.upsert_contact("dana@brightpath-analytics.example",
+                                          {"email": "dana@brightpath-analytics.example"})
     note = await crm.add_note(contact, "<p>Positive reply</p>", 1795558574099)
     await crm.aclose()
     [(method, path, body)] = [r for r in hubspot.hubspot_requests if r[1] == "/crm/v3/objects/notes"]
@@ -155,3 +156,49 @@ async def test_a_note_on_the_contact_in_hubspots_shape(hubspot: Receivers) -> No
     assert body["associations"] == [{"to": {"id": contact}, "types": [
         {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 202}]}]
     assert hubspot.notes == [{"id": note, "contact": contact, **body["properties"]}] and not hubspot.hubspot_errors
+
+
+# -- a delivery in doubt (an earlier attempt's answer was never recorded) --------------------------
+WRITES = ("POST /crm/v3/objects/companies", "POST /crm/v3/objects/contacts/batch/upsert")
+
+
+def _writes(r: Receivers) -> list[str]:
+    return [p for p in _paths(r) if p in WRITES or p.startswith("PATCH ")]
+
+
+async def test_an_in_doubt_delivery_already_applied_writes_nothing_again(hubspot: Receivers) -> None:
+    sink = _sink(hubspot)
+    assert isinstance(await sink.deliver(PERSON_LEAD), Delivered)   # applied; "the process died" before recording
+    before = len(_writes(hubspot))
+    outcome = await sink.deliver_in_doubt(PERSON_LEAD, 0)
+    assert isinstance(outcome, Delivered) and outcome.already, outcome
+    assert len(_writes(hubspot)) == before                          # no company or contact write re-applied
+    assert hubspot.hubspot_leads == [(PERSON_LEAD["lead_id"], hubspot.hubspot_leads[0][1])]
+    assert hubspot.hubspot_contact_leads == [PERSON_LEAD["lead_id"]]
+    # the reads were HubSpot's: search with the version properties, the contact by email
+    search = next(b for m, p, b in hubspot.hubspot_requests if p.endswith("/search") and b["properties"] != ["domain"])
+    assert search["properties"] == ["domain", "leadstream_lead_id", "leadstream_lead_version"]
+    assert "GET /crm/v3/objects/contacts/dana@brightpath-analytics.example" in _paths(hubspot)
+    assert not hubspot.hubspot_errors
+    await sink.aclose()
+
+
+async def test_an_in_doubt_delivery_writes_what_is_missing(hubspot: Receivers) -> None:
+    """The company write landed, the contact's did not (the process died in between)."""
+    sink = _sink(hubspot)
+    company_id, wrote = await sink.crm.upsert_company(LEAD["company"]["domain"],
+                                                      {"domain": LEAD["company"]["domain"],
+                                                       "leadstream_lead_id": PERSON_LEAD["lead_id"],
+                                                       "leadstream_lead_version": "1"})
+    assert wrote
+    outcome = await sink.deliver_in_doubt(PERSON_LEAD, 0)
+    assert isinstance(outcome, Delivered) and not outcome.already
+    assert [i for i, _ in hubspot.hubspot_leads] == [PERSON_LEAD["lead_id"]]       # the company: not again
+    assert hubspot.hubspot_contact_leads == [PERSON_LEAD["lead_id"]]               # the contact: written
+    assert hubspot.associations == {("5001", company_id)} and not hubspot.hubspot_errors
+    # a newer version of the same lead (a tier rise) is not "already written"
+    newer = {**PERSON_LEAD, "version": 2, "tier": "A1"}
+    assert not (await sink.deliver_in_doubt(newer, 0)).already  # type: ignore[union-attr]
+    assert hubspot.companies[company_id]["leadstream_tier"] == "A1"
+    assert hubspot.companies[company_id]["leadstream_lead_version"] == "2"
+    await sink.aclose()

@@ -26,13 +26,15 @@ def test_every_sink_type_loads_and_secrets_are_masked(tmp_path: Path) -> None:
          "filter": {"min_tier": "b2", "countries": ["us", " de "], "min_identity_confidence": 0.8}},
         {"type": "hubspot", "name": "crm", "token": "pat-na1-secret"},
         {"type": "jsonl", "name": "file", "path": str(tmp_path / "leads.jsonl")},
+        {"type": "slack", "name": "api", "bot_token": "xoxb-secret-bot-token", "channel": "C0123456789"},
     ])
     sinks = settings.sites[0].sinks  # type: ignore[attr-defined]
-    assert [s.type for s in sinks] == ["webhook", "slack", "hubspot", "jsonl"]
+    assert [s.type for s in sinks] == ["webhook", "slack", "hubspot", "jsonl", "slack"]
+    assert sinks[4].api_url == "https://slack.com/api" and sinks[4].webhook_url is None
     assert sinks[1].filter.min_tier == "B2" and sinks[1].filter.countries == ["US", "DE"]
     assert sinks[1].concurrency == 1 and sinks[3].concurrency == 1
     dumped = json.dumps(settings.model_dump(mode="json"))  # type: ignore[attr-defined]
-    for secret in (SECRET, "hooks.slack.com/services/T/B/secret", "pat-na1-secret"):
+    for secret in (SECRET, "hooks.slack.com/services/T/B/secret", "pat-na1-secret", "xoxb-secret-bot-token"):
         assert secret not in dumped
 
 
@@ -43,6 +45,8 @@ def test_every_sink_type_loads_and_secrets_are_masked(tmp_path: Path) -> None:
     ({"type": "webhook", "name": "h", "url": "https://x.example", "secrets": [SECRET] * 3}, "secrets"),
     ({"type": "slack", "name": "s", "webhook_url": "https://x", "filter": {"min_tier": "D1"}}, "min_tier"),
     ({"type": "slack", "name": "s", "webhook_url": "https://x", "retry": {"attempts": 0}}, "attempts"),
+    ({"type": "slack", "name": "s"}, "webhook_url"),
+    ({"type": "slack", "name": "s", "bot_token": "xoxb-1"}, "channel"),
     ({"type": "pager", "name": "p"}, "sinks"),
     ({"type": "jsonl", "name": "bad name", "path": "x"}, "name"),
 ])

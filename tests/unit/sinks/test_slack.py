@@ -1,17 +1,19 @@
-"""Block Kit rendering of a lead, and Slack's 429 + Retry-After."""
+"""Block Kit rendering of a lead, Slack's 429 + Retry-After, and the Web API mode (metadata, a delivery in doubt)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.codec import schemas_dir
 from pipeline.settings import SlackSinkSettings
 from pipeline.sinks.base import Delivered, Failed, MemoryLinks
 from pipeline.sinks.slack import SlackSink, render_blocks, top_reasons
-from tests.sink_receivers import Receivers
+from tests.sink_receivers import SLACK_BOT_TOKEN, SLACK_CHANNEL, Receivers
 
 LEAD = json.loads((schemas_dir() / "examples" / "QualifiedLead" / "v1-brightpath-buyer.json").read_text())
 PERSON = {"person_id": "p-1", "confidence": 0.85, "seniority": "director", "department": "finance", "evidence": []}
@@ -82,3 +84,76 @@ async def test_429_is_retried_after_what_slack_says_then_delivered(slack: Receiv
     assert [i for i, _ in slack.slack] == [LEAD["lead_id"]]
     assert "https://crm.example/1" in json.dumps(slack.slack_payloads[0])
     await sink.aclose()
+
+
+# -- Web API mode: chat.postMessage with metadata, conversations.history for a delivery in doubt ---
+def _api_sink(r: Receivers, channel: str = SLACK_CHANNEL, token: str = SLACK_BOT_TOKEN) -> SlackSink:
+    return SlackSink(SlackSinkSettings(name="s", bot_token=token, channel=channel,  # type: ignore[arg-type]
+                                       api_url=f"{r.url}/slack-api"))
+
+
+def test_a_slack_sink_takes_exactly_one_mode() -> None:
+    with pytest.raises(ValidationError, match="either webhook_url"):
+        SlackSinkSettings(name="s")
+    with pytest.raises(ValidationError, match="either webhook_url"):
+        SlackSinkSettings(name="s", webhook_url="https://x", bot_token="xoxb-1", channel="C1")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="channel is required"):
+        SlackSinkSettings(name="s", bot_token="xoxb-1")  # type: ignore[arg-type]
+
+
+async def test_web_api_posts_the_blocks_with_the_lead_in_message_metadata(slack: Receivers) -> None:
+    sink = _api_sink(slack)
+    outcome = await sink.deliver({**LEAD, "version": 2})
+    assert isinstance(outcome, Delivered) and outcome.detail.startswith("ts ")
+    [(method, args)] = slack.slack_api_calls
+    assert method == "chat.postMessage" and args["channel"] == SLACK_CHANNEL
+    assert args["metadata"] == {"event_type": "leadstream_lead",
+                                "event_payload": {"lead_id": LEAD["lead_id"], "version": 2}}
+    assert args["text"] == LEAD["summary"] and args["blocks"] == render_blocks(LEAD)["blocks"]
+    assert not slack.slack_api_errors
+    await sink.aclose()
+
+
+async def test_web_api_in_doubt_reads_the_history_and_does_not_post_twice(slack: Receivers) -> None:
+    sink = _api_sink(slack)
+    since = int(time.time() * 1000)
+    other = {**LEAD, "lead_id": "00000000-0000-5000-8000-000000000001"}
+    assert isinstance(await sink.deliver(LEAD), Delivered)      # posted; "the process died" before recording
+    for _ in range(3):                                           # newer messages: the lead's is on a later page
+        assert isinstance(await sink.deliver(other), Delivered)
+    history = SlackSink(SlackSinkSettings(name="s", bot_token=SLACK_BOT_TOKEN,  # type: ignore[arg-type]
+                                          channel=SLACK_CHANNEL, api_url=f"{slack.url}/slack-api"))
+    import pipeline.sinks.slack as slack_module
+    page, slack_module.HISTORY_PAGE = slack_module.HISTORY_PAGE, 2
+    try:
+        outcome = await history.deliver_in_doubt(LEAD, since)
+    finally:
+        slack_module.HISTORY_PAGE = page
+    assert isinstance(outcome, Delivered) and outcome.already
+    assert [i for i, _ in slack.slack_api] == [LEAD["lead_id"]] + [other["lead_id"]] * 3   # no second post
+    reads = [a for m, a in slack.slack_api_calls if m == "conversations.history"]
+    assert len(reads) == 2 and reads[0]["include_all_metadata"] == "true" and reads[1]["cursor"] == "2"
+    assert float(reads[0]["oldest"]) <= since / 1000
+    # a lead never posted: in doubt, the history has no message for it, so it is posted (once)
+    third = {**LEAD, "lead_id": "00000000-0000-5000-8000-000000000003"}
+    outcome = await history.deliver_in_doubt(third, since)
+    assert isinstance(outcome, Delivered) and not outcome.already
+    assert [i for i, _ in slack.slack_api].count(third["lead_id"]) == 1 and not slack.slack_api_errors
+    await sink.aclose()
+    await history.aclose()
+
+
+async def test_web_api_429_and_errors(slack: Receivers) -> None:
+    sink = _api_sink(slack)
+    slack.slack_api_429 = 1
+    outcome = await sink.deliver(LEAD)
+    assert isinstance(outcome, Failed) and outcome.retryable and outcome.retry_after_s == 1
+    assert isinstance(await sink.deliver(LEAD), Delivered)
+    wrong = _api_sink(slack, channel="C0NOSUCH")
+    outcome = await wrong.deliver(LEAD)
+    assert isinstance(outcome, Failed) and not outcome.retryable and outcome.error == "Slack: channel_not_found"
+    bad_token = _api_sink(slack, token="xoxb-wrong")
+    outcome = await bad_token.deliver_in_doubt(LEAD, 0)   # the history read is refused: no post either
+    assert isinstance(outcome, Failed) and not outcome.retryable and "invalid_auth" in outcome.error
+    for s in (sink, wrong, bad_token):
+        await s.aclose()
