@@ -18,15 +18,17 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
 import yaml
 
-from pipeline.local.kafka import free_port
+from pipeline.local.kafka import KafkaBroker, free_port
+from pipeline.local.redis import RedisServer
+from pipeline.settings import load_settings
 
-from .pipeline_harness import DAY, Pipeline, Visitor, now_ms
+from .pipeline_harness import DAY, Pipeline, Visitor, _CliProcess, _healthy, load_reference_data, now_ms
 from .stagekit import REPO, wait_until
 
 pytestmark = pytest.mark.integration
@@ -139,12 +141,61 @@ class Prometheus:
         self.log.close()
 
 
+class Observed:
+    """The pipeline's collector and worker, with ``leadstream sinks`` (a JSONL sink) and ``leadstream leads
+    serve`` beside them, every process measuring each second (``metrics_interval_s``)."""
+
+    def __init__(self, pipeline: Pipeline, sinks_port: int, leads_port: int) -> None:
+        self.pipeline = pipeline
+        self.sinks_port = sinks_port
+        self.leads_port = leads_port
+
+    @property
+    def targets(self) -> dict[str, str]:
+        """Prometheus job -> the host:port of its process's /metrics."""
+        worker = self.pipeline.processes[0].metrics_url.removeprefix("http://").removesuffix("/metrics")
+        return {"leadstream-collector": f"127.0.0.1:{self.pipeline.port}", "leadstream-worker": worker,
+                "leadstream-sinks": f"127.0.0.1:{self.sinks_port}", "leadstream-leads": f"127.0.0.1:{self.leads_port}"}
+
+
+def observed_pipeline(kafka_broker: KafkaBroker, redis_url: str, tmp: Path, name: str,
+                      **config: Any) -> Pipeline:
+    """A Pipeline (not started) whose config also carries ``config``."""
+    load_reference_data(redis_url)
+    p = Pipeline(kafka_broker, redis_url, tmp, name)
+    p.config.update(config)
+    p.config_path.write_text(yaml.safe_dump(p.config))
+    p.settings = load_settings(p.config_path)
+    p.create_topics()
+    return p
+
+
 @pytest.fixture
-def prometheus(pipeline: Pipeline, tmp_path: Path) -> Iterator[Prometheus]:
-    worker = pipeline.processes[0]
-    worker_target = worker.metrics_url.removeprefix("http://").removesuffix("/metrics")
-    prom = Prometheus(tmp_path, {"leadstream-collector": [f"127.0.0.1:{pipeline.port}"],
-                                 "leadstream-worker": [worker_target]}).start()
+def observed(kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path,
+             unique_name: Callable[[str], str]) -> Iterator[Observed]:
+    name = unique_name("obs")
+    sinks_port, leads_port = free_port(), free_port()
+    p = observed_pipeline(kafka_broker, redis_server.url, tmp_path, name, metrics_interval_s=1.0,
+                          sinks={"group_id": f"{name}-sinks", "port": sinks_port, "namespace": f"{name}:sinks"},
+                          leads={"port": leads_port})
+    p.config["sites"][0]["sinks"] = [{"type": "jsonl", "name": "jsonl", "path": str(tmp_path / "leads.jsonl")}]
+    p.config_path.write_text(yaml.safe_dump(p.config))
+    try:
+        p.start_worker()
+        p.start_collector()
+        for args, port in ((["sinks", "-c", str(p.config_path)], sinks_port),
+                           (["leads", "-c", str(p.config_path), "serve"], leads_port)):
+            proc = _CliProcess(args, tmp_path, f"{name}-{args[0]}").start()
+            p.processes.append(proc)
+            wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/health"), 60, args[0], proc.log_tail)
+        yield Observed(p, sinks_port, leads_port)
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def prometheus(observed: Observed, tmp_path: Path) -> Iterator[Prometheus]:
+    prom = Prometheus(tmp_path, {job: [target] for job, target in observed.targets.items()}).start()
     try:
         yield prom
     finally:
@@ -171,13 +222,18 @@ def _traffic(pipeline: Pipeline, wave: int) -> None:
 
 #: Panels that stay at zero in a healthy run: they must answer, but need not move.
 QUIET = {"Waiting for the broker", "Replayed, gap and stall repairs (15 m)", "Worker restarts (1 h)",
-         "Stage bad rows/s by type"}
+         "Stage bad rows/s by type", "Stage lag by stage (records not applied)", "Consumer lag by consumer and topic",
+         "Consumer lag by partition (top 10)", "Failed probes/s by dependency", "Worker rebalances (1 h)",
+         "Failed attempts and retries/s by sink", "Dead-lettered leads (1 h) by sink",
+         "Queue depth and scheduled by sink", "Skipped leads/s by reason", "Sinks lag on qualified-leads"}
 
 
-def test_every_panel_returns_data_and_every_alert_rule_evaluates(pipeline: Pipeline,
+def test_every_panel_returns_data_and_every_alert_rule_evaluates(observed: Observed,
                                                                  prometheus: Prometheus) -> None:
-    wait_until(lambda: len([t for t in prometheus.api("targets")["activeTargets"] if t["health"] == "up"]) == 2,
-               30, "Prometheus to scrape the collector and the worker", lambda: str(prometheus.api("targets")))
+    pipeline = observed.pipeline
+    wait_until(lambda: len([t for t in prometheus.api("targets")["activeTargets"] if t["health"] == "up"]) == 4,
+               30, "Prometheus to scrape the collector, worker, sinks and leads API",
+               lambda: str(prometheus.api("targets")))
     started = time.time()
     for wave in range(4):  # spread over a few scrapes, so every rate has points of change
         _traffic(pipeline, wave)
@@ -202,6 +258,18 @@ def test_every_panel_returns_data_and_every_alert_rule_evaluates(pipeline: Pipel
     wait_until(all_answer, 90, "every dashboard query to return data",
                lambda: "panels without data:\n" + "\n".join(missing))
 
+    # every consumer reports its lag, every process that uses Redis and the broker probes both, and they answer
+    def instant(expr: str, *labels: str) -> dict[tuple[str, ...], float]:
+        return {tuple(r["metric"][k] for k in labels): float(r["value"][1])
+                for r in prometheus.api("query", query=expr)["result"]}
+
+    assert set(instant("count by (consumer) (leadstream_consumer_lag_records)", "consumer")) == {
+        ("visitor",), ("account",), ("sinks",), ("leads",)}
+    probes = instant("min by (job, dependency) (leadstream_dependency_up)", "job", "dependency")
+    assert set(probes) == {(job, dep) for job in ("leadstream-worker", "leadstream-sinks", "leadstream-leads")
+                           for dep in ("redis", "broker")}, probes
+    assert all(v == 1 for v in probes.values()), probes
+
     shipped = [r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
 
     def evaluated() -> list[dict[str, Any]]:
@@ -219,7 +287,7 @@ def test_every_panel_returns_data_and_every_alert_rule_evaluates(pipeline: Pipel
     assert not active, active
 
     # each /metrics page passes Prometheus's own lint
-    for url in (f"{pipeline.url}/metrics", pipeline.processes[0].metrics_url):
+    for url in [f"http://{target}/metrics" for target in observed.targets.values()]:
         page = httpx.get(url, timeout=5).text
         lint = subprocess.run([_promtool(), "check", "metrics"], input=page, capture_output=True, text=True)
         assert lint.returncode == 0, f"{url}: {lint.stdout}{lint.stderr}"
@@ -233,21 +301,27 @@ def _render(prometheus: Prometheus, queries: list[tuple[str, str]], start: float
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels: dict[str, list[str]] = {}   # title -> its queries (a panel's targets share one plot)
+    for title, expr in queries:
+        panels.setdefault(title, []).append(expr)
     cols = 4
-    rows = (len(queries) + cols - 1) // cols
+    rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 5, rows * 3.2), squeeze=False)
-    for ax, (title, expr) in zip(axes.flat, queries):
-        data = prometheus.api("query_range", query=expr, start=start, end=end, step=1)
-        for series in data["result"]:
-            xs = [float(t) - start for t, _ in series["values"]]
-            ys = [float(v) for _, v in series["values"]]
-            label = ",".join(f"{k}={v}" for k, v in series["metric"].items() if k not in ("job", "instance"))
-            ax.plot(xs, ys, label=label[:40] or "value")
+    for ax, (title, exprs) in zip(axes.flat, panels.items()):
+        plotted = False
+        for n, expr in enumerate(exprs):
+            data = prometheus.api("query_range", query=expr, start=start, end=end, step=1)
+            for series in data["result"]:
+                xs = [float(t) - start for t, _ in series["values"]]
+                ys = [float(v) for _, v in series["values"]]
+                label = ",".join(f"{k}={v}" for k, v in series["metric"].items() if k not in ("job", "instance"))
+                ax.plot(xs, ys, label=(f"{chr(65 + n)}: " if len(exprs) > 1 else "") + (label[:40] or "value"))
+                plotted = True
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
-        if data["result"]:
+        if plotted:
             ax.legend(fontsize=6, loc="upper left")
-    for ax in list(axes.flat)[len(queries):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle("Leadstream dashboard queries over the test run (x: seconds)")
     fig.tight_layout()
