@@ -329,3 +329,85 @@ def _render(prometheus: Prometheus, queries: list[tuple[str, str]], start: float
     fig.savefig(path, dpi=80)
     plt.close(fig)
     assert path.stat().st_size > 10_000
+
+
+def _pixel_requests_by_pid(directory: Path) -> dict[int, float]:
+    """What each collector worker wrote to the multiprocess directory: its GET /pixel.js count, by pid."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    out: dict[int, float] = {}
+    for path in directory.glob("counter_*.db"):
+        pid = int(path.stem.split("_")[1])
+        for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
+            name, sample, labels, _ = json.loads(key)
+            if sample == "leadstream_collector_requests_total" and labels.get("endpoint") == "pixel.js":
+                out[pid] = out.get(pid, 0.0) + value
+    return out
+
+
+def _scraped_pixel_requests(url: str) -> float:
+    page = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+               if line.startswith("leadstream_collector_requests_total{") and 'endpoint="pixel.js"' in line)
+
+
+@pytest.mark.parametrize("metrics_dir", ["given", "temporary"])
+def test_one_scrape_of_a_multi_worker_collector_counts_the_hits_of_every_worker(
+        kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path,
+        unique_name: Callable[[str], str], metrics_dir: str) -> None:
+    """collector.workers: 2 — hits spread over both processes; any one scrape (answered by either) counts
+    them all, and a worker that dies keeps its counts while its gauges go (prometheus-client multiprocess).
+    The directory is PROMETHEUS_MULTIPROC_DIR when given (emptied at start), else a temporary one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = observed_pipeline(kafka_broker, redis_server.url, tmp_path, unique_name("mp"))
+    p.config["collector"]["workers"] = 2
+    p.config_path.write_text(yaml.safe_dump(p.config))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    if metrics_dir == "given":
+        directory = tmp_path / "collector-metrics"
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"a previous run's file, removed at start")
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    else:
+        env = {"TMPDIR": str(temp)}
+    collector = _CliProcess(["collector", "-c", str(p.config_path)], tmp_path, "mp-collector", env=env).start()
+    p.processes.append(collector)
+    try:
+        wait_until(lambda: _healthy(f"{p.url}/health"), 60, "the collector", collector.log_tail)
+        if metrics_dir == "temporary":
+            [directory] = temp.glob("leadstream-collector-metrics-*")
+        hits = 0
+
+        def hit(_: int) -> int:
+            with httpx.Client() as client:  # a connection of its own: the kernel hands it to either worker
+                return client.get(f"{p.url}/pixel.js").status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            while len([n for n in _pixel_requests_by_pid(directory).values() if n > 0]) < 2:
+                assert hits < 2000, f"every hit went to one worker: {_pixel_requests_by_pid(directory)}"
+                assert set(pool.map(hit, range(50))) == {200}
+                hits += 50
+        by_pid = _pixel_requests_by_pid(directory)
+        assert sum(by_pid.values()) == hits, by_pid
+        for _ in range(6):   # each scrape is answered by one worker or the other: all see every hit
+            assert _scraped_pixel_requests(p.url) == hits
+
+        # a worker that dies: the supervisor starts another; its hits stay counted, its live gauges go
+        victim = next(iter(by_pid))
+        wait_until(lambda: (directory / f"gauge_livemin_{victim}.db").exists(), 30, "the worker's broker gauge",
+                   collector.log_tail)
+        os.kill(victim, 9)
+        wait_until(lambda: not (directory / f"gauge_livemin_{victim}.db").exists(), 30,
+                   "the dead worker's gauges to be removed", collector.log_tail)
+        assert _scraped_pixel_requests(p.url) == hits
+        with httpx.Client() as client:
+            assert client.get(f"{p.url}/pixel.js").status_code == 200
+        assert _scraped_pixel_requests(p.url) == hits + 1
+        page = httpx.get(f"{p.url}/metrics", timeout=5).text
+        assert "leadstream_collector_broker_up 1.0" in page, page
+        assert collector.terminate() == 0
+        assert directory.exists() == (metrics_dir == "given")  # a temporary directory goes with the collector
+    finally:
+        p.stop()
