@@ -241,10 +241,14 @@ class StateCensus:
     """
 
     def __init__(self, table_name: str, session_gap_ms: Mapping[str, int] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, cpu_share: float = 0.02) -> None:
         self.table_name = table_name
         self.session_gap_ms = session_gap_ms
         self.clock = clock
+        #: a pass that took T seconds is followed by at least T / cpu_share seconds without one: on a table
+        #: of millions of keys the census spaces itself out instead of taking the worker's time
+        self.cpu_share = cpu_share
+        self._next_at = 0.0
 
     async def count(self, table: Any) -> Census:
         from .stages.runtime import PROGRESS_PREFIX
@@ -271,6 +275,16 @@ class StateCensus:
                     if site is not None:
                         census.open_sessions[site] = census.open_sessions.get(site, 0) + 1
         census.bytes = sampled_bytes * census.keys // sampled if sampled else 0
+        return census
+
+    async def measure_when_due(self, table: Any) -> Census | None:
+        """:meth:`measure`, unless the last pass was too recent for its cost (see ``cpu_share``)."""
+        if time.monotonic() < self._next_at:
+            return None
+        started = time.monotonic()
+        census = await self.measure(table)
+        ended = time.monotonic()
+        self._next_at = ended + (ended - started) / self.cpu_share
         return census
 
     async def measure(self, table: Any) -> Census:
@@ -397,7 +411,7 @@ def watch_worker(app: Any, settings: Settings, stages: Iterable[Any]) -> None:
 
         async def state(stage: Any = stage, census: StateCensus = census) -> None:
             async def once() -> None:
-                await census.measure(stage.table)
+                await census.measure_when_due(stage.table)
             await run_guarded(f"{stage.name} state census", once, failures)
 
         app.timer(interval, name=f"metrics-{stage.name}-lag")(_no_args(lag))

@@ -59,11 +59,20 @@ def _promtool() -> str:
 
 def test_promtool_accepts_the_shipped_config_and_rules(tmp_path: Path) -> None:
     # prometheus.yml names its rule file relatively, as it is mounted in docker-compose.yml
-    for name in ("prometheus.yml", "alerts.yml"):
+    for name in ("prometheus.yml", "alerts.yml", "alerts_test.yml"):
         shutil.copy(DEPLOY / "prometheus" / name, tmp_path / name)
-    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"]):
+    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
+                 ["test", "rules", "alerts_test.yml"]):
         done = subprocess.run([_promtool(), *args], cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_alert_has_a_promtool_test_that_makes_it_fire() -> None:
+    """alerts_test.yml holds, for every rule of alerts.yml, a case where it fires (and quiet neighbours)."""
+    shipped = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
+    cases = yaml.safe_load((DEPLOY / "prometheus" / "alerts_test.yml").read_text())["tests"]
+    firing = {t["alertname"] for case in cases for t in case["alert_rule_test"] if t.get("exp_alerts")}
+    assert shipped == firing, f"alerts without a firing test: {shipped - firing}; tests of no alert: {firing - shipped}"
 
 
 def catalogued_series() -> set[str]:

@@ -161,3 +161,13 @@ def test_state_census_of_a_large_table_samples_its_bytes() -> None:
     exact = sum(len(json.dumps(v, separators=(",", ":"))) for v in table.values())
     assert census.keys == 10_000 and census.open_sessions == {}
     assert census.bytes == pytest.approx(exact, rel=0.1)
+
+
+def test_a_costly_census_spaces_itself_out() -> None:
+    census = StateCensus("unit-spaced-state", cpu_share=0.5)
+    table = {f"k{i}": {"o": i, "s": {}} for i in range(100)}
+    assert asyncio.run(census.measure_when_due(table)) is not None
+    census._next_at = float("inf")   # as after a pass that took long
+    assert asyncio.run(census.measure_when_due(table)) is None
+    census._next_at = 0.0
+    assert asyncio.run(census.measure_when_due(table)) is not None
