@@ -192,11 +192,25 @@ class GroupLag:
             return {}
         tps = [TopicPartition(self.topic, p) for p in partitions]
         ends = await self._reader.end_offsets(tps)
-        committed = await self._admin.list_consumer_group_offsets(self.group_id, partitions=tps)
+        committed = await self._committed(tps)
         missing = [tp for tp in tps if committed.get(tp) is None or committed[tp].offset < 0]
         starts = await self._reader.beginning_offsets(missing) if missing else {}
         next_offsets = {tp.partition: (int(starts[tp]) if tp in starts else int(committed[tp].offset)) for tp in tps}
         return lag_of({tp.partition: int(ends[tp]) for tp in tps}, next_offsets)
+
+    async def _committed(self, tps: list[Any]) -> dict[Any, Any]:
+        """The group's committed offsets; retried while the broker says to (its group coordinator is being
+        elected or loaded, e.g. on a new cluster), within the poll's timeout."""
+        from aiokafka.errors import KafkaError
+
+        while True:
+            try:
+                offsets: dict[Any, Any] = await self._admin.list_consumer_group_offsets(self.group_id, partitions=tps)
+                return offsets
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False):
+                    raise
+                await asyncio.sleep(0.2)
 
     async def close(self) -> None:
         for name in ("_admin", "_reader"):

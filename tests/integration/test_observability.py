@@ -274,6 +274,11 @@ def test_every_panel_returns_data_and_every_alert_rule_evaluates(observed: Obser
 
     assert set(instant("count by (consumer) (leadstream_consumer_lag_records)", "consumer")) == {
         ("visitor",), ("account",), ("sinks",), ("leads",)}
+    # once the traffic is through, every consumer has caught up: lag 0 on every partition (an off-by-one
+    # in "next offset to process" would leave 1 per partition)
+    wait_until(lambda: set(instant("max by (consumer) (leadstream_consumer_lag_records)", "consumer").values())
+               == {0.0}, 30, "every consumer to catch up",
+               lambda: str(instant("leadstream_consumer_lag_records", "consumer", "topic", "partition")))
     probes = instant("min by (job, dependency) (leadstream_dependency_up)", "job", "dependency")
     assert set(probes) == {(job, dep) for job in ("leadstream-worker", "leadstream-sinks", "leadstream-leads")
                            for dep in ("redis", "broker")}, probes
@@ -420,3 +425,87 @@ def test_one_scrape_of_a_multi_worker_collector_counts_the_hits_of_every_worker(
         assert directory.exists() == (metrics_dir == "given")  # a temporary directory goes with the collector
     finally:
         p.stop()
+
+
+def test_group_lag_is_the_end_offset_minus_the_committed_offset_per_partition(
+        kafka_broker: KafkaBroker, new_topic: Any, unique_name: Callable[[str], str]) -> None:
+    """GroupLag (the sinks' and the leads view's lag) against the real broker: a partition the group committed
+    counts from its commit, one it never committed from the log start."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+    from prometheus_client import REGISTRY
+
+    from pipeline.observe import GroupLag
+
+    topic = new_topic(kafka_broker, 2)
+    group = unique_name("group")
+    settings = load_settings(None, kafka={"bootstrap_servers": kafka_broker.bootstrap})
+
+    async def go() -> tuple[dict[int, int], dict[int, int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        await producer.start()
+        try:
+            for partition, count in ((0, 5), (1, 3)):
+                for i in range(count):
+                    await producer.send_and_wait(topic, f"r{i}".encode(), partition=partition)
+        finally:
+            await producer.stop()
+        lag = GroupLag(settings, "unit-group", group, topic)
+        try:
+            before = await lag.poll()
+            consumer = AIOKafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, group_id=group,
+                                        enable_auto_commit=False)
+            await consumer.start()
+            try:
+                tp = TopicPartition(topic, 0)
+                consumer.assign([tp])
+                await consumer.commit({tp: OffsetAndMetadata(2, "")})
+            finally:
+                await consumer.stop()
+            return before, await lag.poll()
+        finally:
+            await lag.close()
+
+    before, after = asyncio.run(go())
+    assert before == {0: 5, 1: 3}
+    assert after == {0: 3, 1: 3}
+    labels = {"consumer": "unit-group", "topic": topic}
+    assert REGISTRY.get_sample_value("leadstream_consumer_lag_records", {**labels, "partition": "0"}) == 3
+
+
+def test_dependency_probe_reports_up_with_its_round_trip_and_down_with_an_error(
+        kafka_broker: KafkaBroker, redis_server: RedisServer) -> None:
+    """DependencyProbe on the real Redis and broker, then on ports where nothing listens."""
+    import asyncio
+
+    from prometheus_client import REGISTRY
+
+    from pipeline.observe import DependencyProbe
+
+    def value(name: str, dependency: str) -> float:
+        return REGISTRY.get_sample_value(name, {"dependency": dependency}) or 0.0
+
+    def probe_once(redis_url: str, bootstrap: str) -> None:
+        settings = load_settings(None, kafka={"bootstrap_servers": bootstrap}, redis={"url": redis_url})
+        probe = DependencyProbe(settings, timeout_s=3.0)
+
+        async def go() -> None:
+            try:
+                await probe.probe()
+            finally:
+                await probe.close()
+        asyncio.run(go())
+
+    probe_once(redis_server.url, kafka_broker.bootstrap)
+    for dependency in ("redis", "broker"):
+        assert value("leadstream_dependency_up", dependency) == 1
+        assert 0 < value("leadstream_dependency_ping_seconds", dependency) < 3
+    errors = {d: value("leadstream_dependency_errors_total", d) for d in ("redis", "broker")}
+    started = time.monotonic()
+    probe_once(f"redis://127.0.0.1:{free_port()}/0", f"127.0.0.1:{free_port()}")
+    assert time.monotonic() - started < 8   # bounded by the probe's timeout, never hanging
+    for dependency in ("redis", "broker"):
+        assert value("leadstream_dependency_up", dependency) == 0
+        assert value("leadstream_dependency_errors_total", dependency) == errors[dependency] + 1
