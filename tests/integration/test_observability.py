@@ -191,12 +191,13 @@ def observed(kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Pat
     p.config_path.write_text(yaml.safe_dump(p.config))
     try:
         p.start_worker()
+        others = {port: _CliProcess(args, tmp_path, f"{name}-{args[0]}").start()   # they start meanwhile
+                  for args, port in ((["sinks", "-c", str(p.config_path)], sinks_port),
+                                     (["leads", "-c", str(p.config_path), "serve"], leads_port))}
+        p.processes.extend(others.values())
         p.start_collector()
-        for args, port in ((["sinks", "-c", str(p.config_path)], sinks_port),
-                           (["leads", "-c", str(p.config_path), "serve"], leads_port)):
-            proc = _CliProcess(args, tmp_path, f"{name}-{args[0]}").start()
-            p.processes.append(proc)
-            wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/health"), 60, args[0], proc.log_tail)
+        for port, proc in others.items():
+            wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/health"), 60, proc.log_path.stem, proc.log_tail)
         yield Observed(p, sinks_port, leads_port)
     finally:
         p.stop()
