@@ -90,6 +90,9 @@ def serve(settings: Settings) -> None:
     metrics.serve_only("collector", [s.site_id for s in settings.sites])
     cfg = settings.collector
     if cfg.workers <= 1:
+        given = metrics.multiprocess_dir()
+        if given:  # PROMETHEUS_MULTIPROC_DIR set for one process: only this run's values count
+            _remove_values(given, keep_pid=os.getpid())
         log.info("collector listening on http://%s:%d", cfg.host, cfg.port)
         uvicorn.Server(_config(settings)).run()
         return
@@ -115,10 +118,15 @@ def _multiprocess_dir() -> tuple[str, bool]:
     if not given:
         return tempfile.mkdtemp(prefix="leadstream-collector-metrics-"), True
     os.makedirs(given, exist_ok=True)
-    for name in os.listdir(given):
-        if name.endswith(".db"):  # a previous run's values would be counted again
-            os.remove(os.path.join(given, name))
+    _remove_values(given)   # the parent's own (it serves nothing) and a previous run's
     return given, False
+
+
+def _remove_values(directory: str, keep_pid: int | None = None) -> None:
+    """Remove the metric files of ``directory`` (a previous run's would be counted again), but this process's."""
+    for name in os.listdir(directory):
+        if name.endswith(".db") and (keep_pid is None or not name.endswith(f"_{keep_pid}.db")):
+            os.remove(os.path.join(directory, name))
 
 
 def _run_worker(settings: Settings, sock: socket.socket, metrics_dir: str) -> None:

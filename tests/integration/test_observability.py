@@ -360,6 +360,16 @@ def _pixel_requests_by_pid(directory: Path) -> dict[int, float]:
     return out
 
 
+def _previous_run(directory: Path, pid: int = 1) -> None:
+    """A previous run's metric file in ``directory``: 1000 GET /pixel.js counted by process ``pid``."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    name = "leadstream_collector_requests_total"
+    values = MmapedDict(str(directory / f"counter_{pid}.db"))
+    values.write_value(mmap_key(name, name, ["endpoint", "status"], ["pixel.js", "200"], "HTTP requests"), 1000.0, 0)
+    values.close()
+
+
 def _scraped_pixel_requests(url: str) -> float:
     page = httpx.get(f"{url}/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
@@ -383,7 +393,7 @@ def test_one_scrape_of_a_multi_worker_collector_counts_the_hits_of_every_worker(
     if metrics_dir == "given":
         directory = tmp_path / "collector-metrics"
         directory.mkdir()
-        (directory / "counter_1.db").write_bytes(b"a previous run's file, removed at start")
+        _previous_run(directory)
         env = {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
     else:
         env = {"TMPDIR": str(temp)}
@@ -510,3 +520,24 @@ def test_dependency_probe_reports_up_with_its_round_trip_and_down_with_an_error(
     for dependency in ("redis", "broker"):
         assert value("leadstream_dependency_up", dependency) == 0
         assert value("leadstream_dependency_errors_total", dependency) == errors[dependency] + 1
+
+
+def test_a_single_collector_given_a_metrics_directory_counts_only_its_own_run(
+        kafka_broker: KafkaBroker, redis_server: RedisServer, tmp_path: Path,
+        unique_name: Callable[[str], str]) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set for a one-process collector (e.g. in a shared environment): a previous
+    run's files there are not added to this run's counts."""
+    p = observed_pipeline(kafka_broker, redis_server.url, tmp_path, unique_name("mp1"))
+    directory = tmp_path / "collector-metrics"
+    directory.mkdir()
+    _previous_run(directory)
+    collector = _CliProcess(["collector", "-c", str(p.config_path)], tmp_path, "mp1-collector",
+                            env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}).start()
+    p.processes.append(collector)
+    try:
+        wait_until(lambda: _healthy(f"{p.url}/health"), 60, "the collector", collector.log_tail)
+        for _ in range(3):
+            assert httpx.get(f"{p.url}/pixel.js").status_code == 200
+        assert _scraped_pixel_requests(p.url) == 3
+    finally:
+        p.stop()
