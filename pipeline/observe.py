@@ -37,6 +37,8 @@ Task = Callable[[], Awaitable[None]]
 
 #: values whose JSON size is measured per census to estimate a table's bytes
 SAMPLE_VALUES = 200
+#: longest wait for the offsets of one lag measurement
+LAG_TIMEOUT_S = 30.0
 #: keys read between two yields to the event loop, so a census never holds the stages up
 CHUNK_KEYS = 2000
 
@@ -420,7 +422,8 @@ def watch_worker(app: Any, settings: Settings, stages: Iterable[Any]) -> None:
 
         async def lag(stage: Any = stage, series: LagSeries = series) -> None:
             async def once() -> None:
-                await stage_lag(stage.runner, stage.source_topic, series)
+                # bounded: while the broker is away the next pass tries again
+                await asyncio.wait_for(stage_lag(stage.runner, stage.source_topic, series), LAG_TIMEOUT_S)
             await run_guarded(f"{stage.name} lag", once, failures)
 
         async def state(stage: Any = stage, census: StateCensus = census) -> None:
