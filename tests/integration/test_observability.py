@@ -541,3 +541,56 @@ def test_a_single_collector_given_a_metrics_directory_counts_only_its_own_run(
         assert _scraped_pixel_requests(p.url) == 3
     finally:
         p.stop()
+
+
+def test_a_stage_lag_counts_from_the_next_record_it_must_apply(
+        kafka_broker: KafkaBroker, new_topic: Any, unique_name: Callable[[str], str]) -> None:
+    """stage_lag with a real RecordRunner and gap reader on the real broker: records past the stage's progress
+    (or past the log start, for a partition without progress) count; a partition it no longer owns goes."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+    from prometheus_client import REGISTRY
+
+    from pipeline.observe import LagSeries, stage_lag
+    from pipeline.stages.runtime import GapReader, HandlerResult, RecordRunner
+
+    topic = new_topic(kafka_broker, 2)
+
+    async def nothing(outputs: Any) -> None:
+        return None
+
+    async def handler(partition: int, offset: int, value: bytes, states: Any) -> HandlerResult:
+        return HandlerResult()
+
+    async def go() -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        await producer.start()
+        try:
+            for partition, count in ((0, 5), (1, 3)):
+                for i in range(count):
+                    await producer.send_and_wait(topic, f"r{i}".encode(), partition=partition)
+        finally:
+            await producer.stop()
+        reader = GapReader(topic, unique_name("app"), {"bootstrap_servers": kafka_broker.bootstrap})
+        table: dict[str, Any] = {}
+        runner = RecordRunner(table, handler, nothing, reader, name="unit-stage")
+        runner.assigned([0, 1])
+        series = LagSeries("unit-stage")
+        try:
+            first = await stage_lag(runner, topic, series)
+            await runner.handle_group([(0, 0, b"r0"), (0, 1, b"r1")])   # applies offsets 0 and 1 of partition 0
+            second = await stage_lag(runner, topic, series)
+            runner.assigned([1])   # partition 0 moved to another worker
+            third = await stage_lag(runner, topic, series)
+            return first, second, third
+        finally:
+            await reader.stop()
+
+    first, second, third = asyncio.run(go())
+    assert first == {0: 5, 1: 3}
+    assert second == {0: 3, 1: 3}
+    assert third == {1: 3}
+    labels = {"consumer": "unit-stage", "topic": topic}
+    assert REGISTRY.get_sample_value("leadstream_consumer_lag_records", {**labels, "partition": "0"}) is None
+    assert REGISTRY.get_sample_value("leadstream_consumer_lag_records", {**labels, "partition": "1"}) == 3
