@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
@@ -256,10 +256,21 @@ class EventTimeLag:
 EVENT_TIME = EventTimeLag()
 
 
+_CHILDREN: dict[tuple[str, str, str], Any] = {}   # (metric, label, label) -> its series: labels() takes a lock
+
+
+def _child(metric: Counter, labels: tuple[str, str]) -> Any:
+    key = (metric._name, *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
 def record_resolution(company: CompanyResolution, person: PersonResolution) -> None:
     """Count one visitor's company and person resolution by source (``leadstream_*_resolutions_total``)."""
-    COMPANY_RESOLUTIONS.labels(*company_source(company)).inc()
-    PERSON_RESOLUTIONS.labels(*person_source(person)).inc()
+    _child(COMPANY_RESOLUTIONS, company_source(company)).inc()
+    _child(PERSON_RESOLUTIONS, person_source(person)).inc()
 
 
 def company_source(company: CompanyResolution) -> tuple[str, str]:
