@@ -232,8 +232,11 @@ def _traffic(pipeline: Pipeline, wave: int) -> None:
 
 #: Panels that stay at zero in a healthy run: they must answer, but need not move.
 QUIET = {"Waiting for the broker", "Replayed, gap and stall repairs (15 m)", "Worker restarts (1 h)",
-         "Stage bad rows/s by type", "Stage lag by stage (records not applied)", "Consumer lag by consumer and topic",
-         "Consumer lag by partition (top 10)", "Failed probes/s by dependency", "Worker rebalances (1 h)",
+         "Worker rebalances (1 h)", "Waiting for Redis or the broker by stage",
+         "Tries failed on an unreachable dependency/s by stage",
+         "Visitor: bad rows/s by type", "Account: bad rows/s by type",
+         "Visitor: lag by partition (records not applied)", "Account: lag by partition (records not applied)",
+         "Consumer lag by consumer and topic", "Consumer lag by partition (top 10)", "Failed probes/s by dependency",
          "Failed attempts and retries/s by sink", "Dead-lettered leads (1 h) by sink",
          "Queue depth and scheduled by sink", "Skipped leads/s by reason", "Sinks lag on qualified-leads"}
 
