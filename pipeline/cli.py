@@ -146,6 +146,8 @@ def sinks(ctx: typer.Context, config: ConfigOption = None) -> None:
               "use `leadstream up` to run with an embedded broker")
     if not settings.redis.url_value:
         _fail("redis.url is not set (LEADSTREAM_REDIS__URL): the sinks keep their delivery state in Redis")
+    from .observe import watch_sinks
+    watch_sinks(settings)  # lag on qualified-leads, Redis and broker health (a thread, every metrics_interval_s)
     run_sinks(settings)
 
 

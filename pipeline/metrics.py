@@ -9,13 +9,21 @@ default values would read as "broker down".
 
 from __future__ import annotations
 
-from typing import Iterable
+import os
+import time
+from typing import Any, Callable, Iterable
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
+from .core.company import confidence_tier
+from .core.identity import VERIFIED_SOURCES
+from .core.model import CompanyResolution, PersonResolution
+
 #: The metric name prefix that marks each process's own metrics; the worker owns the rest.
-PROCESS_PREFIXES = {"collector": "leadstream_collector_", "sinks": "leadstream_sink_"}
+PROCESS_PREFIXES = {"collector": "leadstream_collector_", "sinks": "leadstream_sink_", "leads": "leadstream_leads_"}
+#: Metrics every process that consumes a topic or uses Redis exports about itself (``pipeline.observe``).
+SHARED_PREFIXES = ("leadstream_consumer_", "leadstream_dependency_")
 
 # --- collector ------------------------------------------------------------------
 COLLECTOR_REQUESTS = Counter(
@@ -32,9 +40,11 @@ COLLECTOR_RECORD_PAYLOADS = Histogram(
     "leadstream_collector_record_payloads", "HTTP requests carried per pixel-events record.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
 COLLECTOR_BROKER_UP = Gauge(
-    "leadstream_collector_broker_up", "1 while the collector can write to the broker, else 0.")
+    "leadstream_collector_broker_up", "1 while the collector can write to the broker, else 0.",
+    multiprocess_mode="livemin")
 COLLECTOR_PENDING = Gauge(
-    "leadstream_collector_pending_requests", "Requests waiting for the broker's acknowledgement.")
+    "leadstream_collector_pending_requests", "Requests waiting for the broker's acknowledgement.",
+    multiprocess_mode="livesum")
 COLLECTOR_CONSENT = Counter(
     "leadstream_collector_consent_requests_total",
     "Requests whose privacy signal the site's policy honoured, by signal (gpc, dnt, anonymous_header) and "
@@ -93,6 +103,51 @@ FILTERED = Counter(
     "leadstream_filtered_total", "Account evaluations a filter stopped, by filter.", ["site", "filter"])
 LEADS = Counter("leadstream_qualified_leads_total", "Qualified leads emitted, by site and tier.", ["site", "tier"])
 LEAD_SCORES = Counter("leadstream_lead_scores_total", "lead-scores updates emitted.", ["site"])
+STAGE_EVENT_TIME_LAG = Gauge(
+    "leadstream_stage_event_time_lag_seconds", "Now minus the newest event time a stage applied (visitor: the "
+    "newest tracker event, account: the newest visit), from this worker's partitions; a clock-skewed event time "
+    "in the future counts as now.", ["stage"])
+OPEN_SESSIONS = Gauge(
+    "leadstream_visitor_open_sessions", "Visitors in this worker's visitor state whose session is open: their last "
+    "event is within the site's session gap of now (counted every metrics_interval_s).", ["site"])
+STATE_KEYS = Gauge(
+    "leadstream_state_keys", "Keys in a stage's table held by this worker (progress markers left out).", ["table"])
+STATE_BYTES = Gauge(
+    "leadstream_state_bytes", "JSON bytes of a stage's table values held by this worker, estimated from a sample "
+    "of values (mean size times keys).", ["table"])
+COMPANY_RESOLUTIONS = Counter(
+    "leadstream_company_resolutions_total", "Visitors resolved by the visitor stage (one per visitor and record), "
+    "by the source of the company's strongest evidence (ip_range, ip_org, identity, asn_org; none: no company) "
+    "and confidence tier (high, medium, low, none).", ["source", "confidence"])
+PERSON_RESOLUTIONS = Counter(
+    "leadstream_person_resolutions_total", "Visitors resolved by the visitor stage (one per visitor and record), "
+    "by the source of the identity link to their person (identify, login, form, import, email_click, server; "
+    "none: anonymous) and its trust (verified, claimed, none).", ["source", "trust"])
+SCORE_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+FIT_SCORES = Histogram(
+    "leadstream_account_fit_score", "Fit score (0-100) of each lead-scores update, by site.", ["site"],
+    buckets=SCORE_BUCKETS)
+INTENT_SCORES = Histogram(
+    "leadstream_account_intent_score", "Intent score (0-100) of each lead-scores update, by site.", ["site"],
+    buckets=SCORE_BUCKETS)
+
+# --- the leads view and API (``leadstream leads serve``) ----------------------------------------------
+LEADS_VIEW_WRITES = Counter(
+    "leadstream_leads_view_writes_total", "Account documents the leads view updater wrote from lead-scores.")
+
+# --- shared: every process that consumes a topic or reaches Redis or the broker (``pipeline.observe``) ----
+CONSUMER_LAG = Gauge(
+    "leadstream_consumer_lag_records", "Records of a partition its consumer has not processed yet: the high "
+    "watermark minus the next offset to process (worker stages: the next record to apply, from the stage's "
+    "progress; sinks and the leads view: the group's committed offset).", ["consumer", "topic", "partition"])
+DEPENDENCY_UP = Gauge(
+    "leadstream_dependency_up", "1 when the last health probe of a dependency (redis, broker) answered, else 0 "
+    "(probed every metrics_interval_s).", ["dependency"])
+DEPENDENCY_PING = Gauge(
+    "leadstream_dependency_ping_seconds", "Round-trip time of the last health probe of a dependency that answered "
+    "(Redis PING, broker metadata request).", ["dependency"])
+DEPENDENCY_ERRORS = Counter(
+    "leadstream_dependency_errors_total", "Health probes of a dependency that failed or timed out.", ["dependency"])
 
 # --- sinks (``leadstream sinks``; label sink = <site>/<name>) ----------------------------------------
 SINK_DELIVERED = Counter(
@@ -137,7 +192,10 @@ NURTURE_INBOUND = Counter(
 
 
 def owner(metric_name: str) -> str:
-    """The process that exports ``metric_name``: collector, sinks, or worker (the stages)."""
+    """The process that exports ``metric_name``: collector, sinks, leads, worker (the stages), or
+    ``shared`` (every process that consumes or probes its dependencies)."""
+    if metric_name.startswith(SHARED_PREFIXES):
+        return "shared"
     for process, prefix in PROCESS_PREFIXES.items():
         if metric_name.startswith(prefix):
             return process
@@ -148,12 +206,17 @@ def serve_only(process: str, sites: Iterable[str] = ()) -> None:
     """Remove every other process's metrics from the default registry, and create the series of
     every configured site at zero (call once at start-up): a counter whose series appears at its
     first increment hides that increment from ``rate()`` and ``increase()``."""
-    for value in list(globals().values()):
-        if isinstance(value, MetricWrapperBase) and owner(value._name) != process:
+    keep = (process, "shared") if process in CONSUMING_PROCESSES else (process,)
+    for value in _catalogue():
+        if owner(value._name) not in keep:
             try:
                 REGISTRY.unregister(value)
             except KeyError:
                 pass  # already removed
+    _site_series(process, sites)
+
+
+def _site_series(process: str, sites: Iterable[str]) -> None:
     for site in sites:
         if process == "collector":
             COLLECTOR_EVENTS.labels(site)
@@ -161,6 +224,125 @@ def serve_only(process: str, sites: Iterable[str] = ()) -> None:
             LEAD_SCORES.labels(site)
             for tier in TIERS:
                 LEADS.labels(site, tier)
+
+
+#: The processes that export the shared metrics (the collector consumes nothing and probes the broker itself).
+CONSUMING_PROCESSES = ("worker", "sinks", "leads")
+
+
+# --- recording helpers: what the stages call (one line each), the rules here ------------------------------
+
+class EventTimeLag:
+    """The newest event time each stage applied; ``leadstream_stage_event_time_lag_seconds`` is now minus it,
+    computed at each scrape (a stage that stops applying shows a growing lag)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.newest_ms: dict[str, int] = {}
+
+    def applied(self, stage: str, event_ms: int) -> None:
+        """``stage`` applied an event (or visit) of event time ``event_ms``."""
+        newest = self.newest_ms.get(stage)
+        if newest is None:
+            self.newest_ms[stage] = event_ms
+            STAGE_EVENT_TIME_LAG.labels(stage).set_function(lambda: self.lag_s(stage))
+        elif event_ms > newest:
+            self.newest_ms[stage] = event_ms
+
+    def lag_s(self, stage: str) -> float:
+        newest = self.newest_ms.get(stage)
+        if newest is None:
+            return 0.0
+        return max(0.0, self.clock() - newest / 1000)
+
+
+#: The one tracker of this process (``leadstream_stage_event_time_lag_seconds``).
+EVENT_TIME = EventTimeLag()
+
+
+_CHILDREN: dict[tuple[str, str, str], Any] = {}   # (metric, label, label) -> its series: labels() takes a lock
+
+
+def _child(metric: Counter, labels: tuple[str, str]) -> Any:
+    key = (metric._name, *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
+def record_resolution(company: CompanyResolution, person: PersonResolution) -> None:
+    """Count one visitor's company and person resolution by source (``leadstream_*_resolutions_total``)."""
+    _child(COMPANY_RESOLUTIONS, company_source(company)).inc()
+    _child(PERSON_RESOLUTIONS, person_source(person)).inc()
+
+
+def company_source(company: CompanyResolution) -> tuple[str, str]:
+    """(source of the strongest evidence or ``none``, confidence tier) of a company resolution."""
+    if company.company is None or not company.evidence:
+        return "none", "none"
+    best = max(company.evidence, key=lambda e: e.confidence)  # ties: the earlier source in the waterfall
+    return best.source, confidence_tier(company.confidence)
+
+
+def person_source(person: PersonResolution) -> tuple[str, str]:
+    """(identity link source or ``none``, ``verified``/``claimed``/``none``) of a person resolution."""
+    if person.person is None or not person.source:
+        return "none", "none"
+    return person.source, "verified" if person.source in VERIFIED_SOURCES else "claimed"
+
+
+def record_scores(site: str, fit: float, intent: float) -> None:
+    """One lead-scores update's fit and intent (``leadstream_account_{fit,intent}_score``)."""
+    FIT_SCORES.labels(site).observe(fit)
+    INTENT_SCORES.labels(site).observe(intent)
+
+
+# --- several processes behind one /metrics (collector.workers > 1) -------------------------------------
+
+def enable_multiprocess(directory: str, process: str = "collector", sites: Iterable[str] = ()) -> None:
+    """Make this (forked) process write its metrics to ``directory``, the one every sibling writes to, so that
+    a scrape answered by any of them sees all (prometheus-client's multiprocess mode). Call in the child right
+    after the fork, before any metric moves: the values of ``process``'s metrics created before it (in the
+    parent) are made again, file-backed, and its labelled series are made again (``sites``' at zero)."""
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    for metric in _catalogue():
+        if owner(metric._name) != process:
+            continue
+        if metric._labelnames:
+            with metric._lock:
+                metric._metrics.clear()
+        else:
+            metric._metric_init()  # type: ignore[no-untyped-call]
+    _site_series(process, sites)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of multiprocess mode, when this process is in it."""
+    from prometheus_client import values
+
+    if values.ValueClass is values.MutexValue:
+        return None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def exposition() -> bytes:
+    """The /metrics page of this process: the default registry, or every sibling's files in multiprocess mode."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return generate_latest(REGISTRY)
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def _catalogue() -> list[MetricWrapperBase]:
+    return [v for v in globals().values() if isinstance(v, MetricWrapperBase)]
 
 
 #: The lead tiers (HubSpot's grid, ``pipeline.core.qualify.tier_of``).

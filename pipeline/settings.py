@@ -790,6 +790,9 @@ class Settings(BaseSettings):
         None, description="Default salt for email hashes (required outside `leadstream up`, which generates one)")
     metrics_host: str = Field("127.0.0.1", description="Address the worker's /metrics binds (0.0.0.0 in containers)")
     metrics_port: int = Field(9102, ge=0, le=65535, description="Worker /metrics port (the collector serves /metrics itself)")
+    metrics_interval_s: float = Field(
+        15.0, gt=0, description="How often the worker, sinks and leads processes measure what no record changes: "
+        "consumer lag, Redis and broker health (probes), state size and open sessions")
 
     _sites_by_id: dict[str, SiteSettings] = PrivateAttr(default_factory=dict)
 

@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any, Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -708,7 +708,7 @@ def create_app(settings: Settings, producer_factory: ProducerFactory | None = No
                             headers={"Retry-After": str(settings.collector.retry_after_s)})
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def demo(request: Request) -> Response:
         site_id = request.path_params["site_id"]

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from types import FrameType
 
 import uvicorn
+from prometheus_client import multiprocess
 
 from .. import metrics
 from ..settings import Settings
@@ -87,6 +90,9 @@ def serve(settings: Settings) -> None:
     metrics.serve_only("collector", [s.site_id for s in settings.sites])
     cfg = settings.collector
     if cfg.workers <= 1:
+        given = metrics.multiprocess_dir()
+        if given:  # PROMETHEUS_MULTIPROC_DIR set for one process: only this run's values count
+            _remove_values(given, keep_pid=os.getpid())
         log.info("collector listening on http://%s:%d", cfg.host, cfg.port)
         uvicorn.Server(_config(settings)).run()
         return
@@ -97,13 +103,38 @@ def serve(settings: Settings) -> None:
     sock.listen(2048)
     sock.set_inheritable(True)
     log.info("collector listening on http://%s:%d with %d workers", cfg.host, cfg.port, cfg.workers)
-    _supervise(settings, sock)
+    directory, owned = _multiprocess_dir()
+    try:
+        _supervise(settings, sock, directory)
+    finally:
+        if owned:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
-def _run_worker(settings: Settings, sock: socket.socket) -> None:
+def _multiprocess_dir() -> tuple[str, bool]:
+    """The directory the workers' metrics go to (prometheus-client's multiprocess mode), emptied:
+    ``PROMETHEUS_MULTIPROC_DIR`` when set, else a new temporary one (True: removed at exit)."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not given:
+        return tempfile.mkdtemp(prefix="leadstream-collector-metrics-"), True
+    os.makedirs(given, exist_ok=True)
+    _remove_values(given)   # the parent's own (it serves nothing) and a previous run's
+    return given, False
+
+
+def _remove_values(directory: str, keep_pid: int | None = None) -> None:
+    """Remove the metric files of ``directory`` (a previous run's would be counted again), but this process's."""
+    for name in os.listdir(directory):
+        if name.endswith(".db") and (keep_pid is None or not name.endswith(f"_{keep_pid}.db")):
+            os.remove(os.path.join(directory, name))
+
+
+def _run_worker(settings: Settings, sock: socket.socket, metrics_dir: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
+        # every worker writes its metrics to files there: a scrape answered by any worker sees all of them
+        metrics.enable_multiprocess(metrics_dir, "collector", [s.site_id for s in settings.sites])
         uvicorn.Server(_config(settings)).run(sockets=[sock])
     except BaseException:  # noqa: BLE001 - a worker must exit, never return into the parent's loop
         log.exception("collector worker failed")
@@ -111,14 +142,14 @@ def _run_worker(settings: Settings, sock: socket.socket) -> None:
     os._exit(0)
 
 
-def _supervise(settings: Settings, sock: socket.socket) -> None:
+def _supervise(settings: Settings, sock: socket.socket, metrics_dir: str) -> None:
     children: dict[int, float] = {}
     stopping = False
 
     def spawn() -> None:
         pid = os.fork()
         if pid == 0:
-            _run_worker(settings, sock)
+            _run_worker(settings, sock, metrics_dir)
         children[pid] = time.monotonic()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -142,6 +173,8 @@ def _supervise(settings: Settings, sock: socket.socket) -> None:
         except InterruptedError:
             continue
         started = children.pop(pid, None)
+        # its gauges go; its counters keep counting in the sum
+        multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
         if stopping or started is None:
             continue
         log.warning("collector worker %d exited (status %d); starting another", pid, status)

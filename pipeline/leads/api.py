@@ -190,9 +190,15 @@ def create_api(settings: Settings, view: LeadsView) -> Starlette:
             return JSONResponse({"status": "redis unavailable", "error": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    async def metrics_page(request: Request) -> Response:
+        from ..metrics import exposition
+        from prometheus_client import CONTENT_TYPE_LATEST
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
     routes = [
         Route("/", page, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),
         Route("/api/sites/{site}/leads", site_route(leads), methods=["GET"]),
         Route("/api/sites/{site}/accounts/{domain}", site_route(account), methods=["GET"]),

@@ -13,6 +13,8 @@ import signal
 
 import uvicorn
 
+from .. import metrics
+from ..observe import group_watch, run_periodically
 from ..settings import Settings
 from .api import create_api
 from .store import LeadsView
@@ -44,9 +46,11 @@ async def run_service(settings: Settings, stop: asyncio.Event) -> None:
     updater = ViewUpdater(settings, model, view)
     server = uvicorn.Server(uvicorn.Config(create_api(settings, view), host=settings.leads.host,
                                            port=settings.leads.port, log_level="warning", lifespan="off"))
+    watch, closers = group_watch(settings, "leads", updater.group_id, updater.topic)
     tasks = [asyncio.create_task(updater.run(stop), name="leads-updater"),
              asyncio.create_task(_seed_forever(view, settings, updater, stop), name="leads-seed"),
-             asyncio.create_task(server.serve(), name="leads-api")]
+             asyncio.create_task(server.serve(), name="leads-api"),
+             asyncio.create_task(run_periodically(watch(), settings.metrics_interval_s, stop), name="leads-metrics")]
     log.info("leads API on http://%s:%d", settings.leads.host, settings.leads.port)
     try:
         done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -57,11 +61,14 @@ async def run_service(settings: Settings, stop: asyncio.Event) -> None:
         stop.set()
         server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
+        for close in closers():
+            await close()
         await view.aclose()
 
 
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT (blocks)."""
+    metrics.serve_only("leads")
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ from ..core.fit import score_fit
 from ..core.scoring_model import ScoringModel, effective_rules
 from ..enrich.identity_store import PROFILE_PREFIX, IdentityKeys
 from ..enrich.redis_store import COMPANY_FIELDS, GLOBAL_SCOPE, company_from_hash, scope_for
+from ..metrics import LEADS_VIEW_WRITES
 from ..settings import Settings, SiteSettings
 from .store import LeadsView
 from .view import account_doc, domain_of, not_seen_doc
@@ -187,7 +188,9 @@ class ViewUpdater:
                 for site_id, accounts in gone.items():
                     await self.view.remove(site_id, accounts)
                 if scores:
-                    self.applied += await apply_scores(self.view, scores, self.settings, self.model)
+                    written = await apply_scores(self.view, scores, self.settings, self.model)
+                    self.applied += written
+                    LEADS_VIEW_WRITES.inc(written)
                 if batch:
                     await consumer.commit()
                 if ends and not self.caught_up.is_set():

@@ -23,7 +23,8 @@ from ..core.qualify import Decision, month_of, qualify
 from ..core.scoring_model import EffectiveRules, ScoringModel, effective_rules
 from ..core.sessions import DAY_MS
 from ..core.visit import VisitUpdate
-from ..metrics import FILTERED, LEAD_SCORES, LEADS, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS
+from ..metrics import (EVENT_TIME, FILTERED, LEAD_SCORES, LEADS, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS,
+                       record_scores)
 from ..settings import Settings
 from ..topology import partition_for
 from .erasure import erase_accounts, erasures_of
@@ -173,6 +174,8 @@ class AccountStage:
                                   expansion=decision.expansion, expansion_reason=decision.expansion_reason,
                                   fit_min=rules.thresholds.fit_min, intent_min=rules.thresholds.intent_min)
         LEAD_SCORES.labels(site_id).inc()
+        record_scores(site_id, decision.fit.score, intent.score)
+        EVENT_TIME.applied(STAGE, new_state.last_ts)
         outputs.append(Output(self.topics.lead_scores, partition_for(key, self.topics.lead_scores_partitions),
                               key.encode(), self.codec.encode("LeadScore", score, topic=self.topics.lead_scores)))
         if decision.qualified and decision.lead is not None:

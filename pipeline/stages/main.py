@@ -126,8 +126,11 @@ def run(settings: Settings) -> None:
     from prometheus_client import start_http_server
 
     from .worker import run_worker
-    app, _ = create_worker_app(settings)
+    from ..observe import watch_worker
+
+    app, stages = create_worker_app(settings)
     metrics.serve_only("worker", [s.site_id for s in settings.sites])
+    watch_worker(app, settings, stages)  # lag, Redis and broker health, state size (every metrics_interval_s)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
     run_worker(app, loglevel=settings.log_level)

@@ -45,7 +45,8 @@ from ..core.visit import VisitUpdate, build_visit_update
 from ..enrich.geoip import GeoIPReader
 from ..enrich.redis_store import AsyncReferenceStore
 from ..enrich.useragent import analyze_user_agent
-from ..metrics import BOTS, IDENTITY_OPS, NETWORK_CLASSES, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS
+from ..metrics import (BOTS, EVENT_TIME, IDENTITY_OPS, NETWORK_CLASSES, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS,
+                       record_resolution)
 from ..settings import Settings, SiteSettings
 from ..topology import partition_for
 from .erasure import erase_visitors, erasures_of
@@ -269,6 +270,7 @@ class VisitorStage:
                 position += 1
             result.states[key] = outcome.state
             self.idle.touch(partition, key, outcome.last_event_ms)
+            EVENT_TIME.applied(STAGE, outcome.last_event_ms)
             self.idle.advance(partition, outcome.last_event_ms)
         self._emit(result, updates, partition, offset)
 
@@ -296,6 +298,7 @@ class VisitorStage:
         lookups = replace(lookups or CompanyLookups(), person=person if person.person else None,
                           person_company=person_company)
         company = resolve_company(network, lookups)
+        record_resolution(company, person)
 
         last = v.events[-1]
         ua = analyze_user_agent(last.user_agent)
