@@ -61,7 +61,7 @@ STAGE_RECORDS = Counter(
     ["stage"])
 STAGE_EVENTS = Counter(
     "leadstream_stage_events_total", "Events or updates a stage handled, by outcome "
-    "(processed, duplicate, late, anonymous, bot, bad).", ["stage", "outcome"])
+    "(processed, duplicate, late, anonymous, bot, bad, evicted, erased).", ["stage", "outcome"])
 STAGE_BATCH_SIZE = Histogram(
     "leadstream_stage_record_events", "Events (visitor stage) or updates (account stage) carried per input record.",
     ["stage"], buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))

@@ -238,7 +238,8 @@ QUIET = {"Waiting for the broker", "Replayed, gap and stall repairs (15 m)", "Wo
          "Visitor: lag by partition (records not applied)", "Account: lag by partition (records not applied)",
          "Consumer lag by consumer and topic", "Consumer lag by partition (top 10)", "Failed probes/s by dependency",
          "Failed attempts and retries/s by sink", "Dead-lettered leads (1 h) by sink",
-         "Queue depth and scheduled by sink", "Skipped leads/s by reason", "Sinks lag on qualified-leads"}
+         "Queue depth and scheduled by sink", "Skipped leads/s by reason", "Sinks lag on qualified-leads",
+         "In-doubt deliveries after a crash or timeout, by resolution"}
 
 
 def test_every_panel_returns_data_and_every_alert_rule_evaluates(observed: Observed,
