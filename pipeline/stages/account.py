@@ -19,7 +19,7 @@ from typing import Any, Mapping, Protocol
 from ..codec import Codec, CodecError
 from ..core.failures import FailureType
 from ..core.intent import AccountState, apply_visits
-from ..core.qualify import Decision, month_of, qualify
+from ..core.qualify import Decision, over_quota, qualify, quota_claim
 from ..core.scoring_model import EffectiveRules, ScoringModel, effective_rules
 from ..core.sessions import DAY_MS
 from ..core.visit import VisitUpdate
@@ -156,7 +156,7 @@ class AccountStage:
         state, intent = apply_visits(state, updates, rules.intent, offset=offset)
         human = [u for u in updates if not u.is_bot]
         is_bot = not human
-        decision = qualify(state, intent, rules, None, is_bot=is_bot,
+        decision = qualify(state, intent, rules, is_bot=is_bot,
                            bot_reason=updates[-1].bot_reason if is_bot else None)
         decision = await self._apply_quota(decision, rules, state)
         STAGE_EVENTS.labels(STAGE, "bot" if is_bot else "processed").inc(len(updates))
@@ -189,19 +189,16 @@ class AccountStage:
         return result
 
     async def _apply_quota(self, decision: Decision, rules: EffectiveRules, before: AccountState) -> Decision:
-        quota = rules.qualification.monthly_quota
-        if not decision.qualified or decision.lead is None or quota is None:
-            return decision
-        lead = decision.lead
-        month = month_of(lead.tstamp)
-        if self.quota is not None and await self.quota.claim(lead.site_id, month, lead.lead_id, quota):
+        """The quota rule of :mod:`pipeline.core.qualify`, claimed on the shared ledger (``self.quota``)."""
+        claim = quota_claim(decision, rules)
+        if claim is None:
             return decision
         if self.quota is None:
             log.warning("monthly_quota is set but no Redis is configured: the quota is not enforced")
             return decision
-        # Over quota: not a lead; the account's lead memory stays as it was before qualifying.
-        return replace(decision, qualified=False, lead=None, state=replace(decision.state, lead=dict(before.lead)),
-                       reasons=(f"quota_exhausted:{month}:{quota}",))
+        if await self.quota.claim(claim.site_id, claim.month, claim.lead_id, claim.quota):
+            return decision
+        return over_quota(decision, before, claim)
 
     def _bad(self, result: HandlerResult, failure_type: FailureType, message: str, payload: Any,
              site_id: str | None, details: Mapping[str, str] | None = None) -> None:
@@ -227,8 +224,9 @@ def _source(update_id: str) -> tuple[str, int, int]:
 
 
 class RedisQuota:
-    """The per-site monthly lead quota in Redis: ``<prefix>:<site>:<YYYY-MM>`` is the set of lead ids
-    (prefix ``stages.quota_prefix``, ``ls:quota`` live; a replay counts in its own namespace).
+    """The per-site monthly lead quota ledger in Redis: ``<prefix>:<site>:<YYYY-MM>`` is the set of lead ids
+    (prefix ``stages.quota_prefix``, ``ls:quota`` live; a replay counts in its own namespace). The script
+    admits a claim as :class:`pipeline.core.qualify.QuotaClaim` states, atomically across partitions.
 
     ``client`` is a ``redis.asyncio.Redis`` (with the timeouts of ``RedisSettings``): a claim awaits
     Redis, it never blocks the event loop."""
