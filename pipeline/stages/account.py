@@ -25,7 +25,7 @@ from ..core.sessions import DAY_MS
 from ..core.visit import VisitUpdate
 from ..metrics import FILTERED, LEAD_SCORES, LEADS, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS
 from ..settings import Settings
-from ..topology import partition_for
+from ..topology import account_key, partition_for, site_of_key
 from .expiry import IdleKeys
 from .messages import bad_row, lead_score_record, qualified_lead_record, split_bad_row, visit_from_record
 from .runtime import HandlerResult, Output, StateView
@@ -96,7 +96,7 @@ class AccountStage:
                 log.exception("account: %s failed", key)
                 self._bad(result, FailureType.processing_failure, f"account {key} failed in the account stage: "
                           f"{type(exc).__name__}: {exc}", {"updates": [r for _, _, r in items]},
-                          key.split("|", 1)[0], {"payload_schema": "VisitBatch", "account": key})
+                          site_of_key(key), {"payload_schema": "VisitBatch", "account": key})
                 continue
             if outcome is None:
                 continue
@@ -118,7 +118,7 @@ class AccountStage:
             return by_account
         for record in records:
             try:
-                key = f"{record['site_id']}|{record['account']}"
+                key = account_key(record["site_id"], record["account"])
                 if states.applied(key, offset):
                     continue
                 by_account.setdefault(key, []).append((visit_from_record(record), _source(record["update_id"]),

@@ -46,7 +46,7 @@ from ..enrich.redis_store import AsyncReferenceStore
 from ..enrich.useragent import analyze_user_agent
 from ..metrics import BOTS, IDENTITY_OPS, NETWORK_CLASSES, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS
 from ..settings import Settings, SiteSettings
-from ..topology import partition_for
+from ..topology import account_key, partition_for, visitor_key
 from .expiry import IdleKeys
 from .messages import bad_row, split_bad_row, visit_to_record
 from .runtime import HandlerResult, Output, StateView
@@ -191,7 +191,7 @@ class VisitorStage:
         if not isinstance(visitor_id, str) or not visitor_id:
             STAGE_EVENTS.labels(STAGE, "anonymous").inc(len(good))  # consent: nothing to attribute
             return
-        key = f"{site.site_id}|{visitor_id}"
+        key = visitor_key(site.site_id, visitor_id)
         positions.setdefault(key, len(positions))
         if not good or states.applied(key, offset):
             return
@@ -423,7 +423,7 @@ class VisitorStage:
         groups: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         n = self.topics.visits_partitions
         for vu, backfill, i in updates:
-            key = f"{vu.site_id}|{vu.account}"
+            key = account_key(vu.site_id, vu.account)
             groups.setdefault(partition_for(key, n), []).append(
                 (key, visit_to_record(vu, f"{partition}:{offset}:{i}", backfill)))
         for p, items in groups.items():
