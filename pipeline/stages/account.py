@@ -72,7 +72,7 @@ class AccountStage:
     def use_model(self, model: ScoringModel) -> None:
         """Score with ``model`` (and each site's overrides) from the next record on: a model switch
         (``leadstream model promote``) takes effect without a restart."""
-        self.rules = {s.site_id: effective_rules(model, s.rules, s.conversion_names) for s in self.settings.sites}
+        self.rules = {s.site_id: s.effective_rules(model) for s in self.settings.sites}
         self.default_rules = effective_rules(model, None)
 
     async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:

@@ -120,7 +120,8 @@ class VisitorStage:
         self.retryable = retryable
         classes = tuple((s.name, tuple(s.patterns)) for s in model.intent.page_signals)
         self.session_cfg = {
-            s.site_id: SessionConfig(gap_ms=s.session_gap_minutes * 60_000, site_hosts=s.own_hosts,
+            s.site_id: SessionConfig(gap_ms=s.effective_rules(model).intent.session_gap_minutes * 60_000,
+                                     site_hosts=s.own_hosts,
                                      conversion_names=frozenset(s.conversion_names), page_classes=classes)
             for s in settings.sites}
         limit = settings.kafka.max_message_bytes
