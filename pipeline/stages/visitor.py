@@ -32,8 +32,8 @@ from ..core.bots import BotConfig, BotSignals, bot_verdict
 from ..core.company import CompanyLookups, resolve_company
 from ..core.events import TimeConfig, TrackedEvent, build_event, validate_event
 from ..core.failures import FailureType
-from ..core.identity import (IdentityResult, IdentitySnapshot, IdType, Identifier, apply_identity_events,
-                             identifiers_from_event, resolve_visitor)
+from ..core.identity import (IdentityResult, IdentitySnapshot, Identifier, apply_identity_events,
+                             identifiers_to_load, resolve_visitor)
 from ..core.limits import (MAX_NAME_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS, chunk_by_bytes, clip, json_size,
                            text_bytes, trim_by_bytes)
 from ..core.model import NetworkInfo, PersonResolution
@@ -378,16 +378,9 @@ class VisitorStage:
         site = group[0].site
         salt = self.settings.email_salt(site)
         cfg = site.identity_config()  # the site's confidence per identity source
-        wanted: list[Identifier] = []
-        for v in group:
-            if v.visitor_id:
-                wanted.append((IdType.visitor, v.visitor_id))
-            for e in v.events:
-                wanted.extend(identifiers_from_event(e, salt)[0])
-                if e.email_click_id:
-                    wanted.append((IdType.email_click, e.email_click_id))
         assert self.identity is not None
-        snapshot = await self.identity.load_snapshot(site_id, list(dict.fromkeys(wanted)))
+        snapshot = await self.identity.load_snapshot(site_id, identifiers_to_load((e for v in group for e in v.events),
+                                                                                  salt))
         ops: list[Any] = []
         for v in group:
             res: IdentityResult = apply_identity_events(snapshot, v.events, salt, cfg)

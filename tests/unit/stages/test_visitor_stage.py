@@ -269,3 +269,30 @@ def test_a_late_event_is_a_late_event_row_with_its_payload() -> None:
     assert [r["failure_type"] for r in rows] == ["late_event"]
     assert event_ids(original(rows[0])) == [late["event_id"]] and rows[0]["details"]["event_id"] == late["event_id"]
     assert len(visit_updates(result)) == 1
+
+
+def test_the_stage_loads_the_identifiers_the_identity_rule_names() -> None:
+    """One rule for what to load per visitor (core ``identifiers_to_load``, also what the identity store's
+    ``process_events`` loads): the stage asks the graph for exactly those, for all visitors of a site at once."""
+    from pipeline.core.events import parse_payload
+    from pipeline.core.identity import Identifier, IdentitySnapshot, identifiers_to_load
+
+    class Recording(FakeIdentity):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loads: list[list[Identifier]] = []
+
+        async def load_snapshot(self, site_id: str, identifiers: Any) -> IdentitySnapshot:
+            self.loads.append(list(identifiers))
+            return await super().load_snapshot(site_id, identifiers)
+
+    payloads = [payload("v1", [event(), event(event_type="identify", identify_user_id="u-7", email="Ada@Acme.example")]),
+                payload("v2", [event("https://www.acme.example/?ls_eid=click-9", email_click_id="click-9")]),
+                payload("v3", [event(event_type="form_submit", email="cto@brightpath.example", name="demo")])]
+    identity = Recording()
+    run(visitor_stage(identity=identity), Table(), record(*payloads))
+    events = [e for p in payloads for e in parse_payload(p)[0]]
+    expected = identifiers_to_load(events, make_settings().email_salt(make_settings().sites[0]))
+    assert len(identity.loads) == 1 and sorted(identity.loads[0]) == sorted(expected)
+    kinds = {k.value for k, _ in expected}
+    assert kinds == {"visitor", "user_id", "email", "email_click"}
