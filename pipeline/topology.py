@@ -144,6 +144,12 @@ def account_key(site_id: str, account: str) -> str:
     return f"{site_id}{KEY_SEPARATOR}{account}"
 
 
+def split_account_key(key: str) -> tuple[str, str] | None:
+    """(site_id, account) of an :func:`account_key`; None when ``key`` is not one."""
+    site_id, sep, account = key.partition(KEY_SEPARATOR)
+    return (site_id, account) if sep else None
+
+
 def site_of_key(key: str) -> str:
     """The site id of a :func:`visitor_key` or :func:`account_key`."""
     return key.split(KEY_SEPARATOR, 1)[0]

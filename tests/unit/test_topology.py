@@ -79,3 +79,10 @@ def test_collector_and_worker_do_not_import_the_local_stack_or_the_load_tools() 
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_account_keys_round_trip() -> None:
+    from pipeline.topology import site_of_key, split_account_key
+    key = account_key("acme", "c:brightpath-analytics.example")
+    assert split_account_key(key) == ("acme", "c:brightpath-analytics.example") and site_of_key(key) == "acme"
+    assert site_of_key(visitor_key("acme", "v1")) == "acme" and split_account_key("no-separator") is None
