@@ -2,10 +2,11 @@
 
 Per input record: decode once, split events by visitor, enrich every visitor
 of the record with one GeoIP pass, one identity-graph round trip pair and one
-reference-data round trip pair, sessionize each visitor once (the core), and
-write each visitor's state once. Visit updates are grouped by the partition
-of their site|account key, one ``visits`` record per partition (split below
-``kafka.max_message_bytes``).
+reference-data round trip pair, run each visitor once through the core chain
+(:func:`pipeline.core.visitor.process_visitor`: sessions, network, company,
+bots, visit updates), and write each visitor's state once. Visit updates are
+grouped by the partition of their :func:`~pipeline.topology.account_key`, one
+``visits`` record per partition (split below ``kafka.max_message_bytes``).
 
 **The unit of failure is one event, at most one visitor's events of one
 record.** Each event is parsed inside its own error boundary, each visitor is
