@@ -21,6 +21,7 @@ from .. import metrics
 from ..codec import make_codec
 from ..core.identity import IdentitySnapshot, Identifier
 from ..metrics import WORKER_REBALANCES
+from ..core.scoring_model import ScoringModel
 from ..settings import Settings
 from ..topology import stage_topics
 from .account import AccountStage, AccountTopics, RedisQuota
@@ -80,13 +81,25 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
                         on_error=account.failed, retryable=retry)]
     if settings.stages.model_poll_s > 0 and settings.redis.url_value:
         from ..ops.models import follow_models
-        follow_models(app, settings, account)  # `leadstream model promote/rollback` without a restart
+        follow_models(app, settings, BothStages(visitor, account))  # `leadstream model promote` without a restart
 
     @app.on_partitions_assigned.connect
     async def _rebalanced(_app: Any, /, *_args: Any, **_kw: Any) -> None:
         WORKER_REBALANCES.inc()
 
     return app, stages
+
+
+class BothStages:
+    """Both stages switch model together: the visitor's session gap and the account's bounces stay one value."""
+
+    def __init__(self, visitor: VisitorStage, account: AccountStage) -> None:
+        self.visitor = visitor
+        self.account = account
+
+    def use_model(self, model: ScoringModel) -> None:
+        self.visitor.use_model(model)
+        self.account.use_model(model)
 
 
 def retryable_errors() -> tuple[type[BaseException], ...]:

@@ -116,12 +116,8 @@ class VisitorStage:
         self.identity = identity
         self.bot_config = bot_config
         self.retryable = retryable
-        classes = tuple((s.name, tuple(s.patterns)) for s in model.intent.page_signals)
-        self.session_cfg = {
-            s.site_id: SessionConfig(gap_ms=s.effective_rules(model).intent.session_gap_minutes * 60_000,
-                                     site_hosts=s.own_hosts,
-                                     conversion_names=frozenset(s.conversion_names), page_classes=classes)
-            for s in settings.sites}
+        self.session_cfg: dict[str, SessionConfig] = {}
+        self.use_model(model)
         limit = settings.kafka.max_message_bytes
         self.output_bytes = limit * 9 // 10        # a record's value, with room for framing and headers
         self.state_bytes = limit // 2              # a stored state (the changelog adds the key and offset)
@@ -130,6 +126,17 @@ class VisitorStage:
         self.time_cfg = TimeConfig.from_days(settings.stages.max_send_delay_days)
         self.idle = IdleKeys(int(settings.stages.state_retention_days * DAY_MS), topics.pixel_events_partitions,
                              _visitor_last_seen)
+
+    def use_model(self, model: ScoringModel) -> None:
+        """Sessionize with ``model`` from the next record on (``leadstream model promote``, as the account
+        stage does): each site's session gap is the one its effective rules hold, the gap its bounces
+        are judged at (:meth:`SiteSettings.effective_rules`)."""
+        classes = tuple((s.name, tuple(s.patterns)) for s in model.intent.page_signals)
+        self.session_cfg = {
+            s.site_id: SessionConfig(gap_ms=s.effective_rules(model).intent.session_gap_minutes * 60_000,
+                                     site_hosts=s.own_hosts, conversion_names=frozenset(s.conversion_names),
+                                     page_classes=classes)
+            for s in self.settings.sites}
 
     # -- the handler ------------------------------------------------------------------------
     async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:

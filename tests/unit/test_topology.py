@@ -86,3 +86,4 @@ def test_account_keys_round_trip() -> None:
     key = account_key("acme", "c:brightpath-analytics.example")
     assert split_account_key(key) == ("acme", "c:brightpath-analytics.example") and site_of_key(key) == "acme"
     assert site_of_key(visitor_key("acme", "v1")) == "acme" and split_account_key("no-separator") is None
+
