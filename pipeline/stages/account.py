@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Any, Mapping, Protocol
 
 from ..codec import Codec, CodecError

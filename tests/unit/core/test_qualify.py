@@ -3,8 +3,6 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-import pytest
-
 from pipeline.core.intent import AccountState, apply_visits
 from pipeline.core.model import Company, Evidence, NetworkClass as N, Sector
 from pipeline.core.qualify import QuotaClaim, lead_id, month_of, over_quota, qualify, quota_claim, tier_of, tier_rank
