@@ -59,13 +59,13 @@ SiteOption = Annotated[Optional[str], typer.Option("--site", help="A site id fro
 
 
 def _site_rules(settings: Settings, site_id: str) -> "EffectiveRules":
-    from .core.scoring_model import ScoringModelError, effective_rules
+    from .core.scoring_model import ScoringModelError
     site = settings.site(site_id)
     if site is None:
         known = ", ".join(s.site_id for s in settings.sites) or "none configured"
         _fail(f"unknown site {site_id!r} (sites: {known})")
     try:
-        return effective_rules(settings.load_scoring_model(), site.rules, site.conversion_names)
+        return site.effective_rules(settings.load_scoring_model())
     except (ScoringModelError, ValueError) as exc:
         _fail(f"site {site_id!r}: {exc}")
 

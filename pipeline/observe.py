@@ -328,7 +328,9 @@ def open_session_site(stored: Any, now_ms: int, session_gap_ms: Mapping[str, int
 
 
 def session_gaps(settings: Settings) -> dict[str, int]:
-    return {s.site_id: s.session_gap_minutes * 60_000 for s in settings.sites}
+    """Each site's session gap in ms: the one its effective rules hold (``SiteSettings.effective_rules``)."""
+    model = settings.load_scoring_model()
+    return {s.site_id: s.effective_rules(model).intent.session_gap_minutes * 60_000 for s in settings.sites}
 
 
 async def run_guarded(name: str, task: Task, failures: dict[str, int]) -> None:

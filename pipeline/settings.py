@@ -26,8 +26,8 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Vali
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .core.identity import IdentityConfig, trust_config
-from .core.scoring_model import (ActionRule, IntentModel, ScoringModel, SiteRules, default_scoring_model,
-                                 load_scoring_model)
+from .core.scoring_model import (ActionRule, EffectiveRules, IntentModel, ScoringModel, SiteRules,
+                                 default_scoring_model, effective_rules, load_scoring_model)
 
 CONFIG_ENV = "LEADSTREAM_CONFIG"
 DEFAULT_CONFIG_FILE = "leadstream.yaml"
@@ -563,7 +563,9 @@ class SiteSettings(_Frozen):
     capture_forms: bool = Field(False, description="pixel.js sends form submissions with an email field as identify events")
     hosts: list[str] = Field(default_factory=list,
                              description="The site's own hostnames (internal referrers); default: from allowed_origins")
-    session_gap_minutes: int = Field(30, ge=1, le=24 * 60, description="Inactivity that ends a session (event time)")
+    session_gap_minutes: int | None = Field(
+        None, ge=1, le=24 * 60, description="Inactivity that ends a session (event time), and after which a one-page "
+        "session is a bounce; default: the scoring model's intent.session_gap_minutes (30)")
     conversion_names: list[str] = Field(
         default_factory=list, description="Event names (track, structured, named link clicks) that count as "
         "conversions; kept working as a conversion rule `conversion_names`. Prefer rules.intent.conversions")
@@ -605,6 +607,19 @@ class SiteSettings(_Frozen):
         if self.require is RequireMode.signature and not self.write_keys:
             raise ValueError("require: signature needs at least one entry in write_keys")
         return self
+
+    @model_validator(mode="after")
+    def _one_session_gap(self) -> "SiteSettings":
+        gap = (self.rules.intent or {}).get("session_gap_minutes") if self.rules else None
+        if self.session_gap_minutes is not None and gap is not None and gap != self.session_gap_minutes:
+            raise ValueError(f"session_gap_minutes ({self.session_gap_minutes}) and rules.intent.session_gap_minutes "
+                             f"({gap}) differ: set one of them")
+        return self
+
+    def effective_rules(self, model: ScoringModel) -> EffectiveRules:
+        """The rules this site runs with: its ``rules`` merged over ``model``, its ``conversion_names`` and its
+        ``session_gap_minutes`` (the one gap both the visitor stage's sessions and the bounces use)."""
+        return effective_rules(model, self.rules, self.conversion_names, self.session_gap_minutes)
 
     def identity_config(self, intent: IntentModel | None = None) -> IdentityConfig:
         """The identity rules with this site's confidences per link source; ``intent`` (the site's

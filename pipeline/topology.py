@@ -1,20 +1,24 @@
 """The pipeline in one place: topics, keys, schemas and stages in the order data flows.
 
     browser ─HTTP─▶ collector ─▶ pixel-events ─▶ visitor stage ─▶ visits ─▶ account stage ─▶ qualified-leads ─▶ sinks
-                        │         CollectorBatch   (site, visitor)   VisitUpdate  (site, account)  QualifiedLead
-                        └─────────▶ bad-events (BadRow, from every stage)
+                        │         CollectorBatch   (site, visitor)   VisitBatch  (site, account)   QualifiedLead   │
+                        │                                                            └─▶ lead-scores ─▶ leads view │
+                        └─────────▶ bad-events (BadRow, from every stage)              sink-dead-letter ◀──────────┘
 
 1. ``collector`` (pipeline.collector): HTTP in; one ``CollectorBatch`` record per
    target partition of ``pixel-events`` per linger. The partition of a hit is
-   :func:`partition_for` of its ``site_id|visitor_id`` key: Kafka's murmur2,
-   the same hash the stages' tables use, so every key in a record belongs to
-   the record's partition.
-2. ``visitor`` stage (pipeline.stages): reads ``pixel-events``, keyed by site
-   and visitor; writes ``visits`` partitioned by site and account.
-3. ``account`` stage: reads ``visits``; writes ``lead-scores`` (compacted) and
-   ``qualified-leads``.
-4. ``sinks`` (pipeline.sinks): read ``qualified-leads``; failures go to
-   ``sink-dead-letter``.
+   :func:`partition_for` of its :func:`visitor_key` (``site_id|visitor_id``):
+   Kafka's murmur2, the same hash the stages' tables use, so every key in a record
+   belongs to the record's partition.
+2. ``visitor`` stage (pipeline.stages.visitor): reads ``pixel-events``, its table keyed
+   by :func:`visitor_key`; writes ``visits`` partitioned by :func:`account_key`.
+3. ``account`` stage (pipeline.stages.account): reads ``visits``, its table keyed by
+   :func:`account_key`; writes ``lead-scores`` (compacted) and ``qualified-leads``.
+   :data:`STAGES` states each stage's source and outputs; the worker
+   (pipeline.stages.main) wires the handlers from it.
+4. ``sinks`` (pipeline.sinks): read ``qualified-leads``; deliveries that fail for good
+   go to ``sink-dead-letter`` (re-driven by ``leadstream sinks retry-dead-letter``).
+5. the prospect list (pipeline.leads): reads ``lead-scores`` into a Redis view.
 
 Every stage writes what it cannot handle to ``bad-events`` as a ``BadRow``.
 """
@@ -75,8 +79,37 @@ def topic_specs(settings: Settings, catalogue: SchemaCatalogue | None = None) ->
     return specs
 
 
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the worker: the logical topic it reads (its table has that topic's partitions and
+    keys) and the logical topics it writes."""
+    name: str
+    source: str
+    outputs: tuple[str, ...]
+
+
+#: The worker's stages in flow order (the stage <-> topic wiring).
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("visitor", "pixel_events", ("visits", "bad_events")),
+    StageSpec("account", "visits", ("lead_scores", "qualified_leads", "bad_events")),
+)
 #: The stages' tables: (stage, logical source topic). Each table's changelog has its source's partitions.
-STAGE_TABLES: tuple[tuple[str, str], ...] = (("visitor", "pixel_events"), ("account", "visits"))
+STAGE_TABLES: tuple[tuple[str, str], ...] = tuple((s.name, s.source) for s in STAGES)
+
+
+@dataclass(frozen=True)
+class StageTopics:
+    """A stage's topics as configured: its source and its outputs by logical name."""
+    stage: StageSpec
+    source: TopicSpec
+    outputs: dict[str, TopicSpec]
+
+
+def stage_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None) -> dict[str, StageTopics]:
+    """Each stage of :data:`STAGES` with its topics' names and partitions from settings, by stage name."""
+    by_logical = {s.logical: s for s in (topic_specs(settings) if specs is None else specs)}
+    return {st.name: StageTopics(st, by_logical[st.source], {o: by_logical[o] for o in st.outputs})
+            for st in STAGES}
 
 
 def changelog_topic(app_id: str, stage: str) -> str:
@@ -101,8 +134,25 @@ def changelog_specs(settings: Settings, specs: Iterable[TopicSpec]) -> list[Topi
 
 
 def visitor_key(site_id: str, visitor_id: str | None) -> str:
-    """The key that orders one visitor's events: ``site_id|visitor_id``."""
+    """The key that orders one visitor's events: ``site_id|visitor_id`` (``pixel-events``, the visitor table)."""
     return f"{site_id}{KEY_SEPARATOR}{visitor_id or ''}"
+
+
+def account_key(site_id: str, account: str) -> str:
+    """The key of one account: ``site_id|account`` (``visits``, the account table, ``lead-scores``,
+    ``qualified-leads``)."""
+    return f"{site_id}{KEY_SEPARATOR}{account}"
+
+
+def split_account_key(key: str) -> tuple[str, str] | None:
+    """(site_id, account) of an :func:`account_key`; None when ``key`` is not one."""
+    site_id, sep, account = key.partition(KEY_SEPARATOR)
+    return (site_id, account) if sep else None
+
+
+def site_of_key(key: str) -> str:
+    """The site id of a :func:`visitor_key` or :func:`account_key`."""
+    return key.split(KEY_SEPARATOR, 1)[0]
 
 
 @lru_cache(maxsize=262_144)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
+from ..core.events import value_problems
+
 EventDict = dict[str, Any]
 
 #: Ids (visitor, session, event, site) longer than this are refused: real ones are UUID-sized.
@@ -40,6 +42,19 @@ MAX_KEY_CHARS: Final = 128
 
 PIXEL_EVENT_TYPES: Final = frozenset(
     {"page_view", "page_ping", "link_click", "identify", "track", "form_submit"})
+
+
+def _checked(event: EventDict, index: int | None, wire: dict[str, str]) -> EventDict:
+    """``event`` once the core's value rules (:func:`pipeline.core.events.value_problems`, which the visitor
+    stage runs too) find nothing wrong with it; otherwise the request is refused with their reasons, naming
+    the field as the request spelled it (``wire``: Event field -> request field)."""
+    problems = value_problems(event)
+    if problems:
+        where = f" of event {index}" if index is not None else ""
+        field, reason = problems[0]
+        field = wire.get(field, field)
+        raise _protocol(f"field '{field}'{where} cannot be processed: {reason}", field)
+    return event
 
 
 class PayloadError(ValueError):
@@ -199,6 +214,8 @@ _PIXEL_IDS: Final = frozenset({"id", "session_id", "user_id"})
 _PIXEL_INT: Final = {"ts": ("device_created_tstamp", 63), "session_index": ("session_index", 31),
                      "engaged_ms": ("engaged_ms", 63), "scroll_depth": ("scroll_depth", 31)}
 _PIXEL_OBJECT: Final = frozenset({"props", "traits"})
+_PIXEL_WIRE: Final = {**{v: k for k, v in _PIXEL_TEXT.items()}, **{v[0]: k for k, v in _PIXEL_INT.items()},
+                      "event_id": "id", "device_sent_tstamp": "sent_at"}
 # request-level fields; everything else at the top level is a protocol violation
 _PIXEL_REQUEST_FIELDS: Final = frozenset(
     {"site_id", "visitor_id", "session_id", "sent_at", "tracker", "anonymous", "events"})
@@ -277,16 +294,12 @@ def _pixel_event(raw: dict[str, Any], index: int | None, defaults: dict[str, Any
         event["extra"] = extra
     if event_type == "identify" and "user_id" in event:
         event["identify_user_id"] = event["user_id"]
-    if event_type == "page_ping":
-        depth = event.get("scroll_depth")
-        if depth is not None and not 0 <= depth <= 100:
-            raise _protocol("field 'scroll_depth' must be a percentage 0-100", "scroll_depth")
     url = event.get("url")
     if url:
         click_id = _email_click_id(url)
         if click_id:
             event["email_click_id"] = click_id
-    return event
+    return _checked(event, index, _PIXEL_WIRE)
 
 
 def _request_defaults(body: dict[str, Any]) -> tuple[str, str | None, dict[str, Any], bool]:
@@ -418,6 +431,7 @@ _SP_INT: Final = {"vid": ("session_index", 31), "dtm": ("device_created_tstamp",
                   "stm": ("device_sent_tstamp", 63), "ttm": ("true_tstamp", 63),
                   "pp_mix": ("pp_min_x", 31), "pp_max": ("pp_max_x", 31), "pp_miy": ("pp_min_y", 31),
                   "pp_may": ("pp_max_y", 31)}
+_SP_WIRE: Final = {**{v: k for k, v in _SP_TEXT.items()}, **{v[0]: k for k, v in _SP_INT.items()}, "event_id": "eid"}
 PAYLOAD_DATA_SCHEMA_PREFIX: Final = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-"
 _LINK_CLICK_SCHEMA: Final = "iglu:com.snowplowanalytics.snowplow/link_click/"
 _SUBMIT_FORM_SCHEMA: Final = "iglu:com.snowplowanalytics.snowplow/submit_form/"
@@ -512,7 +526,7 @@ def _snowplow_event(raw: dict[str, Any], index: int | None, limits: Limits) -> E
             event["email_click_id"] = click_id
     if extra:
         event["extra"] = extra
-    return event
+    return _checked(event, index, _SP_WIRE)
 
 
 def _type_self_describing(event: EventDict, envelope: dict[str, Any]) -> None:

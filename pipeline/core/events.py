@@ -14,7 +14,9 @@ from typing import Any, Mapping, Sequence, TypeGuard
 
 __all__ = [
     "EVENT_TYPES", "PAGE_EVENT_TYPES", "TimeConfig", "TrackedEvent", "BadEvent",
-    "derived_tstamp", "tracker_user_agent", "event_fingerprint", "validate_event", "build_event", "parse_payload",
+    "derived_tstamp", "tracker_user_agent", "event_fingerprint", "validate_event", "event_problems", "value_problems",
+    "build_event",
+    "parse_payload",
     "VERIFIED_HEADER", "VERIFIED_BY_SIGNATURE",
 ]
 
@@ -172,50 +174,72 @@ def _is_int(v: Any) -> TypeGuard[int]:
 def validate_event(event: Mapping[str, Any], payload: Mapping[str, Any]) -> list[str]:
     """Reasons why ``event`` (in ``payload``) cannot be processed; empty when it is fine.
 
-    Checks what the core relies on: ids, the event type, integer timestamps, URLs of page
-    events, value ranges. Never raises, whatever the input's shape.
+    The payload's site id and collector time, then :func:`event_problems`. Never raises,
+    whatever the input's shape.
     """
-    errors: list[str] = []
     if not isinstance(event, Mapping):
         return ["event is not an object"]
+    errors: list[str] = []
     site = payload.get("site_id")
     if not isinstance(site, str) or not site:
         errors.append("site_id missing")
     cts = payload.get("collector_tstamp")
     if not _is_int(cts) or cts <= 0:
         errors.append("collector_tstamp is not a positive integer")
+    return errors + event_problems(event)
+
+
+def event_problems(event: Mapping[str, Any]) -> list[str]:
+    """Reasons why the ``Event`` dict ``event`` cannot be processed, whatever its payload; empty when
+    it is fine: an event id, a known event type, a URL for page events, then :func:`value_problems`.
+    Never raises, whatever the input's shape."""
+    if not isinstance(event, Mapping):
+        return ["event is not an object"]
+    errors: list[str] = []
     eid = event.get("event_id")
     if not isinstance(eid, str) or not eid.strip():
         errors.append("event_id missing")
     etype = event.get("event_type")
     if etype not in EVENT_TYPES:
         errors.append(f"unknown event_type {etype!r}")
-    for name in _TS_FIELDS:
-        v = event.get(name)
-        if v is not None and (not _is_int(v) or v < 0):
-            errors.append(f"{name} is not a non-negative integer")
-    for name in _INT_FIELDS:
-        v = event.get(name)
-        if v is not None and not _is_int(v):
-            errors.append(f"{name} is not an integer")
-    sd = event.get("scroll_depth")
-    if _is_int(sd) and not 0 <= sd <= 100:
-        errors.append("scroll_depth outside 0-100")
-    em = event.get("engaged_ms")
-    if _is_int(em) and em < 0:
-        errors.append("engaged_ms is negative")
+    errors += [reason for _, reason in value_problems(event)]
     url = event.get("url")
-    if url is not None and not isinstance(url, str):
-        errors.append("url is not a string")
     if etype in PAGE_EVENT_TYPES:
         if not isinstance(url, str) or not url.strip():
             errors.append(f"{etype} without url")
         elif not (url.startswith("http://") or url.startswith("https://")):
             errors.append("url is not http(s)")
+    return errors
+
+
+def value_problems(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, reason) for each field ``event`` carries with a value the core cannot use: timestamps
+    are non-negative integers, counters integers, ``scroll_depth`` 0-100, ``engaged_ms`` not
+    negative, text fields text. The one place these rules live: the collector refuses a request
+    with such an event (``pipeline.collector.protocol``), the visitor stage makes one it reads a
+    bad row (:func:`validate_event`). Never raises."""
+    errors: list[tuple[str, str]] = []
+    for name in _TS_FIELDS:
+        v = event.get(name)
+        if v is not None and (not _is_int(v) or v < 0):
+            errors.append((name, f"{name} is not a non-negative integer"))
+    for name in _INT_FIELDS:
+        v = event.get(name)
+        if v is not None and not _is_int(v):
+            errors.append((name, f"{name} is not an integer"))
+    sd = event.get("scroll_depth")
+    if _is_int(sd) and not 0 <= sd <= 100:
+        errors.append(("scroll_depth", "scroll_depth outside 0-100"))
+    em = event.get("engaged_ms")
+    if _is_int(em) and em < 0:
+        errors.append(("engaged_ms", "engaged_ms is negative"))
+    url = event.get("url")
+    if url is not None and not isinstance(url, str):
+        errors.append(("url", "url is not a string"))
     for name in ("referrer", "email", "user_id", "identify_user_id", "email_click_id", "domain_user_id"):
         v = event.get(name)
         if v is not None and not isinstance(v, str):
-            errors.append(f"{name} is not a string")
+            errors.append((name, f"{name} is not a string"))
     return errors
 
 

@@ -47,7 +47,7 @@ __all__ = [
     "IdType", "BLOCKED_VALUES", "FREE_MAIL_DOMAINS", "IdentityConfig", "LinkRecord", "PersonRecord",
     "IdentitySnapshot", "CreatePerson", "Link", "Merge", "SetProfile", "ForgetPerson", "LogEntry", "IdentityOp",
     "IdentityResult", "ImportedIdentity", "is_blocked", "normalize_email", "hash_email", "email_domain",
-    "apply_ops", "link_identifiers", "identifiers_from_event", "apply_identity_events", "import_identity",
+    "apply_ops", "link_identifiers", "identifiers_from_event", "identifiers_to_load", "apply_identity_events", "import_identity",
     "resolve_visitor", "forget_person", "trust_config", "BROWSER_SOURCES", "VERIFIED_SOURCES",
 ]
 
@@ -489,6 +489,21 @@ def is_handraise(event: TrackedEvent, cfg: IdentityConfig = DEFAULT_IDENTITY) ->
     if event.event_type != "form_submit" or not cfg.conversions:
         return False
     return classify_action(event.name, None, event.url, cfg.conversions, cfg.non_conversions).kind == "conversion"
+
+
+def identifiers_to_load(events: Iterable[TrackedEvent], salt: str) -> list[Identifier]:
+    """Every identifier :func:`apply_identity_events` and :func:`resolve_visitor` may look up for
+    ``events``: what a caller loads into the snapshot first (each once, in first-seen order). The
+    visitor stage and the identity store both load exactly this."""
+    out: dict[Identifier, None] = {}
+    for e in events:
+        ids, _, _ = identifiers_from_event(e, salt)
+        out.update(dict.fromkeys(ids))
+        if e.email_click_id is not None and e.visitor_id:
+            out.update(dict.fromkeys([(IdType.email_click, e.email_click_id), (IdType.visitor, e.visitor_id)]))
+        elif e.visitor_id:
+            out[(IdType.visitor, e.visitor_id)] = None
+    return list(out)
 
 
 def apply_identity_events(snapshot: IdentitySnapshot, events: Sequence[TrackedEvent], salt: str,

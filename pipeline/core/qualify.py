@@ -16,9 +16,14 @@ Tiers (HubSpot's grid): fit letter A (>= fit_a), B (>= fit_b), C; intent digit
 **Cool-down:** one lead per account (or, at identity level ``person``, per person) per
 ``cooldown_days`` from the lead's event time. A tier strictly better than the lead's
 current tier inside the cool-down **updates** that lead: same ``lead_id`` and
-``sequence``, ``version`` + 1 and an ``update_reason`` (``tier_rise:B2->A1``); the
-quota counts the lead once. **Quota:** at most ``monthly_quota`` leads per site per
-event-time calendar month (UTC); :class:`QuotaState` is per site.
+``sequence``, ``version`` + 1 and an ``update_reason`` (``tier_rise:B2->A1``).
+**Quota:** at most ``monthly_quota`` leads per site per event-time calendar month (UTC).
+The quota is shared by every partition, so its count lives in a ledger outside the
+account state (``pipeline.stages.account.RedisQuota``); the rule is here:
+:func:`quota_claim` is what a qualified decision claims (its lead id in the lead's
+month), the ledger admits a lead id it already counted in that month (an update of a
+lead counts once) or while fewer than ``monthly_quota`` are counted, and
+:func:`over_quota` is the decision when it refuses.
 
 Lead ids are uuid5 of site, account, model version and the account's qualification
 sequence number: a replay from the same input with the same model gives the same ids.
@@ -39,28 +44,11 @@ from .scoring_model import EffectiveRules, Tiering
 from .sessions import DAY_MS
 from .visit import company_from_dict
 
-__all__ = ["QuotaState", "Decision", "QualifiedLead", "tier_of", "tier_rank", "lead_id", "lead_facts",
-           "best_person", "evaluate", "qualify", "month_of", "is_customer", "recent_conversions",
-           "describe_conversion"]
+__all__ = ["QuotaClaim", "quota_claim", "over_quota", "Decision", "QualifiedLead", "tier_of", "tier_rank",
+           "lead_id", "lead_facts", "best_person", "evaluate", "qualify", "month_of", "is_customer",
+           "recent_conversions", "describe_conversion"]
 
 _LEAD_NS = uuid.UUID("0e0b6c55-3f61-4a8e-a7c1-5b7f1f0d9a42")
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaState:
-    """Leads issued for one site in one event-time month (``YYYY-MM``)."""
-    site_id: str
-    month: str = ""
-    count: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"v": 1, "site": self.site_id, "month": self.month, "count": self.count}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "QuotaState":
-        if d.get("v") != 1:
-            raise ValueError(f"unsupported QuotaState version {d.get('v')!r}")
-        return cls(d["site"], d.get("month", ""), d.get("count", 0))
 
 
 def month_of(tstamp: int) -> str:
@@ -142,7 +130,6 @@ class Decision:
     intent: IntentScore
     filters: tuple[FilterResult, ...]
     state: AccountState                  # with the lead memory updated when qualified
-    quota: QuotaState | None
     lead: QualifiedLead | None = None
     expansion: bool = False              # an existing customer that would otherwise qualify
     expansion_reason: str | None = None
@@ -184,15 +171,16 @@ def evaluate(state: AccountState, intent: IntentScore, rules: EffectiveRules, *,
     return fit, results, reasons
 
 
-def qualify(state: AccountState, intent: IntentScore, rules: EffectiveRules, quota: QuotaState | None = None, *,
+def qualify(state: AccountState, intent: IntentScore, rules: EffectiveRules, *,
             is_bot: bool = False, bot_reason: str | None = None,
             extra_suppressed_hashes: frozenset[str] = frozenset(),
             extra_suppressed_domains: frozenset[str] = frozenset()) -> Decision:
     """Decide at event time ``intent.now`` whether ``state``'s account is a lead now.
 
     Pure and deterministic. When qualified, the returned ``state`` carries the new lead
-    memory (sequence, time, tier, person) and ``quota`` the incremented count; the caller
-    writes both. Otherwise both come back unchanged (the quota rolled to the month).
+    memory (sequence, time, tier, person); the caller writes it. Otherwise it comes back
+    unchanged. The monthly quota is not checked here: the caller claims
+    :func:`quota_claim` of the decision on the shared ledger (:func:`over_quota` when refused).
     """
     now = intent.now
     fit, results, reasons = evaluate(state, intent, rules, is_bot=is_bot, bot_reason=bot_reason,
@@ -200,13 +188,10 @@ def qualify(state: AccountState, intent: IntentScore, rules: EffectiveRules, quo
                                      extra_suppressed_domains=extra_suppressed_domains)
     q = rules.qualification
     tier = tier_of(fit.score, intent.score, q.tiers)
-    month = month_of(now)
-    if quota is not None and quota.month != month:
-        quota = QuotaState(quota.site_id, month, 0)
     person = best_person(state)
 
     def decision(why: list[str]) -> Decision:
-        return Decision(False, tuple(why), tier, fit, intent, results, state, quota)
+        return Decision(False, tuple(why), tier, fit, intent, results, state)
 
     if is_customer(state, rules):
         if reasons:
@@ -226,8 +211,6 @@ def qualify(state: AccountState, intent: IntentScore, rules: EffectiveRules, quo
         if last_tier is None or tier_rank(tier) >= tier_rank(str(last_tier)):
             return decision([f"cooldown:{last_tier}->{tier}"])
         update_of = current
-    if update_of is None and q.monthly_quota is not None and quota is not None and quota.count >= q.monthly_quota:
-        return decision([f"quota_exhausted:{month}:{q.monthly_quota}"])
 
     if update_of is not None:          # a tier rise inside the cool-down: the same lead, next version
         seq = int(update_of.get("seq", lead.get("seq", 1)))
@@ -247,7 +230,6 @@ def qualify(state: AccountState, intent: IntentScore, rules: EffectiveRules, quo
     # the account's cool-down runs from the lead's first issue; an update keeps that time
     new_state = replace(state, lead={"seq": new_seq, "last_ts": now if person_level else issued, "tier": tier,
                                      "persons": persons_mem, "last_id": lid, "ver": version})
-    new_quota = replace(quota, count=quota.count + 1) if quota is not None and update_of is None else quota
     co = state.company or {}
     conversions = recent_conversions(state, rules)
     cause = _cause(conversions, intent)
@@ -279,7 +261,38 @@ def qualify(state: AccountState, intent: IntentScore, rules: EffectiveRules, quo
                        fit=fit.score, intent=intent.score, model_version=rules.model_version,
                        model_digest=rules.model_digest, explanation=explanation, version=version,
                        update_reason=update_reason)
-    return Decision(True, (), tier, fit, intent, results, new_state, new_quota, ql)
+    return Decision(True, (), tier, fit, intent, results, new_state, ql)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaClaim:
+    """What a qualified lead claims on its site's monthly quota ledger: ``lead_id`` in ``month``.
+
+    The ledger admits the claim when ``lead_id`` is already counted in ``month`` (a replay,
+    or an update of the same lead) or fewer than ``quota`` lead ids are; otherwise it
+    refuses. Admission is idempotent per lead id."""
+    site_id: str
+    month: str
+    lead_id: str
+    quota: int
+
+
+def quota_claim(decision: Decision, rules: EffectiveRules) -> QuotaClaim | None:
+    """The claim ``decision`` makes on its site's monthly quota, or None when it needs none
+    (not a lead, or no ``monthly_quota``). The month is the lead's event-time month (UTC)."""
+    quota = rules.qualification.monthly_quota
+    lead = decision.lead
+    if not decision.qualified or lead is None or quota is None:
+        return None
+    return QuotaClaim(lead.site_id, month_of(lead.tstamp), lead.lead_id, quota)
+
+
+def over_quota(decision: Decision, before: AccountState, claim: QuotaClaim) -> Decision:
+    """``decision`` once the ledger refused ``claim``: not a lead (reason
+    ``quota_exhausted:<month>:<quota>``), the account's lead memory as it was in ``before``
+    (the state :func:`qualify` was given), so a later month can still issue the lead."""
+    return replace(decision, qualified=False, lead=None, state=replace(decision.state, lead=dict(before.lead)),
+                   reasons=(f"quota_exhausted:{claim.month}:{claim.quota}",))
 
 
 def recent_conversions(state: AccountState, rules: EffectiveRules) -> list[dict[str, Any]]:

@@ -170,7 +170,9 @@ class IntentModel(_Frozen):
     bounce: Activity = Activity(points=-3, daily_cap=5)
     support_only: Activity = Activity(points=-5, daily_cap=3)
     support_patterns: tuple[str, ...] = ("/support*", "/help*", "*/kb/*", "support.*", "help.*")
-    session_gap_minutes: int = Field(default=30, ge=1, description="A session counts as a bounce once this long idle")
+    session_gap_minutes: int = Field(default=30, ge=1, description="Inactivity that ends a session (event time); a "
+                                     "one-page session counts as a bounce once this long idle. A site's "
+                                     "session_gap_minutes overrides it")
     page_signals: tuple[PageSignal, ...] = ()
     breadth: Breadth = Breadth()
     max_sessions_kept: int = Field(default=200, ge=1)
@@ -400,17 +402,22 @@ class EffectiveRules(_Frozen):
 
 
 def effective_rules(model: ScoringModel, site: SiteRules | None = None,
-                    conversion_names: tuple[str, ...] | list[str] = ()) -> EffectiveRules:
+                    conversion_names: tuple[str, ...] | list[str] = (),
+                    session_gap_minutes: int | None = None) -> EffectiveRules:
     """Merge ``site`` over ``model`` key by key (see the module doc).
 
     ``conversion_names`` (the site setting of that name, kept working) adds a conversion
-    rule ``conversion_names`` matching those event names, ahead of the others."""
+    rule ``conversion_names`` matching those event names, ahead of the others.
+    ``session_gap_minutes`` (the site setting of that name) is the gap in effect: the one that
+    ends a visitor's session is the one after which a one-page session is a bounce."""
     s = site or SiteRules()
 
     def merged(section: _Frozen, over: dict[str, Any] | None) -> dict[str, Any]:
         return merge_section(section.model_dump(), over or {})
 
     intent = merged(model.intent, s.intent)
+    if session_gap_minutes is not None:
+        intent["session_gap_minutes"] = session_gap_minutes
     if conversion_names:
         intent["conversions"] = [{"name": "conversion_names", "events": list(conversion_names)},
                                  *[c for c in intent.get("conversions", ()) if c.get("name") != "conversion_names"]]

@@ -73,7 +73,7 @@ from pipeline.core.identity import (
     apply_identity_events,
     forget_person,
     hash_email,
-    identifiers_from_event,
+    identifiers_to_load,
     is_blocked,
     normalize_email,
     resolve_visitor,
@@ -83,7 +83,7 @@ from pipeline.core.model import PersonResolution
 from pipeline.redis_client import AsyncRedisClient, RedisClient, async_client, sync_client
 
 __all__ = [
-    "IdentityKeys", "RoundTrip", "ForgetResult", "IdentityStore", "SyncIdentityStore", "event_identifiers",
+    "IdentityKeys", "RoundTrip", "ForgetResult", "IdentityStore", "SyncIdentityStore",
     "DEFAULT_LOG_MAXLEN", "DEFAULT_REPLAY_GUARD_TTL_S", "LOG_KINDS", "MERGE_LOG_KINDS",
 ]
 
@@ -300,19 +300,6 @@ def decode_log_entry(entry_id: Any, fields: Any) -> dict[str, Any]:
     return {"id": _s(entry_id), "kind": data.get("kind", ""), "t": int(data.get("t") or 0),
             "detail": data.get("detail", ""), "ids": json.loads(data.get("ids") or "[]"),
             "persons": json.loads(data.get("persons") or "[]")}
-
-
-def event_identifiers(events: Iterable[TrackedEvent], salt: str) -> list[Identifier]:
-    """Every identifier :func:`apply_identity_events` may look up for ``events``: what to load."""
-    out: dict[Identifier, None] = {}
-    for e in events:
-        ids, _, _ = identifiers_from_event(e, salt)
-        out.update(dict.fromkeys(ids))
-        if e.email_click_id is not None and e.visitor_id:
-            out.update(dict.fromkeys([(IdType.email_click, e.email_click_id), (IdType.visitor, e.visitor_id)]))
-        elif e.visitor_id:
-            out[(IdType.visitor, e.visitor_id)] = None
-    return list(out)
 
 
 # ---- plans: each yields the commands of one round trip and receives their replies -------------
@@ -639,7 +626,7 @@ class IdentityStore(_Base):
         :func:`apply_identity_events`, apply (one MULTI, skipped when there are no ops). The
         visitors are always loaded, so ``person_id`` of the result is the visitor's person
         even for a batch without identity signals. Replaying a batch after a crash is safe."""
-        snapshot = await self.load_snapshot(site_id, event_identifiers(events, salt))
+        snapshot = await self.load_snapshot(site_id, identifiers_to_load(events, salt))
         result = apply_identity_events(snapshot, events, salt, self.cfg)
         await self.apply(site_id, result.ops)
         return result
@@ -714,7 +701,7 @@ class SyncIdentityStore(_Base):
 
     def process_events(self, site_id: str, events: Sequence[TrackedEvent], salt: str) -> IdentityResult:
         """See :meth:`IdentityStore.process_events`."""
-        snapshot = self.load_snapshot(site_id, event_identifiers(events, salt))
+        snapshot = self.load_snapshot(site_id, identifiers_to_load(events, salt))
         result = apply_identity_events(snapshot, events, salt, self.cfg)
         self.apply(site_id, result.ops)
         return result

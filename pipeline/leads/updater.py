@@ -25,6 +25,7 @@ from ..enrich.identity_store import PROFILE_PREFIX, IdentityKeys
 from ..enrich.redis_store import COMPANY_FIELDS, GLOBAL_SCOPE, company_from_hash, scope_for
 from ..metrics import LEADS_VIEW_WRITES
 from ..settings import Settings, SiteSettings
+from ..topology import split_account_key
 from .store import LeadsView
 from .view import account_doc, domain_of, not_seen_doc
 
@@ -169,9 +170,9 @@ class ViewUpdater:
                     for rec in records:
                         if rec.value is None:
                             # a tombstone (erasure): the account leaves the view
-                            site_id, sep, account = (rec.key or b"").decode("utf-8", "replace").partition("|")
-                            if sep:
-                                latest[(site_id, account)] = None
+                            site_account = split_account_key((rec.key or b"").decode("utf-8", "replace"))
+                            if site_account is not None:
+                                latest[site_account] = None
                             continue
                         try:
                             score = self.codec.decode(rec.value, "LeadScore")

@@ -43,12 +43,12 @@ from typing import Any, Callable, Mapping
 
 from ..settings import Settings, SettingsError, with_overrides
 from ..stages.runtime import Handler, HandlerResult, StateView
-from ..topology import TopicSpec, changelog_specs, create_topics, topic_specs
+from ..topology import STAGES, TopicSpec, changelog_specs, create_topics, topic_specs
 
 log = logging.getLogger(__name__)
 
-#: The outputs a replay writes, each renamed ``<name>.<topic>``.
-OUTPUTS = ("visits", "lead_scores", "qualified_leads", "bad_events")
+#: The outputs a replay writes (every stage's), each renamed ``<name>.<topic>``.
+OUTPUTS = tuple(dict.fromkeys(o for stage in STAGES for o in stage.outputs))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}

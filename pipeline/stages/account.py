@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Any, Mapping, Protocol
 
 from ..codec import Codec, CodecError
 from ..core.failures import FailureType
 from ..core.intent import AccountState, apply_visits
-from ..core.qualify import Decision, month_of, qualify
+from ..core.qualify import Decision, over_quota, qualify, quota_claim
 from ..core.scoring_model import EffectiveRules, ScoringModel, effective_rules
 from ..core.sessions import DAY_MS
 from ..core.visit import VisitUpdate
 from ..metrics import (EVENT_TIME, FILTERED, LEAD_SCORES, LEADS, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS,
                        record_scores)
 from ..settings import Settings
-from ..topology import partition_for
+from ..topology import account_key, partition_for, site_of_key
 from .erasure import erase_accounts, erasures_of
 from .expiry import IdleKeys
 from .messages import bad_row, lead_score_record, qualified_lead_record, split_bad_row, visit_from_record
@@ -74,7 +73,7 @@ class AccountStage:
     def use_model(self, model: ScoringModel) -> None:
         """Score with ``model`` (and each site's overrides) from the next record on: a model switch
         (``leadstream model promote``) takes effect without a restart."""
-        self.rules = {s.site_id: effective_rules(model, s.rules, s.conversion_names) for s in self.settings.sites}
+        self.rules = {s.site_id: s.effective_rules(model) for s in self.settings.sites}
         self.default_rules = effective_rules(model, None)
 
     async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:
@@ -100,7 +99,7 @@ class AccountStage:
                 log.exception("account: %s failed", key)
                 self._bad(result, FailureType.processing_failure, f"account {key} failed in the account stage: "
                           f"{type(exc).__name__}: {exc}", {"updates": [r for _, _, r in items]},
-                          key.split("|", 1)[0], {"payload_schema": "VisitBatch", "account": key})
+                          site_of_key(key), {"payload_schema": "VisitBatch", "account": key})
                 continue
             if outcome is None:
                 continue
@@ -122,7 +121,7 @@ class AccountStage:
             return by_account
         for record in records:
             try:
-                key = f"{record['site_id']}|{record['account']}"
+                key = account_key(record["site_id"], record["account"])
                 if states.applied(key, offset):
                     continue
                 by_account.setdefault(key, []).append((visit_from_record(record), _source(record["update_id"]),
@@ -160,7 +159,7 @@ class AccountStage:
         state, intent = apply_visits(state, updates, rules.intent, offset=offset)
         human = [u for u in updates if not u.is_bot]
         is_bot = not human
-        decision = qualify(state, intent, rules, None, is_bot=is_bot,
+        decision = qualify(state, intent, rules, is_bot=is_bot,
                            bot_reason=updates[-1].bot_reason if is_bot else None)
         decision = await self._apply_quota(decision, rules, state)
         STAGE_EVENTS.labels(STAGE, "bot" if is_bot else "processed").inc(len(updates))
@@ -195,19 +194,16 @@ class AccountStage:
         return result
 
     async def _apply_quota(self, decision: Decision, rules: EffectiveRules, before: AccountState) -> Decision:
-        quota = rules.qualification.monthly_quota
-        if not decision.qualified or decision.lead is None or quota is None:
-            return decision
-        lead = decision.lead
-        month = month_of(lead.tstamp)
-        if self.quota is not None and await self.quota.claim(lead.site_id, month, lead.lead_id, quota):
+        """The quota rule of :mod:`pipeline.core.qualify`, claimed on the shared ledger (``self.quota``)."""
+        claim = quota_claim(decision, rules)
+        if claim is None:
             return decision
         if self.quota is None:
             log.warning("monthly_quota is set but no Redis is configured: the quota is not enforced")
             return decision
-        # Over quota: not a lead; the account's lead memory stays as it was before qualifying.
-        return replace(decision, qualified=False, lead=None, state=replace(decision.state, lead=dict(before.lead)),
-                       reasons=(f"quota_exhausted:{month}:{quota}",))
+        if await self.quota.claim(claim.site_id, claim.month, claim.lead_id, claim.quota):
+            return decision
+        return over_quota(decision, before, claim)
 
     def _bad(self, result: HandlerResult, failure_type: FailureType, message: str, payload: Any,
              site_id: str | None, details: Mapping[str, str] | None = None) -> None:
@@ -233,8 +229,9 @@ def _source(update_id: str) -> tuple[str, int, int]:
 
 
 class RedisQuota:
-    """The per-site monthly lead quota in Redis: ``<prefix>:<site>:<YYYY-MM>`` is the set of lead ids
-    (prefix ``stages.quota_prefix``, ``ls:quota`` live; a replay counts in its own namespace).
+    """The per-site monthly lead quota ledger in Redis: ``<prefix>:<site>:<YYYY-MM>`` is the set of lead ids
+    (prefix ``stages.quota_prefix``, ``ls:quota`` live; a replay counts in its own namespace). The script
+    admits a claim as :class:`pipeline.core.qualify.QuotaClaim` states, atomically across partitions.
 
     ``client`` is a ``redis.asyncio.Redis`` (with the timeouts of ``RedisSettings``): a claim awaits
     Redis, it never blocks the event loop."""

@@ -151,7 +151,7 @@ def _erase_account(stage: "AccountStage", key: str, erasure: Mapping[str, Any], 
         return
     rules = stage.rules.get(state.site_id, stage.default_rules)
     intent = score_intent(state, rules.intent)
-    decision = qualify(state, intent, rules, None)
+    decision = qualify(state, intent, rules)
     # A re-score is not a new lead: the lead memory stays as the erasure left it.
     reasons = decision.reasons if not decision.qualified else ("rescored_after_erasure",)
     score = lead_score_record(state, intent, decision.fit, decision.filters, decision.tier, False, reasons,

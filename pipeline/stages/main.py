@@ -21,8 +21,9 @@ from .. import metrics
 from ..codec import make_codec
 from ..core.identity import IdentitySnapshot, Identifier
 from ..metrics import WORKER_REBALANCES
+from ..core.scoring_model import ScoringModel
 from ..settings import Settings
-from ..topology import topic_specs
+from ..topology import stage_topics
 from .account import AccountStage, AccountTopics, RedisQuota
 from .app import Stage, add_stage, build_app
 from .visitor import IdentityPort, VisitorStage, VisitorTopics
@@ -32,8 +33,8 @@ log = logging.getLogger(__name__)
 
 def build_handlers(settings: Settings) -> tuple[VisitorStage, AccountStage]:
     """Both stages' handlers wired to their topics, Redis and GeoIP databases (no Kafka client)."""
-    specs = {s.logical: s for s in topic_specs(settings)}
-    visits = specs["visits"]
+    wiring = stage_topics(settings)
+    v_out, a_in, a_out = wiring["visitor"].outputs, wiring["account"].source, wiring["account"].outputs
     codec = make_codec(settings.kafka.schema_registry_url)
     model = settings.load_scoring_model()
     geoip = None
@@ -56,20 +57,21 @@ def build_handlers(settings: Settings) -> tuple[VisitorStage, AccountStage]:
     else:
         log.warning("redis.url is not set: no company data, identity graph or quota; leads need a company")
     retry = retryable_errors()
-    visitor = VisitorStage(settings, codec, VisitorTopics(visits.name, visits.partitions, specs["bad_events"].name,
-                                                          specs["pixel_events"].partitions),
+    visitor = VisitorStage(settings, codec, VisitorTopics(v_out["visits"].name, v_out["visits"].partitions,
+                                                          v_out["bad_events"].name,
+                                                          wiring["visitor"].source.partitions),
                            model, geoip, reference, identity, retryable=retry)
     account = AccountStage(settings, codec, AccountTopics(
-        specs["lead_scores"].name, specs["lead_scores"].partitions, specs["qualified_leads"].name,
-        specs["qualified_leads"].partitions, specs["bad_events"].name), model, quota, retryable=retry,
-        visits_partitions=visits.partitions)
+        a_out["lead_scores"].name, a_out["lead_scores"].partitions, a_out["qualified_leads"].name,
+        a_out["qualified_leads"].partitions, a_out["bad_events"].name), model, quota, retryable=retry,
+        visits_partitions=a_in.partitions)
     return visitor, account
 
 
 def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
     """The Faust app with both stages (see module doc)."""
-    specs = {s.logical: s for s in topic_specs(settings)}
-    pixel, visits = specs["pixel_events"], specs["visits"]
+    wiring = stage_topics(settings)
+    pixel, visits = wiring["visitor"].source, wiring["account"].source
     app = build_app(settings, pixel.partitions)
     visitor, account = build_handlers(settings)
     retry = retryable_errors()
@@ -79,13 +81,25 @@ def create_worker_app(settings: Settings) -> tuple[faust.App, list[Stage]]:
                         on_error=account.failed, retryable=retry)]
     if settings.stages.model_poll_s > 0 and settings.redis.url_value:
         from ..ops.models import follow_models
-        follow_models(app, settings, account)  # `leadstream model promote/rollback` without a restart
+        follow_models(app, settings, BothStages(visitor, account))  # `leadstream model promote` without a restart
 
     @app.on_partitions_assigned.connect
     async def _rebalanced(_app: Any, /, *_args: Any, **_kw: Any) -> None:
         WORKER_REBALANCES.inc()
 
     return app, stages
+
+
+class BothStages:
+    """Both stages switch model together: the visitor's session gap and the account's bounces stay one value."""
+
+    def __init__(self, visitor: VisitorStage, account: AccountStage) -> None:
+        self.visitor = visitor
+        self.account = account
+
+    def use_model(self, model: ScoringModel) -> None:
+        self.visitor.use_model(model)
+        self.account.use_model(model)
 
 
 def retryable_errors() -> tuple[type[BaseException], ...]:

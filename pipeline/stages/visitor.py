@@ -2,10 +2,11 @@
 
 Per input record: decode once, split events by visitor, enrich every visitor
 of the record with one GeoIP pass, one identity-graph round trip pair and one
-reference-data round trip pair, sessionize each visitor once (the core), and
-write each visitor's state once. Visit updates are grouped by the partition
-of their site|account key, one ``visits`` record per partition (split below
-``kafka.max_message_bytes``).
+reference-data round trip pair, run each visitor once through the core chain
+(:func:`pipeline.core.visitor.process_visitor`: sessions, network, company,
+bots, visit updates), and write each visitor's state once. Visit updates are
+grouped by the partition of their :func:`~pipeline.topology.account_key`, one
+``visits`` record per partition (split below ``kafka.max_message_bytes``).
 
 **The unit of failure is one event, at most one visitor's events of one
 record.** Each event is parsed inside its own error boundary, each visitor is
@@ -28,37 +29,34 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Protocol, Sequence
 
 from ..codec import Codec, CodecError
-from ..core.bots import BotConfig, BotSignals, bot_verdict
-from ..core.company import CompanyLookups, resolve_company
+from ..core.bots import BotConfig
 from ..core.erasure import noted_accounts
 from ..core.events import TimeConfig, TrackedEvent, build_event, validate_event
 from ..core.failures import FailureType
-from ..core.identity import (IdentityResult, IdentitySnapshot, IdType, Identifier, apply_identity_events,
-                             identifiers_from_event, resolve_visitor)
-from ..core.limits import (MAX_NAME_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS, chunk_by_bytes, clip, json_size,
-                           text_bytes, trim_by_bytes)
+from ..core.identity import (IdentityConfig, IdentityResult, IdentitySnapshot, Identifier, apply_identity_events,
+                             identifiers_to_load, resolve_visitor)
+from ..core.limits import MAX_NAME_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS, chunk_by_bytes, clip, json_size, text_bytes
 from ..core.model import NetworkInfo, PersonResolution
-from ..core.network import classify_network
-from ..core.scoring_model import ScoringModel, effective_rules
-from ..core.sessions import DAY_MS, Hit, SessionConfig, VisitorState, apply_events
-from ..core.visit import VisitUpdate, build_visit_update
+from ..core.scoring_model import ScoringModel
+from ..core.sessions import DAY_MS, SessionConfig, VisitorState
+from ..core.visit import VisitUpdate
+from ..core.visitor import VisitorOutcome, process_visitor
 from ..enrich.geoip import GeoIPReader
 from ..enrich.redis_store import AsyncReferenceStore
 from ..enrich.useragent import analyze_user_agent
 from ..metrics import (BOTS, EVENT_TIME, IDENTITY_OPS, NETWORK_CLASSES, STAGE_BAD_ROWS, STAGE_BATCH_SIZE, STAGE_EVENTS,
                        record_resolution)
 from ..settings import Settings, SiteSettings
-from ..topology import partition_for
+from ..topology import account_key, partition_for, visitor_key
 from .erasure import erase_visitors, erasures_of
 from .expiry import IdleKeys
 from .messages import bad_row, split_bad_row, visit_to_record
 from .runtime import HandlerResult, Output, StateView
 
 log = logging.getLogger(__name__)
+_NO_PERSON = PersonResolution(None, 0.0)
 
 STAGE = "visitor"
-HISTORY_HITS = 200          # page views and conversions kept per visitor for a backfill (and at most this many bytes:
-HISTORY_MS = 30 * 86_400_000  # stages.history_max_bytes)
 #: Errors that mean a dependency is away: never caught by a boundary, the runner retries the record.
 DEFAULT_RETRYABLE: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
 
@@ -121,14 +119,9 @@ class VisitorStage:
         self.identity = identity
         self.bot_config = bot_config
         self.retryable = retryable
-        classes = tuple((s.name, tuple(s.patterns)) for s in model.intent.page_signals)
-        # each site's identity trust, with its conversion rules: a conversion form's email is a hand-raise
-        self.identity_cfg = {s.site_id: s.identity_config(effective_rules(model, s.rules, s.conversion_names).intent)
-                             for s in settings.sites}
-        self.session_cfg = {
-            s.site_id: SessionConfig(gap_ms=s.session_gap_minutes * 60_000, site_hosts=s.own_hosts,
-                                     conversion_names=frozenset(s.conversion_names), page_classes=classes)
-            for s in settings.sites}
+        self.session_cfg: dict[str, SessionConfig] = {}
+        self.identity_cfg: dict[str, IdentityConfig] = {}
+        self.use_model(model)
         limit = settings.kafka.max_message_bytes
         self.output_bytes = limit * 9 // 10        # a record's value, with room for framing and headers
         self.state_bytes = limit // 2              # a stored state (the changelog adds the key and offset)
@@ -137,6 +130,20 @@ class VisitorStage:
         self.time_cfg = TimeConfig.from_days(settings.stages.max_send_delay_days)
         self.idle = IdleKeys(int(settings.stages.state_retention_days * DAY_MS), topics.pixel_events_partitions,
                              _visitor_last_seen)
+
+    def use_model(self, model: ScoringModel) -> None:
+        """Sessionize with ``model`` from the next record on (``leadstream model promote``, as the account
+        stage does): each site's session gap is the one its effective rules hold, the gap its bounces
+        are judged at (:meth:`SiteSettings.effective_rules`)."""
+        classes = tuple((s.name, tuple(s.patterns)) for s in model.intent.page_signals)
+        rules = {s.site_id: s.effective_rules(model) for s in self.settings.sites}
+        self.session_cfg = {
+            s.site_id: SessionConfig(gap_ms=rules[s.site_id].intent.session_gap_minutes * 60_000,
+                                     site_hosts=s.own_hosts, conversion_names=frozenset(s.conversion_names),
+                                     page_classes=classes)
+            for s in self.settings.sites}
+        # each site's identity trust, with its conversion rules: a conversion form's email is a hand-raise
+        self.identity_cfg = {s.site_id: s.identity_config(rules[s.site_id].intent) for s in self.settings.sites}
 
     # -- the handler ------------------------------------------------------------------------
     async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:
@@ -199,7 +206,7 @@ class VisitorStage:
         if not isinstance(visitor_id, str) or not visitor_id:
             STAGE_EVENTS.labels(STAGE, "anonymous").inc(len(good))  # consent: nothing to attribute
             return
-        key = f"{site.site_id}|{visitor_id}"
+        key = visitor_key(site.site_id, visitor_id)
         positions.setdefault(key, len(positions))
         if not good or states.applied(key, offset):
             return
@@ -239,106 +246,73 @@ class VisitorStage:
 
     async def _process(self, visitors: dict[str, _Visitor], partition: int, offset: int, states: StateView,
                        result: HandlerResult) -> None:
+        """The record's visitors: identify, locate, look up reference data (all visitors at once), then
+        each visitor through the core chain in its own boundary, then the visits records."""
         person_by_key = await self._identify(visitors, result)
         networks = self._networks(visitors, result)
-        person_domains = [p.person.company_domain for k, p in person_by_key.items()
-                          if k in visitors and p.person is not None and p.person.company_domain]
-        lookup = None
-        if self.reference is not None:
-            lookup = await self.reference.resolve_networks([networks[k] for k in visitors], domains=person_domains)
-
+        lookup = await self._reference(visitors, person_by_key, networks)
         updates: list[tuple[VisitUpdate, bool, int]] = []
         for key, v in visitors.items():
-            try:
-                outcome = self._visit(v, states.get(key) or {}, person_by_key.get(key, PersonResolution(None, 0.0)),
-                                      networks[key], lookup, offset)
-            except self.retryable:
-                raise
-            except Exception as exc:
-                log.exception("visitor: %s failed", key)
-                self._visitor_failed(result, v, FailureType.processing_failure, exc)
-                continue
-            if outcome is None:
-                continue
-            for late in outcome.late:
-                self._bad(result, FailureType.late_event, "event older than the visitor's open session by more "
-                          "than one session gap: not sessionized", _batch_of_event(v, late), v.site.site_id,
-                          {"event_id": late.event_id, "visitor_id": v.visitor_id or ""})
-            position = v.position * 1000  # stable ids: a replay that skips keys keeps the others' ids
-            for vu, backfill in outcome.updates:
-                updates.append((vu, backfill, position))
-                position += 1
-            result.states[key] = outcome.state
-            self.idle.touch(partition, key, outcome.last_event_ms)
-            EVENT_TIME.applied(STAGE, outcome.last_event_ms)
-            self.idle.advance(partition, outcome.last_event_ms)
+            outcome = self._visit_guarded(v, states.get(key) or {}, person_by_key.get(key, _NO_PERSON),
+                                          networks[key], lookup, offset, result)
+            if outcome is not None:
+                updates.extend(self._apply(v, outcome, partition, result))
         self._emit(result, updates, partition, offset)
+
+    async def _reference(self, visitors: Mapping[str, _Visitor], person_by_key: Mapping[str, PersonResolution],
+                         networks: Mapping[str, NetworkInfo]) -> Any:
+        """The reference data of every visitor's network and person's company domain: one batch lookup."""
+        if self.reference is None:
+            return None
+        domains = [p.person.company_domain for k, p in person_by_key.items()
+                   if k in visitors and p.person is not None and p.person.company_domain]
+        return await self.reference.resolve_networks([networks[k] for k in visitors], domains=domains)
+
+    def _visit_guarded(self, v: _Visitor, stored: Mapping[str, Any], person: PersonResolution,
+                       network: NetworkInfo, lookup: Any, offset: int, result: HandlerResult) -> _Outcome | None:
+        """:meth:`_visit` in the visitor's own boundary: what it raises is the visitor's bad row."""
+        try:
+            return self._visit(v, stored, person, network, lookup, offset)
+        except self.retryable:
+            raise
+        except Exception as exc:
+            log.exception("visitor: %s failed", v.key)
+            self._visitor_failed(result, v, FailureType.processing_failure, exc)
+            return None
+
+    def _apply(self, v: _Visitor, outcome: _Outcome, partition: int,
+               result: HandlerResult) -> list[tuple[VisitUpdate, bool, int]]:
+        """One visitor's outcome into the result: its late events as bad rows, its state, its idle time;
+        returns its updates with their stable positions."""
+        for late in outcome.late:
+            self._bad(result, FailureType.late_event, "event older than the visitor's open session by more "
+                      "than one session gap: not sessionized", _batch_of_event(v, late), v.site.site_id,
+                      {"event_id": late.event_id, "visitor_id": v.visitor_id or ""})
+        base = v.position * 1000  # stable ids: a replay that skips keys keeps the others' ids
+        result.states[v.key] = outcome.state
+        self.idle.touch(partition, v.key, outcome.last_event_ms)
+        EVENT_TIME.applied(STAGE, outcome.last_event_ms)
+        self.idle.advance(partition, outcome.last_event_ms)
+        return [(vu, backfill, base + i) for i, (vu, backfill) in enumerate(outcome.updates)]
 
     def _visit(self, v: _Visitor, stored: Mapping[str, Any], person: PersonResolution, network: NetworkInfo,
                lookup: Any, offset: int) -> _Outcome | None:
-        """One visitor's events: sessionize, resolve the company, flag bots, build its visit updates."""
+        """One visitor's events through the core chain (:func:`pipeline.core.visitor.process_visitor`)."""
         state = (VisitorState.from_dict(stored["vs"]) if stored.get("vs")
                  else VisitorState.new(v.site.site_id, v.visitor_id))
-        if person.person is not None:
-            state = replace(state, person_id=person.person.person_id)
-        new_state, out = apply_events(state, v.events, self.session_cfg[v.site.site_id], offset=offset)
-        if out.skipped:
+        out = process_visitor(state, v.events, self.session_cfg[v.site.site_id], person=person, network=network,
+                              reference=lookup, user_agent=analyze_user_agent, bot_config=self.bot_config,
+                              offset=offset, account=stored.get("acct"), history=list(stored.get("h") or ()),
+                              history_bytes=self.history_bytes)
+        if out is None:
             return None
-        STAGE_EVENTS.labels(STAGE, "duplicate").inc(out.duplicates)
-        STAGE_EVENTS.labels(STAGE, "processed").inc(len(v.events) - out.duplicates - len(out.late))
-
-        if lookup is not None:
-            network = lookup.annotate(network)
-        network = replace(network, network_class=classify_network(network))
-        NETWORK_CLASSES.labels(network.network_class.value).inc()
-        lookups = lookup.company_lookups(network) if lookup is not None else None
-        person_company = None
-        if lookup is not None and person.person is not None and person.person.company_domain:
-            person_company = lookup.company_for_domain(person.person.company_domain)
-        lookups = replace(lookups or CompanyLookups(), person=person if person.person else None,
-                          person_company=person_company)
-        company = resolve_company(network, lookups)
-        record_resolution(company, person)
-
-        last = v.events[-1]
-        ua = analyze_user_agent(last.user_agent)
-        peak = max((u.summary.peak_pages_per_minute for u in out.updates), default=0)
-        verdict = bot_verdict(BotSignals(
-            user_agent=last.user_agent, ua_is_crawler=ua.is_crawler, ua_crawler_name=ua.crawler_name,
-            ua_device_family=ua.device_family, accept_language=last.accept_language,
-            screen_resolution=last.screen_resolution, viewport=last.viewport,
-            webdriver=last.extra.get("webdriver") in ("1", "true"), network=network, pages_per_minute=peak,
-            relayed=last.ua_relayed),
-            self.bot_config)
-        if verdict.is_bot:
-            BOTS.labels((verdict.reason or "unknown").split(":")[0]).inc()
-        sources = tuple(dict.fromkeys((*network.sources, *(e.source for e in company.evidence))))
-        account_before = stored.get("acct")
-        history = list(stored.get("h") or ())
-        new_hits: list[Hit] = []
-        updates: list[tuple[VisitUpdate, bool]] = []
-        for su in out.updates:
-            vu = build_visit_update(su, company, person, country=network.geo.country,
-                                    client_ip=network.ip, is_bot=verdict.is_bot, bot_reason=verdict.reason,
-                                    enrichment_sources=sources)
-            if account_before and vu.account != account_before and history and not verdict.is_bot:
-                updates.extend((part, True) for part in self._split_update(_backfill(vu, history)))
-                history = []  # sent once: the new account has it now
-            account_before = vu.account
-            updates.extend((part, False) for part in self._split_update(vu))
-            new_hits.extend(su.hits)
-        last_event = max((e.tstamp for e in v.events), default=0)
-        history = self._trim_history(history + [h.to_dict() for h in new_hits],
-                                     max((h.tstamp for h in new_hits), default=0))
+        _count(v, out)
+        record_resolution(out.company, person)
+        updates = [(part, backfill) for vu, backfill in out.updates for part in self._split_update(vu)]
         # Bounded by construction (tests/unit/stages): cut fields, history_bytes, the core's count limits.
-        state_dict = {"vs": new_state.to_dict(), "acct": account_before, "h": history,
+        state_dict = {"vs": out.state.to_dict(), "acct": out.account, "h": out.history,
                       "accts": noted_accounts(stored, (vu.account for vu, _ in updates))}  # for an erasure
-        seen = new_state.last_seen if new_state.last_seen is not None else last_event
-        return _Outcome(state_dict, seen, updates, list(out.late))
-
-    def _trim_history(self, history: list[Mapping[str, Any]], now: int) -> list[Mapping[str, Any]]:
-        kept = [h for h in history if now - int(h["t"]) <= HISTORY_MS][-HISTORY_HITS:]
-        return trim_by_bytes(kept, self.history_bytes, _hit_bytes)
+        return _Outcome(state_dict, out.last_seen, updates, list(out.late))
 
     def _split_update(self, vu: VisitUpdate) -> list[VisitUpdate]:
         """``vu`` as updates whose hits fit in half an output record each: the first keeps the session's
@@ -388,16 +362,9 @@ class VisitorStage:
         site = group[0].site
         salt = self.settings.email_salt(site)
         cfg = self.identity_cfg.get(site.site_id) or site.identity_config()  # confidence per identity source
-        wanted: list[Identifier] = []
-        for v in group:
-            if v.visitor_id:
-                wanted.append((IdType.visitor, v.visitor_id))
-            for e in v.events:
-                wanted.extend(identifiers_from_event(e, salt, cfg)[0])
-                if e.email_click_id:
-                    wanted.append((IdType.email_click, e.email_click_id))
         assert self.identity is not None
-        snapshot = await self.identity.load_snapshot(site_id, list(dict.fromkeys(wanted)))
+        snapshot = await self.identity.load_snapshot(site_id, identifiers_to_load((e for v in group for e in v.events),
+                                                                                  salt))
         ops: list[Any] = []
         for v in group:
             res: IdentityResult = apply_identity_events(snapshot, v.events, salt, cfg)
@@ -434,7 +401,7 @@ class VisitorStage:
         groups: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         n = self.topics.visits_partitions
         for vu, backfill, i in updates:
-            key = f"{vu.site_id}|{vu.account}"
+            key = account_key(vu.site_id, vu.account)
             groups.setdefault(partition_for(key, n), []).append(
                 (key, visit_to_record(vu, f"{partition}:{offset}:{i}", backfill)))
         for p, items in groups.items():
@@ -478,9 +445,13 @@ class VisitorStage:
                                          self.codec.encode("BadRow", part, topic=self.topics.bad_events)))
 
 
-def _hit_bytes(h: Mapping[str, Any]) -> int:
-    """JSON bytes of a stored hit ({"t","k","u","n","s"}), estimated without encoding it."""
-    return 60 + text_bytes(h.get("u")) + text_bytes(h.get("n"))
+def _count(v: _Visitor, out: VisitorOutcome) -> None:
+    """The metrics of one visitor's outcome."""
+    STAGE_EVENTS.labels(STAGE, "duplicate").inc(out.duplicates)
+    STAGE_EVENTS.labels(STAGE, "processed").inc(len(v.events) - out.duplicates - len(out.late))
+    NETWORK_CLASSES.labels(out.network.network_class.value).inc()
+    if out.verdict.is_bot:
+        BOTS.labels((out.verdict.reason or "unknown").split(":")[0]).inc()
 
 
 def _visitor_last_seen(stored: object) -> int | None:
@@ -499,12 +470,6 @@ def _bounded(e: TrackedEvent) -> TrackedEvent:
         return e
     return replace(e, url=clip(e.url, MAX_URL_CHARS), referrer=clip(e.referrer, MAX_URL_CHARS),
                    page_title=clip(e.page_title, MAX_TITLE_CHARS), name=clip(e.name, MAX_NAME_CHARS))
-
-
-def _backfill(current: VisitUpdate, history: list[Mapping[str, Any]]) -> VisitUpdate:
-    """The visitor's earlier activity, sent once to the account it now belongs to."""
-    hits = tuple(Hit.from_dict(h) for h in history)
-    return replace(current, hits=hits, engaged_ms_delta=0, new_session=False)
 
 
 def _site_of(payload: Any) -> str | None:

@@ -323,7 +323,7 @@ async def test_concurrent_writers_do_not_split_an_email(store: IdentityStore) ->
     """Two partitions identify the same new email at once: the first link wins, the loser
     keeps an unidentified person that the next identify merges (self-healing)."""
     from pipeline.core.identity import apply_identity_events
-    from pipeline.enrich.identity_store import event_identifiers
+    from pipeline.core.identity import identifiers_to_load as event_identifiers
 
     a, b = [ev("va", 10, email="x@acme.example")], [ev("vb", 11, email="x@acme.example")]
     snap_a = await store.load_snapshot(SITE, event_identifiers(a, SALT))

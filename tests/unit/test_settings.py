@@ -127,3 +127,19 @@ def test_the_event_time_clamp_is_a_stage_setting_the_visitor_stage_uses(tmp_path
                         None, None, None).time_cfg.max_device_delay_ms is None
     with pytest.raises(SettingsError, match="max_send_delay_days"):
         load_settings(write(tmp_path, {"stages": {"max_send_delay_days": -1}}))
+
+
+def test_one_session_gap_per_site() -> None:
+    """The site's session_gap_minutes is the gap in effect, for sessions and for bounces alike."""
+    model = load_settings(None).load_scoring_model()
+    site = {"site_id": "acme", "allowed_origins": ["*"]}
+    default, own, via_rules = (load_settings(None, sites=[{**site, **extra}]).sites[0] for extra in
+                               ({}, {"session_gap_minutes": 45}, {"rules": {"intent": {"session_gap_minutes": 20}}}))
+    assert default.effective_rules(model).intent.session_gap_minutes == model.intent.session_gap_minutes == 30
+    assert default.effective_rules(model).model_digest == model.digest
+    assert own.effective_rules(model).intent.session_gap_minutes == 45
+    assert own.effective_rules(model).model_digest != model.digest    # the digest names the gap in effect
+    assert via_rules.effective_rules(model).intent.session_gap_minutes == 20
+    with pytest.raises((SettingsError, ValidationError), match="session_gap_minutes"):
+        load_settings(None, sites=[{**site, "session_gap_minutes": 45,
+                                    "rules": {"intent": {"session_gap_minutes": 20}}}])

@@ -346,3 +346,40 @@ def test_snowplow_ua_field_is_kept_for_the_core_to_stand_in_for_the_header() -> 
                        "data": [{"e": "pv", "aid": "acme", "url": "https://www.acme.example/", "ua": browser}]})
     [post] = parse_snowplow_post(body.encode(), Limits())
     assert post.events[0]["extra"]["ua"] == browser
+
+
+@pytest.mark.parametrize("fields", [
+    {"scroll_depth": 50}, {"scroll_depth": 101}, {"scroll_depth": -1}, {"engaged_ms": -5}, {"engaged_ms": 5},
+    {"ts": -1}, {"ts": 0}, {"ts": 1_700_000_000_000}, {"session_index": -3},
+])
+@pytest.mark.parametrize("event_type", ["page_ping", "page_view", "link_click", "track"])
+def test_the_collector_refuses_exactly_the_values_the_stage_refuses(event_type: str, fields: dict[str, Any]) -> None:
+    """One set of value rules (core ``value_problems``): an event the collector accepts is one the visitor
+    stage processes, and one it refuses for a value is one the stage would make a bad row, for the same reason."""
+    from pipeline.core.events import validate_event
+
+    raw = {"type": event_type, "id": "e-1", "url": "https://www.acme.example/p", **fields}
+    wire_to_event = {"ts": "device_created_tstamp"}
+    as_event = {"event_type": event_type, "event_id": "e-1", "url": raw["url"],
+                **{wire_to_event.get(k, k): v for k, v in fields.items()}}
+    stage_says = validate_event(as_event, {"site_id": "acme", "collector_tstamp": 1})
+    body = json.dumps({"site_id": "acme", "events": [raw]}).encode()
+    try:
+        [group] = parse_collect(body, LIMITS)
+    except PayloadError as err:
+        assert stage_says and err.failure_type == "protocol_violation" and err.field == next(iter(fields))
+        assert any(reason in err.message for reason in stage_says)
+        return
+    assert stage_says == [] and validate_event(group.events[0], {"site_id": "acme", "collector_tstamp": 1}) == []
+
+
+def test_pixel_event_types_are_core_event_types() -> None:
+    from pipeline.collector.protocol import PIXEL_EVENT_TYPES
+    from pipeline.core.events import EVENT_TYPES
+    assert PIXEL_EVENT_TYPES <= EVENT_TYPES
+
+
+def test_a_snowplow_value_the_stage_refuses_is_refused_by_its_wire_name() -> None:
+    err = error_of(parse_snowplow_get, "e=pv&aid=acme&url=https%3A%2F%2Fwww.acme.example%2F&dtm=-5", LIMITS)
+    assert (err.failure_type, err.field) == ("protocol_violation", "dtm")
+    assert "device_created_tstamp is not a non-negative integer" in err.message

@@ -1,19 +1,20 @@
-"""The two stages end to end through the pure core only: what the adapters will do."""
+"""The two stages end to end through the pure core only: the visitor stage's chain is the one the stage
+runs (``pipeline.core.visitor.process_visitor``), the account side the core calls the account stage makes."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
-from pipeline.core.bots import BotSignals, bot_verdict
-from pipeline.core.company import CompanyLookups, RangeMatch, resolve_company
+from pipeline.core.company import CompanyLookups, RangeMatch
 from pipeline.core.events import parse_payload
 from pipeline.core.identity import IdentitySnapshot, apply_identity_events, resolve_visitor
 from pipeline.core.intent import AccountState, apply_visits
-from pipeline.core.model import Company, NetworkInfo
-from pipeline.core.network import classify_network
-from pipeline.core.qualify import QuotaState, qualify
+from pipeline.core.model import Company, Geo, NetworkInfo
+from pipeline.core.qualify import qualify
 from pipeline.core.scoring_model import default_scoring_model, effective_rules
-from pipeline.core.sessions import SessionConfig, VisitorState, apply_events
-from pipeline.core.visit import VisitUpdate, build_visit_update
+from pipeline.core.sessions import SessionConfig, VisitorState
+from pipeline.core.visit import VisitUpdate
+from pipeline.core.visitor import process_visitor
 
 from .helpers import MIN, T0, payload, raw
 
@@ -22,21 +23,37 @@ U = "https://www.acme-saas.com"
 ACME = Company("acme.com", name="Acme", industry="software", employees=300, revenue=2e7, country="GB")
 
 
+@dataclass(frozen=True)
+class Browser:
+    """What a UA parser says of a browser (``UserAgentFacts``)."""
+    is_crawler: bool = False
+    crawler_name: str | None = None
+    device_family: str | None = "Mac"
+
+
+class Reference:
+    """The record's reference data: Acme's imported range."""
+
+    def annotate(self, network: NetworkInfo) -> NetworkInfo:
+        return network
+
+    def company_lookups(self, network: NetworkInfo) -> CompanyLookups:
+        return CompanyLookups(ip_range=RangeMatch(ACME, "198.51.100.0/24"))
+
+    def company_for_domain(self, domain: str | None) -> Company | None:
+        return None
+
+
 def stage1(state: VisitorState, snap: IdentitySnapshot, record: dict, offset: int):  # type: ignore[no-untyped-def]
     events, bad = parse_payload(record)
-    state, out = apply_events(state, events, SessionConfig(site_hosts=("acme-saas.com",)), offset=offset)
     ident = apply_identity_events(snap, events, salt="salt")
     person = resolve_visitor(ident.snapshot, state.visitor_id)
-    net = NetworkInfo(ip=record["client_ip"], user_type="business", organization="Acme Ltd")
-    net = NetworkInfo(**{**{f: getattr(net, f) for f in net.__slots__}, "network_class": classify_network(net)})
-    company = resolve_company(net, CompanyLookups(ip_range=RangeMatch(ACME, "198.51.100.0/24"), person=person))
-    visits = []
-    for u in out.updates:
-        verdict = bot_verdict(BotSignals(user_agent=record["user_agent"], accept_language=record["accept_language"],
-                                         network=net, pages_per_minute=u.summary.peak_pages_per_minute))
-        visits.append(build_visit_update(u, company, person, country="GB", client_ip=net.ip, is_bot=verdict.is_bot,
-                                         bot_reason=verdict.reason))
-    return state, ident.snapshot, visits, bad
+    net = NetworkInfo(ip=record["client_ip"], geo=Geo(country="GB"), user_type="business", organization="Acme Ltd")
+    out = process_visitor(state, events, SessionConfig(site_hosts=("acme-saas.com",)), person=person, network=net,
+                          reference=Reference(), user_agent=lambda ua: Browser(), offset=offset) if events else None
+    if out is None:
+        return state, ident.snapshot, [], bad
+    return out.state, ident.snapshot, [vu for vu, _ in out.updates], bad
 
 
 def run_all() -> list[str]:
@@ -54,7 +71,6 @@ def run_all() -> list[str]:
     rules = effective_rules(default_scoring_model())
     vstate, snap = VisitorState.new("s1", "v1"), IdentitySnapshot("s1")
     accounts: dict[str, AccountState] = {}
-    quota = QuotaState("s1")
     leads: list[str] = []
     bad_rows = 0
     for off, rec in enumerate(records + records[:2]):        # the last two are a replay: offsets repeat
@@ -63,8 +79,8 @@ def run_all() -> list[str]:
         for v in (VisitUpdate.from_dict(json.loads(json.dumps(v.to_dict()))) for v in visits):
             acct = accounts.get(v.account) or AccountState.new(v.site_id, v.account)
             acct, score = apply_visits(acct, [v], rules.intent)
-            d = qualify(acct, score, rules, quota)
-            accounts[v.account], quota = d.state, d.quota or quota
+            d = qualify(acct, score, rules)
+            accounts[v.account] = d.state
             if d.lead:
                 leads.append(json.dumps(d.lead.to_dict(), sort_keys=True))
     assert bad_rows == 1 + 0          # the junk event once; the replayed records were skipped

@@ -3,11 +3,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-import pytest
-
 from pipeline.core.intent import AccountState, apply_visits
 from pipeline.core.model import Company, Evidence, NetworkClass as N, Sector
-from pipeline.core.qualify import QuotaState, lead_id, month_of, qualify, tier_of, tier_rank
+from pipeline.core.qualify import QuotaClaim, lead_id, month_of, over_quota, qualify, quota_claim, tier_of, tier_rank
 from pipeline.core.scoring_model import (Qualification, SiteRules, Thresholds, Tiering, default_scoring_model,
                                          effective_rules)
 
@@ -34,9 +32,9 @@ def warm(t: int = T1, **kw: object) -> object:
     return visit(t, WARM, **base)  # type: ignore[arg-type]
 
 
-def run(updates: list, state: AccountState | None = None, rules=RULES, quota: QuotaState | None = None):  # type: ignore[no-untyped-def]
+def run(updates: list, state: AccountState | None = None, rules=RULES):  # type: ignore[no-untyped-def]
     st, score = apply_visits(state or AccountState.new("s1", "c:acme.com"), updates, rules.intent)
-    return qualify(st, score, rules, quota)
+    return qualify(st, score, rules)
 
 
 class TestTiers:
@@ -121,16 +119,17 @@ class TestCooldownAndQuota:
         assert d3.lead.explanation["previous_lead"]["tier"] == "A2"
 
     def test_tier_rise_inside_cooldown_updates_the_same_lead(self) -> None:
-        q = QuotaState("s1")
-        d1 = run([warm()], quota=q)
+        rules = site_rules(qualification=Qualification(monthly_quota=1))
+        d1 = run([warm()], rules=rules)
         assert d1.lead is not None and d1.lead.version == 1 and d1.lead.update_reason is None
         hot = visit(T1 + 40 * MIN, [f"{U}/demo"], conversions=["demo_request"], index=2, sid="s2", company=ACME,
                     company_conf=0.9)
-        d2 = run([hot], d1.state, quota=d1.quota)
+        d2 = run([hot], d1.state, rules=rules)
         assert d2.tier == "A1" and d2.qualified and d2.lead is not None
         assert d2.lead.lead_id == d1.lead.lead_id and d2.lead.sequence == 1      # one lead, not a second one
         assert d2.lead.version == 2 and d2.lead.update_reason == "tier_rise:A2->A1"
-        assert d2.quota == d1.quota == QuotaState("s1", "2024-03", 1)             # the quota counts it once
+        # the quota counts it once: the update claims the lead id already counted this month
+        assert quota_claim(d2, rules) == quota_claim(d1, rules) == QuotaClaim("s1", "2024-03", d1.lead.lead_id, 1)
         d3 = run([visit(T1 + 2 * DAY, [f"{U}/blog"], index=3, sid="s3", company=ACME, company_conf=0.9)], d2.state)
         assert d3.reasons == ("cooldown:A1->A1",)
         # the cool-down runs from the lead's first issue, not from its update
@@ -146,26 +145,34 @@ class TestCooldownAndQuota:
         d3 = run([warm(T1 + 2 * MIN, visitor="v2", sid="x3", person_id="p2", person_conf=1.0)], d2.state, rules=rules)
         assert d3.reasons[0].startswith("cooldown")
 
-    def test_quota_by_event_time_month(self) -> None:
+    def test_quota_claims_the_lead_in_its_event_time_month(self) -> None:
         rules = site_rules(qualification=Qualification(monthly_quota=1))
-        q = QuotaState("s1")
-        d1 = run([warm()], rules=rules, quota=q)
-        assert d1.qualified and d1.quota == QuotaState("s1", "2024-03", 1)
+        d1 = run([warm()], rules=rules)
+        assert d1.qualified and d1.lead is not None
+        assert quota_claim(d1, rules) == QuotaClaim("s1", "2024-03", d1.lead.lead_id, 1)
+        assert quota_claim(d1, RULES) is None                        # no monthly_quota: nothing to claim
+        blocked = run([visit(T1, [f"{U}/pricing"], company=ACME, company_conf=0.9)], rules=rules)
+        assert not blocked.qualified and quota_claim(blocked, rules) is None   # not a lead: nothing to claim
+
+    def test_refused_claim_is_not_a_lead_and_keeps_the_lead_memory(self) -> None:
+        rules = site_rules(qualification=Qualification(monthly_quota=1))
         other = AccountState.new("s1", "c:other.com")
-        d2 = run([warm(company=Company("other.com", industry="software", employees=300, country="GB"))], other,
-                 rules=rules, quota=d1.quota)
-        assert d2.reasons == ("quota_exhausted:2024-03:1",) and d2.quota == d1.quota
+        co = Company("other.com", industry="software", employees=300, country="GB")
+        st, score = apply_visits(other, [warm(company=co)], rules.intent)
+        d = qualify(st, score, rules)
+        claim = quota_claim(d, rules)
+        assert claim is not None and d.state.lead["seq"] == 1
+        refused = over_quota(d, st, claim)
+        assert not refused.qualified and refused.lead is None
+        assert refused.reasons == ("quota_exhausted:2024-03:1",) and refused.state.lead == {} == st.lead
         april = int(datetime(2024, 4, 1, tzinfo=timezone.utc).timestamp() * 1000)
-        d3 = run([warm(april, company=Company("other.com", industry="software", employees=300, country="GB"))],
-                 other, rules=rules, quota=d2.quota)
-        assert d3.qualified and d3.quota == QuotaState("s1", "2024-04", 1)
+        later = run([warm(april, index=2, sid="s2", company=co)], refused.state, rules=rules)
+        assert later.qualified and later.lead is not None and later.lead.sequence == 1   # the refused one never was
+        assert quota_claim(later, rules) == QuotaClaim("s1", "2024-04", later.lead.lead_id, 1)
 
     def test_month_boundary(self) -> None:
         end_of_march = int(datetime(2024, 3, 31, 23, 59, 59, 999000, tzinfo=timezone.utc).timestamp() * 1000)
         assert month_of(end_of_march) == "2024-03" and month_of(end_of_march + 1) == "2024-04"
-        with pytest.raises(ValueError):
-            QuotaState.from_dict({"v": 2})
-        assert QuotaState.from_dict(QuotaState("s1", "2024-03", 4).to_dict()) == QuotaState("s1", "2024-03", 4)
 
 
 class TestReplay:
@@ -174,12 +181,11 @@ class TestReplay:
 
         def replay() -> list[str]:
             st = AccountState.new("s1", "c:acme.com")
-            q = QuotaState("s1")
             out = []
             for i, u in enumerate(ups):
                 st, score = apply_visits(st, [u], RULES.intent, offset=i)
-                d = qualify(st, score, RULES, q)
-                st, q = d.state, d.quota or q
+                d = qualify(st, score, RULES)
+                st = d.state
                 if d.lead:
                     out.append(json.dumps(d.lead.to_dict(), sort_keys=True))
             return out

@@ -23,7 +23,7 @@ _ids = itertools.count()
 
 
 def make_settings(**overrides: Any) -> Settings:
-    sites = [{"site_id": "acme", "allowed_origins": ["*"], "hosts": ["www.acme.example"]}]
+    sites = overrides.pop("sites", [{"site_id": "acme", "allowed_origins": ["*"], "hosts": ["www.acme.example"]}])
     return load_settings(None, sites=sites, identity_salt="unit-salt", **overrides)
 
 

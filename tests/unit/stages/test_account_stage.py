@@ -7,6 +7,8 @@ import asyncio
 import json
 from typing import Any
 
+from pipeline.settings import load_settings
+
 from .stage_fakes import (CODEC, COMPANY_IP, T0, Table, account_stage, bad_rows, event, make_settings, outputs,
                           payload, record, visitor_stage)
 
@@ -70,3 +72,29 @@ def test_idle_accounts_are_evicted_on_event_time() -> None:
     run(stage, table, visits_from(payload("old", [event()])), 0)
     run(stage, table, visits_from(payload("new", [event(t=T0 + 8 * DAY)]), offset=1), 1)
     assert "acme|v:old" not in table.data and "acme|v:new" in table.data
+
+
+def bounce_after(site_gap: int, idle_minutes: int) -> bool:
+    """Whether the account stage scores a bounce for a one-page session idle ``idle_minutes`` (event time),
+    on a site whose ``session_gap_minutes`` is ``site_gap``: visitor a views one page, visitor b of the
+    same company views one ``idle_minutes`` later (the account's "now")."""
+    settings = load_settings(None, sites=[{"site_id": "acme", "allowed_origins": ["*"],
+                                           "hosts": ["www.acme.example"], "session_gap_minutes": site_gap}],
+                             identity_salt="unit-salt")
+    visitor, account, vt, at = visitor_stage(settings), account_stage(settings), Table(), Table()
+    for offset, p in enumerate([payload("a", [event("https://www.acme.example/", T0)], ip=COMPANY_IP),
+                                payload("b", [event("https://www.acme.example/", T0 + idle_minutes * 60_000)],
+                                        ip=COMPANY_IP)]):
+        result = asyncio.run(visitor(0, offset, record(p), vt.view))
+        vt.apply(offset, result)
+        scored = run(account, at, [u for b in outputs(result, "visits") for u in b["updates"]], offset)
+    [score] = outputs(scored, "lead-scores")
+    return any(c["rule"] == "bounce" for c in score["intent_contributions"])
+
+
+def test_bounces_are_judged_at_the_sites_session_gap() -> None:
+    """Regression: the account stage judged bounces at the model's 30 minutes whatever the site's
+    ``session_gap_minutes`` (the gap that ends the visitor's session)."""
+    assert bounce_after(site_gap=10, idle_minutes=20)        # the session is over: a bounce
+    assert not bounce_after(site_gap=60, idle_minutes=40)    # the session may still go on
+    assert bounce_after(site_gap=30, idle_minutes=40) and not bounce_after(site_gap=30, idle_minutes=20)

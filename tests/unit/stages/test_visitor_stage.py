@@ -269,3 +269,61 @@ def test_a_late_event_is_a_late_event_row_with_its_payload() -> None:
     assert [r["failure_type"] for r in rows] == ["late_event"]
     assert event_ids(original(rows[0])) == [late["event_id"]] and rows[0]["details"]["event_id"] == late["event_id"]
     assert len(visit_updates(result)) == 1
+
+
+def test_the_stage_loads_the_identifiers_the_identity_rule_names() -> None:
+    """One rule for what to load per visitor (core ``identifiers_to_load``, also what the identity store's
+    ``process_events`` loads): the stage asks the graph for exactly those, for all visitors of a site at once."""
+    from pipeline.core.events import parse_payload
+    from pipeline.core.identity import Identifier, IdentitySnapshot, identifiers_to_load
+
+    class Recording(FakeIdentity):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loads: list[list[Identifier]] = []
+
+        async def load_snapshot(self, site_id: str, identifiers: Any) -> IdentitySnapshot:
+            self.loads.append(list(identifiers))
+            return await super().load_snapshot(site_id, identifiers)
+
+    payloads = [payload("v1", [event(), event(event_type="identify", identify_user_id="u-7", email="Ada@Acme.example")]),
+                payload("v2", [event("https://www.acme.example/?ls_eid=click-9", email_click_id="click-9")]),
+                payload("v3", [event(event_type="form_submit", email="cto@brightpath.example", name="demo")])]
+    identity = Recording()
+    run(visitor_stage(identity=identity), Table(), record(*payloads))
+    events = [e for p in payloads for e in parse_payload(p)[0]]
+    expected = identifiers_to_load(events, make_settings().email_salt(make_settings().sites[0]))
+    assert len(identity.loads) == 1 and sorted(identity.loads[0]) == sorted(expected)
+    kinds = {k.value for k, _ in expected}
+    assert kinds == {"visitor", "user_id", "email", "email_click"}
+
+
+def test_the_stage_runs_the_core_visitor_chain() -> None:
+    """One chain (sessions -> network -> company -> bots -> visit): the stage's visit updates and stored
+    state are what ``pipeline.core.visitor.process_visitor`` makes of the same events and enrichment."""
+    from pipeline.core.events import parse_payload
+    from pipeline.core.model import NetworkInfo, PersonResolution
+    from pipeline.core.sessions import VisitorState
+    from pipeline.core.visitor import process_visitor
+    from pipeline.enrich.useragent import analyze_user_agent
+    from pipeline.stages.messages import visit_from_record
+
+    from .stage_fakes import FakeReference
+
+    stage, table = visitor_stage(), Table()
+    run(stage, table, record(payload("v1", [event("https://www.acme.example/", T0)])), offset=1)  # anonymous
+    stored = json.loads(json.dumps(table.data["acme|v1"]["s"]))
+    p = payload("v1", [event("https://www.acme.example/pricing", T0 + 30_000),
+                       event("https://www.acme.example/demo", T0 + 60_000)], ip=COMPANY_IP)
+    result = run(stage, table, record(p), offset=2)
+    lookup = asyncio.run(FakeReference().resolve_networks([]))
+    out = process_visitor(VisitorState.from_dict(stored["vs"]), parse_payload(p, stage.time_cfg)[0],
+                          stage.session_cfg["acme"], person=PersonResolution(None, 0.0),
+                          network=NetworkInfo(ip=COMPANY_IP), reference=lookup, user_agent=analyze_user_agent,
+                          bot_config=stage.bot_config, offset=2, account=stored["acct"], history=stored["h"],
+                          history_bytes=stage.history_bytes)
+    assert out is not None and [b for _, b in out.updates] == [True, False]   # the move backfills the new account
+    assert [(visit_from_record(u), u["backfill"]) for u in visit_updates(result)] == out.updates
+    assert table.data["acme|v1"]["s"] == {"vs": out.state.to_dict(), "acct": out.account, "h": out.history,
+                                          "accts": ["v:v1", out.account]}   # the accounts an erasure must reach
+    assert stored["acct"] == "v:v1" and out.account == "c:brightpath-analytics.example"
