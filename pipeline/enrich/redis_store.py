@@ -48,7 +48,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -276,17 +276,21 @@ def _network_int(addr: IPAddress, prefixlen: int) -> int:
     return int(addr) >> (bits - prefixlen) << (bits - prefixlen) if prefixlen else 0
 
 
-class _CompanyCache:
-    """Bounded LRU of company records per (scope, domain) with a TTL; negative entries too."""
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _TTLCache(Generic[K, V]):
+    """Bounded LRU with a TTL per entry; ``None`` values (negative entries) are cached too."""
 
     def __init__(self, maxsize: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data: OrderedDict[tuple[str, str], tuple[float, Company | None]] = OrderedDict()
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._maxsize = maxsize
         self._ttl = ttl_s
         self._clock = clock
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str]) -> tuple[bool, Company | None]:
+    def get(self, key: K) -> tuple[bool, V | None]:
         with self._lock:
             hit = self._data.get(key)
             if hit is None:
@@ -297,7 +301,7 @@ class _CompanyCache:
             self._data.move_to_end(key)
             return True, hit[1]
 
-    def put(self, key: tuple[str, str], value: Company | None) -> None:
+    def put(self, key: K, value: V) -> None:
         if self._maxsize <= 0 or self._ttl <= 0:
             return
         with self._lock:
@@ -309,6 +313,17 @@ class _CompanyCache:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class _CompanyCache(_TTLCache[tuple[str, str], "Company | None"]):
+    """Company records per (scope, domain) (see :class:`_TTLCache`)."""
+
+
+#: what one network (or one extra domain) of a batch is cached under: see ``_plan_resolve_networks``
+_NetworkKey = tuple[Any, ...]
 
 
 T = TypeVar("T")
@@ -343,6 +358,7 @@ class _ReferenceReads:
 
     keys_: Keys
     _company_cache: _CompanyCache
+    _network_cache: _TTLCache[_NetworkKey, BatchLookup]
     _prefixlens: dict[tuple[str, int], frozenset[int]]
     _prefixlens_lock: threading.Lock
     round_trips: int
@@ -350,13 +366,19 @@ class _ReferenceReads:
     def _init_reads(self, namespace: str, company_cache_size: int, company_cache_ttl_s: float) -> None:
         self.keys_ = Keys(namespace)   # trailing underscore: Redis.keys is the KEYS command
         self._company_cache = _CompanyCache(company_cache_size, company_cache_ttl_s)
+        # each network's resolved lookup (range, organisation, domain, ASN, companies), same size and
+        # TTL as the company records: a worker sees few distinct networks, so most records need no
+        # round trip at all (see ``_plan_resolve_networks``)
+        self._network_cache = _TTLCache(company_cache_size, company_cache_ttl_s)
         self._prefixlens = {}
         self._prefixlens_lock = threading.Lock()
         self.round_trips = 0  # pipelines executed by this client's helpers (tests and metrics read it)
 
     def invalidate_caches(self) -> None:
-        """Forget cached company records and prefix lengths (after an import in this process)."""
+        """Forget cached company records, network lookups and prefix lengths (after an import in this
+        process; other processes see an import within ``company_cache_ttl_s``)."""
         self._company_cache.clear()
+        self._network_cache.clear()
         with self._prefixlens_lock:
             self._prefixlens.clear()
 
@@ -559,13 +581,47 @@ class _ReferenceReads:
                                site: str | None = None) -> Plan[BatchLookup]:
         """``resolve_batch`` for the networks of a batch (their IPs, organisation, ASN organisation,
         database domains and ASNs) plus extra ``domains`` (e.g. identified people's email domains).
-        Use ``BatchLookup.annotate`` and ``BatchLookup.company_lookups`` on each network after."""
-        nets = list(networks)
-        return (yield from self._plan_resolve_batch(
-            ips=[n.ip for n in nets if n.ip],
-            org_names=[name for n in nets for name in (n.organization, n.asn_org) if name],
-            domains=[*(n.domain for n in nets if n.domain), *domains],
-            asns=[n.asn for n in nets if n.asn], site=site))
+        Use ``BatchLookup.annotate`` and ``BatchLookup.company_lookups`` on each network after.
+
+        Each network's (and extra domain's) part of the answer is cached like the company
+        records (bounded LRU, ``company_cache_ttl_s``, cleared by :meth:`invalidate_caches`):
+        only the networks not cached are resolved, in one batch; none cached costs no round trip.
+        """
+        parts: list[BatchLookup] = []
+        missing_nets: dict[_NetworkKey, NetworkInfo] = {}
+        missing_domains: dict[_NetworkKey, str] = {}
+        for n in networks:
+            key: _NetworkKey = ("n", site, n.ip, n.organization, n.asn_org, n.domain, n.asn)
+            hit, part = self._network_cache.get(key)
+            if hit and part is not None:
+                parts.append(part)
+            else:
+                missing_nets.setdefault(key, n)
+        for d in domains:
+            if d:
+                key = ("d", site, d)
+                hit, part = self._network_cache.get(key)
+                if hit and part is not None:
+                    parts.append(part)
+                else:
+                    missing_domains.setdefault(key, d)
+        if missing_nets or missing_domains:
+            nets = list(missing_nets.values())
+            lookup = yield from self._plan_resolve_batch(
+                ips=[n.ip for n in nets if n.ip],
+                org_names=[name for n in nets for name in (n.organization, n.asn_org) if name],
+                domains=[*(n.domain for n in nets if n.domain), *missing_domains.values()],
+                asns=[n.asn for n in nets if n.asn], site=site)
+            for key, n in missing_nets.items():
+                part = _part_of(lookup, ips=(n.ip,), orgs=(n.organization, n.asn_org), domains=(n.domain,),
+                                asns=(n.asn,))
+                self._network_cache.put(key, part)
+                parts.append(part)
+            for key, d in missing_domains.items():
+                part = _part_of(lookup, domains=(d,))
+                self._network_cache.put(key, part)
+                parts.append(part)
+        return _merge_lookups(parts)
 
     def _known_prefixlens(self, scope: str, version: int) -> frozenset[int]:
         with self._prefixlens_lock:
@@ -575,6 +631,41 @@ class _ReferenceReads:
         with self._prefixlens_lock:
             self._prefixlens[(scope, version)] = self._prefixlens.get((scope, version), frozenset()) | new
 
+
+
+def _part_of(lookup: BatchLookup, ips: Iterable[str | None] = (), orgs: Iterable[str | None] = (),
+             domains: Iterable[str | None] = (), asns: Iterable[int | None] = ()) -> BatchLookup:
+    """The part of ``lookup`` that answers the given inputs (and the companies it references)."""
+    ranges = {ip: lookup.ranges[ip] for ip in ips if ip and ip in lookup.ranges}
+    org_map = {o: lookup.orgs[o] for o in orgs if o and o in lookup.orgs}
+    dom_map = {d: lookup.domains[d] for d in domains if d and d in lookup.domains}
+    asn_map = {a: lookup.asns[a] for a in asns if a is not None and a in lookup.asns}
+    refs = {m.domain for m in ranges.values()} | set(org_map.values()) | set(dom_map.values())
+    refs |= {n for n in (normalize_domain(d) for d in domains if d) if n}
+    return BatchLookup(ranges=ranges, orgs=org_map, domains=dom_map, asns=asn_map,
+                       companies={d: lookup.companies[d] for d in refs if d in lookup.companies},
+                       absent=frozenset(lookup.absent & refs))
+
+
+def _merge_lookups(parts: Sequence[BatchLookup]) -> BatchLookup:
+    """One lookup answering everything ``parts`` answer (they come from the same reference data)."""
+    if len(parts) == 1:
+        return parts[0]
+    ranges: dict[str, RangeMatch] = {}
+    orgs: dict[str, str] = {}
+    domains: dict[str, str] = {}
+    asns: dict[int, AsnInfo] = {}
+    companies: dict[str, Company] = {}
+    absent: set[str] = set()
+    for p in parts:
+        ranges.update(p.ranges)
+        orgs.update(p.orgs)
+        domains.update(p.domains)
+        asns.update(p.asns)
+        companies.update(p.companies)
+        absent |= p.absent
+    return BatchLookup(ranges=ranges, orgs=orgs, domains=domains, asns=asns, companies=companies,
+                       absent=frozenset(absent - companies.keys()))
 
 
 class ReferenceStore(redis.Redis, _ReferenceReads):
