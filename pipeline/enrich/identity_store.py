@@ -699,7 +699,7 @@ class GroupPrefetch:
       record's events) are loaded from Redis as before.
     """
 
-    def __init__(self, inner: Any, max_age_s: float = 1.0, clock: Any = time.monotonic) -> None:
+    def __init__(self, inner: Any, max_age_s: float = 10.0, clock: Any = time.monotonic) -> None:
         self.inner = inner
         self.max_age_s = max_age_s
         self._clock = clock
