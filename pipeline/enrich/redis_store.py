@@ -21,6 +21,8 @@ Key layout (``ls`` is the namespace, ``{scope}`` is ``global`` or ``site:<site_i
     ls:{scope}:ipnet:v4:plens          set    prefix lengths in use (likewise v6)
     ls:{scope}:asn                     hash   asn -> {"type": ..., "org": ...} (JSON)
     ls:{scope}:imports                 hash   kind -> last import summary (JSON)
+    ls:ref:generation                  string incremented by every write above: the workers' caches
+                                              of companies and networks follow it (about once a second)
 
 Scope. Companies, ranges and ASN types are reference data shared by all sites (``global``)
 unless imported for one site (``--site``); a lookup for a site reads its scope and the
@@ -116,6 +118,10 @@ class Keys:
 
     def imports(self, scope: str) -> str:
         return f"{self.namespace}:{scope}:imports"
+
+    def generation(self) -> str:
+        """A counter every write of reference data increments: readers' caches follow it."""
+        return f"{self.namespace}:ref:generation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +353,9 @@ class _Trip:
     def hgetall(self, key: str) -> None:
         self.commands.append(("hgetall", (key,)))
 
+    def get(self, key: str) -> None:
+        self.commands.append(("get", (key,)))
+
 
 #: A read written once as a generator: it yields each round trip and receives its replies.
 Plan = Generator[_Trip, list[Any], T]
@@ -362,6 +371,10 @@ class _ReferenceReads:
     _prefixlens: dict[tuple[str, int], frozenset[int]]
     _prefixlens_lock: threading.Lock
     round_trips: int
+    #: seconds between two reads of the reference data's generation (see ``_plan_check_generation``)
+    generation_check_s: float = 1.0
+    _generation: Any
+    _generation_checked: float
 
     def _init_reads(self, namespace: str, company_cache_size: int, company_cache_ttl_s: float) -> None:
         self.keys_ = Keys(namespace)   # trailing underscore: Redis.keys is the KEYS command
@@ -372,6 +385,8 @@ class _ReferenceReads:
         self._network_cache = _TTLCache(company_cache_size, company_cache_ttl_s)
         self._prefixlens = {}
         self._prefixlens_lock = threading.Lock()
+        self._generation = None
+        self._generation_checked = float("-inf")
         self.round_trips = 0  # pipelines executed by this client's helpers (tests and metrics read it)
 
     def invalidate_caches(self) -> None:
@@ -584,9 +599,12 @@ class _ReferenceReads:
         Use ``BatchLookup.annotate`` and ``BatchLookup.company_lookups`` on each network after.
 
         Each network's (and extra domain's) part of the answer is cached like the company
-        records (bounded LRU, ``company_cache_ttl_s``, cleared by :meth:`invalidate_caches`):
-        only the networks not cached are resolved, in one batch; none cached costs no round trip.
+        records (bounded LRU, ``company_cache_ttl_s``, cleared by :meth:`invalidate_caches`, by a
+        write in this process, and when another process wrote: see ``_plan_check_generation``):
+        only the networks not cached are resolved, in one batch; none cached costs no round trip
+        (but the generation read, at most once every ``generation_check_s``).
         """
+        yield from self._plan_check_generation()
         parts: list[BatchLookup] = []
         missing_nets: dict[_NetworkKey, NetworkInfo] = {}
         missing_domains: dict[_NetworkKey, str] = {}
@@ -622,6 +640,22 @@ class _ReferenceReads:
                 self._network_cache.put(key, part)
                 parts.append(part)
         return _merge_lookups(parts)
+
+    def _plan_check_generation(self) -> Plan[None]:
+        """At most every ``generation_check_s``, one read of the generation counter that every write
+        of reference data increments (``upsert_*``, any process): when it moved, the caches are
+        dropped, so an import by the CLI reaches a running worker within about that time."""
+        now = time.monotonic()
+        if now - self._generation_checked < self.generation_check_s:
+            return
+        trip = _Trip()
+        trip.get(self.keys_.generation())
+        (generation,) = yield trip
+        self._generation_checked = now
+        if generation != self._generation:
+            if self._generation is not None:
+                self.invalidate_caches()
+            self._generation = generation
 
     def _known_prefixlens(self, scope: str, version: int) -> frozenset[int]:
         with self._prefixlens_lock:
@@ -793,8 +827,10 @@ class ReferenceStore(redis.Redis, _ReferenceReads):
                 pipe.hset(dom_key, mapping=dict.fromkeys(aliases, dom))
             for stale in set(_json_list(old_domains)) - set(aliases):
                 self._hdel_if_equal(keys=[dom_key], args=[stale, dom], client=pipe)
+        pipe.incr(self.keys_.generation())
         self._execute(pipe)
         self._company_cache.clear()
+        self._network_cache.clear()
 
     def upsert_ranges(self, ranges: Iterable[tuple[IPNetwork, str]], *, site: str | None = None) -> None:
         """Map CIDR blocks to company domains (a block imported again is overwritten). One round trip."""
@@ -812,9 +848,11 @@ class ReferenceStore(redis.Redis, _ReferenceReads):
             pipe.hset(key, mapping=mapping)
         for version, lens in plens.items():
             pipe.sadd(self.keys_.ipnet_prefixlens(scope, version), *sorted(lens))
+        pipe.incr(self.keys_.generation())
         self._execute(pipe)
         for version, lens in plens.items():
             self._learn_prefixlens(scope, version, lens)
+        self._network_cache.clear()
 
     def upsert_asn_types(self, infos: Iterable[AsnInfo], *, site: str | None = None) -> None:
         """Store ASN -> type (and organisation). One round trip."""
@@ -822,7 +860,9 @@ class ReferenceStore(redis.Redis, _ReferenceReads):
         if mapping:
             pipe = self.pipeline(transaction=False)
             pipe.hset(self.keys_.asn(scope_for(site)), mapping=mapping)
+            pipe.incr(self.keys_.generation())
             self._execute(pipe)
+            self._network_cache.clear()
 
     def record_import(self, kind: str, summary: Mapping[str, Any], *, site: str | None = None) -> None:
         """Remember the last import of ``kind`` (shown by status commands)."""

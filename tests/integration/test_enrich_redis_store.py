@@ -275,6 +275,7 @@ def test_networks_already_resolved_cost_no_round_trip_until_invalidated(
     """The worker's network cache: a network resolved once is answered from memory (a worker sees
     few distinct networks), only new networks go to Redis, and an import in this process
     (``invalidate_caches``) is seen at once."""
+    store.generation_check_s = 3600   # another process's writes: see the generation test below
     store.upsert_companies([_company("acme.example", "Acme Inc", org_names=("ACME-CORP",)),
                             _company("uni.example", "Example University", sector=Sector.education)])
     store.upsert_ranges([(net("203.0.113.0/24"), "acme.example")])
@@ -312,6 +313,7 @@ def test_the_network_cache_expires_with_the_company_ttl(redis_server: RedisServe
     store.upsert_companies([_company("acme.example", "Acme Inc"), _company("moved.example", "Moved Ltd")])
     store.upsert_ranges([(net("203.0.113.0/24"), "acme.example")])
     worker = ReferenceStore.from_url(redis_server.url, company_cache_ttl_s=0.3)
+    worker.generation_check_s = 3600   # the TTL alone
     try:
         network = NetworkInfo(ip="203.0.113.9")
         assert worker.resolve_networks([network]).company_for_ip("203.0.113.9") == Company(
@@ -322,3 +324,35 @@ def test_the_network_cache_expires_with_the_company_ttl(redis_server: RedisServe
             domain="moved.example", name="Moved Ltd")
     finally:
         worker.close()
+
+
+async def test_a_running_worker_follows_another_process_s_import_within_the_generation_check(
+        redis_server: RedisServer, store: ReferenceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write of reference data increments ``ls:ref:generation``; a worker reads it at most every
+    ``generation_check_s`` and drops its caches when it moved, so an import by the CLI reaches it
+    within about that time instead of the 60 s TTL; between checks, cached networks cost nothing."""
+    import asyncio
+
+    from pipeline.enrich.redis_store import AsyncReferenceStore
+
+    store.upsert_companies([_company("acme.example", "Acme Inc"), _company("moved.example", "Moved Ltd")])
+    store.upsert_ranges([(net("203.0.113.0/24"), "acme.example")])
+    worker = AsyncReferenceStore.from_url(redis_server.url)
+    worker.generation_check_s = 0.3
+    network = NetworkInfo(ip="203.0.113.9")
+    try:
+        first = await worker.resolve_networks([network])
+        assert first.company_for_ip("203.0.113.9") == Company(domain="acme.example", name="Acme Inc")
+        trips = worker.round_trips
+        await worker.resolve_networks([network])
+        assert worker.round_trips == trips                  # cached, and checked less than 0.3 s ago
+        store.upsert_ranges([(net("203.0.113.0/24"), "moved.example")])   # the CLI's import
+        await asyncio.sleep(0.4)
+        again = await worker.resolve_networks([network])
+        assert again.company_for_ip("203.0.113.9") == Company(domain="moved.example", name="Moved Ltd")
+        await asyncio.sleep(0.4)
+        trips = worker.round_trips
+        await worker.resolve_networks([network])
+        assert worker.round_trips == trips + 1               # only the generation read: nothing moved
+    finally:
+        await worker.aclose()
