@@ -76,6 +76,18 @@ def _metric(url: str, name: str) -> dict[str, float]:
     return out
 
 
+def _metric_line(url: str, name: str) -> float | None:
+    """The value of an unlabelled series (``name value``) on a /metrics page."""
+    try:
+        text = httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def _end_offsets(bootstrap: str, topic: str) -> int:
     from kafka import KafkaConsumer, TopicPartition
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
@@ -112,6 +124,7 @@ async def raw_loop(settings: Any, events: int, records: int) -> dict[str, Any]:
 
     done = {"visitor": 0, "account": 0}
     first_applied: list[float] = []
+    first_cpu: list[float] = []
 
     async def run(stage: str, topic: str, handler: Any, on_error: Any, stop: asyncio.Event,
                   expected: list[int]) -> None:
@@ -131,6 +144,7 @@ async def raw_loop(settings: Any, events: int, records: int) -> dict[str, Any]:
                     continue
                 if not first_applied:
                     first_applied.append(time.perf_counter())
+                    first_cpu.append(time.process_time())
                 await runner.handle_group(items)
                 done[stage] += len(items)
         finally:
@@ -148,8 +162,10 @@ async def raw_loop(settings: Any, events: int, records: int) -> dict[str, Any]:
     stop_account.set()
     await t_account
     elapsed = time.perf_counter() - first_applied[0]
+    cpu = time.process_time() - first_cpu[0]
     await producer.stop()
     return {"events_per_s": round(events / elapsed), "seconds": round(elapsed, 2),
+            "events_per_cpu_s": round(events / max(cpu, 1e-6)), "cpu_share": round(cpu / elapsed, 2),
             "visits_records": visits_expected[0], "commit_records": group}
 
 
@@ -162,6 +178,7 @@ def faust_worker(config: Path, metrics_url: str, events: int, records: int, boot
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         start = end = None
+        cpu_start = 0.0
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -172,6 +189,7 @@ def faust_worker(config: Path, metrics_url: str, events: int, records: int, boot
             now = time.perf_counter()
             if start is None and visitor > 0:
                 start = now
+                cpu_start = _metric_line(metrics_url, "process_cpu_seconds_total") or 0.0
             if visitor >= records and account > 0 and account >= _end_offsets(bootstrap, visits_topic):
                 end = now
                 break
@@ -181,7 +199,9 @@ def faust_worker(config: Path, metrics_url: str, events: int, records: int, boot
         sizes = _metric(metrics_url, "leadstream_stage_record_events_sum")
         counts = _metric(metrics_url, "leadstream_stage_record_events_count")
         per_record = {k: round(sizes[k] / counts[k], 1) for k in sizes if counts.get(k)}
+        cpu = (_metric_line(metrics_url, "process_cpu_seconds_total") or 0.0) - cpu_start
         return {"events_per_s": round(events / (end - start)), "seconds": round(end - start, 2),
+                "events_per_cpu_s": round(events / max(cpu, 1e-6)), "cpu_share": round(cpu / (end - start), 2),
                 "events_per_record": per_record}
     finally:
         proc.terminate()
@@ -277,6 +297,9 @@ class Live:
     def saturate(self, seconds: float, connections: int, timeout_s: float = 300) -> dict[str, Any]:
         """End-to-end maximum: wrk as fast as the collector answers for ``seconds``; rate = hits acknowledged /
         time until the worker applied all of them through both stages (it drains after the load stops)."""
+        cpu_before = self.cpu_seconds()
+        sizes_before = _metric(self.metrics_url, "leadstream_stage_record_events_sum")
+        counts_before = _metric(self.metrics_url, "leadstream_stage_record_events_count")
         started = time.perf_counter()
         load = run_wrk(self.url, seconds, connections)
         loaded = time.perf_counter() - started
@@ -284,9 +307,23 @@ class Live:
         elapsed = time.perf_counter() - started
         groups = _metric(self.metrics_url, "leadstream_stage_group_records_sum")
         counts = _metric(self.metrics_url, "leadstream_stage_group_records_count")
+        sizes = _metric(self.metrics_url, "leadstream_stage_record_events_sum")
+        n = _metric(self.metrics_url, "leadstream_stage_record_events_count")
+        per_record = {k: round((sizes[k] - sizes_before.get(k, 0)) / (n[k] - counts_before.get(k, 0)), 1)
+                      for k in sizes if n.get(k, 0) > counts_before.get(k, 0)}
         return {"events_per_s": round(load["ok"] / elapsed), "hits": load["ok"], "collector_rps": load["rps"],
                 "load_seconds": round(loaded, 1), "seconds_to_drain": round(elapsed, 1),
-                "records_per_group": {k: round(groups[k] / counts[k], 1) for k in groups if counts.get(k)}}
+                "records_per_group": {k: round(groups[k] / counts[k], 1) for k in groups if counts.get(k)},
+                # events per input record: the collector batches hits per partition, more under load
+                "events_per_record": per_record,
+                # the worker's CPU seconds per wall second while loaded and draining: ~1 is CPU bound
+                "worker_cpu_share": round((cpu := self.cpu_seconds() - cpu_before) / elapsed, 2),
+                # hits per second of worker CPU: what the worker costs, whatever else shares the machine
+                "events_per_worker_cpu_s": round(load["ok"] / max(cpu, 1e-6))}
+
+    def cpu_seconds(self) -> float:
+        text = _metric_line(self.metrics_url, "process_cpu_seconds_total")
+        return text if text is not None else 0.0
 
     def stop(self) -> None:
         for proc in (self.collector, self.worker):
@@ -462,6 +499,21 @@ def bench(events: int = 60_000, payloads_per_record: int = 20, latency_seconds: 
                       r["collector_rps"] for r in live_results.values())}
         report["checks"] = checks
         report["pass"] = all(checks.values())
+        # every headline figure in one place, first in the printed report
+        report = {"summary": {
+            "end_to_end_events_per_s_group_1": e2e_1,
+            f"end_to_end_events_per_s_group_{default_group}": e2e_default,
+            "speedup_default_vs_1": report["end_to_end"]["speedup_default_vs_1"],
+            "replay_worker_events_per_s": faust["events_per_s"],
+            "replay_raw_loop_events_per_s": raw["events_per_s"],
+            "worker_vs_raw_ratio": ratio,
+            "end_to_end_events_per_worker_cpu_s": {k: v["events_per_worker_cpu_s"] for k, v in live_results.items()},
+            "replay_events_per_cpu_s": {"worker": faust["events_per_cpu_s"], "raw_loop": raw["events_per_cpu_s"]},
+            "replay_cpu_share": {"worker": faust["cpu_share"], "raw_loop": raw["cpu_share"]},
+            "p50_ms_at_half_max": latency.get("p50_ms"), "p99_ms_at_half_max": latency.get("p99_ms"),
+            "half_max_hits_per_s": latency.get("achieved_hits_per_s"),
+            "load_generator_max_rps": generator["rps"],
+            "failed_checks": [k for k, ok in checks.items() if not ok]}, **report}
         return report
     finally:
         redis_server.close()

@@ -33,6 +33,8 @@ import fastavro.schema
 import httpx
 import yaml
 
+from .avro_writer import UnsupportedSchema, Writer, compile_writer
+
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 
@@ -172,11 +174,7 @@ class SingleObjectCodec:
 
     def encode(self, schema: str, value: Mapping[str, Any], topic: str | None = None) -> bytes:
         sv = self.catalogue.current[schema]
-        buf = io.BytesIO()
-        buf.write(SINGLE_OBJECT_MAGIC)
-        buf.write(sv.fingerprint)
-        fastavro.schemaless_writer(buf, sv.parsed, value)
-        return buf.getvalue()
+        return _encode(sv, SINGLE_OBJECT_MAGIC + sv.fingerprint, value)
 
     def decode(self, data: bytes, schema: str | None = None) -> Record:
         """Decode with the writer schema named by the header, resolved to the current reader.
@@ -190,6 +188,37 @@ class SingleObjectCodec:
         if writer is None:
             raise CodecError(f"unknown schema fingerprint {bytes(data[2:10]).hex()}")
         return _read(self.catalogue, writer, data, 10, schema)
+
+
+#: compiled writers by schema fingerprint (None: the schema does not compile, fastavro writes it)
+_WRITERS: dict[bytes, Writer | None] = {}
+
+
+def _compiled(sv: SchemaVersion) -> Writer | None:
+    if sv.fingerprint not in _WRITERS:
+        try:
+            _WRITERS[sv.fingerprint] = compile_writer(sv.parsed)
+        except UnsupportedSchema:
+            _WRITERS[sv.fingerprint] = None
+    return _WRITERS[sv.fingerprint]
+
+
+def _encode(sv: SchemaVersion, header: bytes, value: Mapping[str, Any]) -> bytes:
+    """``header`` and the Avro body of ``value``: the compiled writer (byte-identical to fastavro's,
+    about three times faster, see :mod:`pipeline.avro_writer`), fastavro when the schema does not
+    compile or the value does not fit the compiled writer (fastavro then raises its own error)."""
+    writer = _compiled(sv)
+    if writer is not None:
+        out = bytearray(header)
+        try:
+            writer(value, out)
+            return bytes(out)
+        except Exception:  # noqa: BLE001 - fastavro below raises (or writes) exactly as before
+            pass
+    buf = io.BytesIO()
+    buf.write(header)
+    fastavro.schemaless_writer(buf, sv.parsed, value)
+    return buf.getvalue()
 
 
 def _read(catalogue: SchemaCatalogue, writer: SchemaVersion, data: bytes, offset: int,
@@ -261,11 +290,7 @@ class ConfluentCodec:
     def encode(self, schema: str, value: Mapping[str, Any], topic: str | None = None) -> bytes:
         sv = self.catalogue.current[schema]
         schema_id = self._schema_id(sv, f"{topic or schema}-value")
-        buf = io.BytesIO()
-        buf.write(CONFLUENT_MAGIC)
-        buf.write(struct.pack(">I", schema_id))
-        fastavro.schemaless_writer(buf, sv.parsed, value)
-        return buf.getvalue()
+        return _encode(sv, CONFLUENT_MAGIC + struct.pack(">I", schema_id), value)
 
     def _writer_for(self, schema_id: int) -> SchemaVersion:
         sv = self._by_id.get(schema_id)

@@ -21,6 +21,8 @@ Key layout (``ls`` is the namespace, ``{scope}`` is ``global`` or ``site:<site_i
     ls:{scope}:ipnet:v4:plens          set    prefix lengths in use (likewise v6)
     ls:{scope}:asn                     hash   asn -> {"type": ..., "org": ...} (JSON)
     ls:{scope}:imports                 hash   kind -> last import summary (JSON)
+    ls:ref:generation                  string incremented by every write above: the workers' caches
+                                              of companies and networks follow it (about once a second)
 
 Scope. Companies, ranges and ASN types are reference data shared by all sites (``global``)
 unless imported for one site (``--site``); a lookup for a site reads its scope and the
@@ -48,7 +50,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -116,6 +118,10 @@ class Keys:
 
     def imports(self, scope: str) -> str:
         return f"{self.namespace}:{scope}:imports"
+
+    def generation(self) -> str:
+        """A counter every write of reference data increments: readers' caches follow it."""
+        return f"{self.namespace}:ref:generation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,17 +282,21 @@ def _network_int(addr: IPAddress, prefixlen: int) -> int:
     return int(addr) >> (bits - prefixlen) << (bits - prefixlen) if prefixlen else 0
 
 
-class _CompanyCache:
-    """Bounded LRU of company records per (scope, domain) with a TTL; negative entries too."""
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _TTLCache(Generic[K, V]):
+    """Bounded LRU with a TTL per entry; ``None`` values (negative entries) are cached too."""
 
     def __init__(self, maxsize: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data: OrderedDict[tuple[str, str], tuple[float, Company | None]] = OrderedDict()
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._maxsize = maxsize
         self._ttl = ttl_s
         self._clock = clock
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str]) -> tuple[bool, Company | None]:
+    def get(self, key: K) -> tuple[bool, V | None]:
         with self._lock:
             hit = self._data.get(key)
             if hit is None:
@@ -297,7 +307,7 @@ class _CompanyCache:
             self._data.move_to_end(key)
             return True, hit[1]
 
-    def put(self, key: tuple[str, str], value: Company | None) -> None:
+    def put(self, key: K, value: V) -> None:
         if self._maxsize <= 0 or self._ttl <= 0:
             return
         with self._lock:
@@ -309,6 +319,17 @@ class _CompanyCache:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class _CompanyCache(_TTLCache[tuple[str, str], "Company | None"]):
+    """Company records per (scope, domain) (see :class:`_TTLCache`)."""
+
+
+#: what one network (or one extra domain) of a batch is cached under: see ``_plan_resolve_networks``
+_NetworkKey = tuple[Any, ...]
 
 
 T = TypeVar("T")
@@ -332,6 +353,9 @@ class _Trip:
     def hgetall(self, key: str) -> None:
         self.commands.append(("hgetall", (key,)))
 
+    def get(self, key: str) -> None:
+        self.commands.append(("get", (key,)))
+
 
 #: A read written once as a generator: it yields each round trip and receives its replies.
 Plan = Generator[_Trip, list[Any], T]
@@ -343,20 +367,33 @@ class _ReferenceReads:
 
     keys_: Keys
     _company_cache: _CompanyCache
+    _network_cache: _TTLCache[_NetworkKey, BatchLookup]
     _prefixlens: dict[tuple[str, int], frozenset[int]]
     _prefixlens_lock: threading.Lock
     round_trips: int
+    #: seconds between two reads of the reference data's generation (see ``_plan_check_generation``)
+    generation_check_s: float = 1.0
+    _generation: Any
+    _generation_checked: float
 
     def _init_reads(self, namespace: str, company_cache_size: int, company_cache_ttl_s: float) -> None:
         self.keys_ = Keys(namespace)   # trailing underscore: Redis.keys is the KEYS command
         self._company_cache = _CompanyCache(company_cache_size, company_cache_ttl_s)
+        # each network's resolved lookup (range, organisation, domain, ASN, companies), same size and
+        # TTL as the company records: a worker sees few distinct networks, so most records need no
+        # round trip at all (see ``_plan_resolve_networks``)
+        self._network_cache = _TTLCache(company_cache_size, company_cache_ttl_s)
         self._prefixlens = {}
         self._prefixlens_lock = threading.Lock()
+        self._generation = None
+        self._generation_checked = float("-inf")
         self.round_trips = 0  # pipelines executed by this client's helpers (tests and metrics read it)
 
     def invalidate_caches(self) -> None:
-        """Forget cached company records and prefix lengths (after an import in this process)."""
+        """Forget cached company records, network lookups and prefix lengths (after an import in this
+        process; other processes see an import within ``company_cache_ttl_s``)."""
         self._company_cache.clear()
+        self._network_cache.clear()
         with self._prefixlens_lock:
             self._prefixlens.clear()
 
@@ -559,13 +596,66 @@ class _ReferenceReads:
                                site: str | None = None) -> Plan[BatchLookup]:
         """``resolve_batch`` for the networks of a batch (their IPs, organisation, ASN organisation,
         database domains and ASNs) plus extra ``domains`` (e.g. identified people's email domains).
-        Use ``BatchLookup.annotate`` and ``BatchLookup.company_lookups`` on each network after."""
-        nets = list(networks)
-        return (yield from self._plan_resolve_batch(
-            ips=[n.ip for n in nets if n.ip],
-            org_names=[name for n in nets for name in (n.organization, n.asn_org) if name],
-            domains=[*(n.domain for n in nets if n.domain), *domains],
-            asns=[n.asn for n in nets if n.asn], site=site))
+        Use ``BatchLookup.annotate`` and ``BatchLookup.company_lookups`` on each network after.
+
+        Each network's (and extra domain's) part of the answer is cached like the company
+        records (bounded LRU, ``company_cache_ttl_s``, cleared by :meth:`invalidate_caches`, by a
+        write in this process, and when another process wrote: see ``_plan_check_generation``):
+        only the networks not cached are resolved, in one batch; none cached costs no round trip
+        (but the generation read, at most once every ``generation_check_s``).
+        """
+        yield from self._plan_check_generation()
+        parts: list[BatchLookup] = []
+        missing_nets: dict[_NetworkKey, NetworkInfo] = {}
+        missing_domains: dict[_NetworkKey, str] = {}
+        for n in networks:
+            key: _NetworkKey = ("n", site, n.ip, n.organization, n.asn_org, n.domain, n.asn)
+            hit, part = self._network_cache.get(key)
+            if hit and part is not None:
+                parts.append(part)
+            else:
+                missing_nets.setdefault(key, n)
+        for d in domains:
+            if d:
+                key = ("d", site, d)
+                hit, part = self._network_cache.get(key)
+                if hit and part is not None:
+                    parts.append(part)
+                else:
+                    missing_domains.setdefault(key, d)
+        if missing_nets or missing_domains:
+            nets = list(missing_nets.values())
+            lookup = yield from self._plan_resolve_batch(
+                ips=[n.ip for n in nets if n.ip],
+                org_names=[name for n in nets for name in (n.organization, n.asn_org) if name],
+                domains=[*(n.domain for n in nets if n.domain), *missing_domains.values()],
+                asns=[n.asn for n in nets if n.asn], site=site)
+            for key, n in missing_nets.items():
+                part = _part_of(lookup, ips=(n.ip,), orgs=(n.organization, n.asn_org), domains=(n.domain,),
+                                asns=(n.asn,))
+                self._network_cache.put(key, part)
+                parts.append(part)
+            for key, d in missing_domains.items():
+                part = _part_of(lookup, domains=(d,))
+                self._network_cache.put(key, part)
+                parts.append(part)
+        return _merge_lookups(parts)
+
+    def _plan_check_generation(self) -> Plan[None]:
+        """At most every ``generation_check_s``, one read of the generation counter that every write
+        of reference data increments (``upsert_*``, any process): when it moved, the caches are
+        dropped, so an import by the CLI reaches a running worker within about that time."""
+        now = time.monotonic()
+        if now - self._generation_checked < self.generation_check_s:
+            return
+        trip = _Trip()
+        trip.get(self.keys_.generation())
+        (generation,) = yield trip
+        self._generation_checked = now
+        if generation != self._generation:
+            if self._generation is not None:
+                self.invalidate_caches()
+            self._generation = generation
 
     def _known_prefixlens(self, scope: str, version: int) -> frozenset[int]:
         with self._prefixlens_lock:
@@ -575,6 +665,41 @@ class _ReferenceReads:
         with self._prefixlens_lock:
             self._prefixlens[(scope, version)] = self._prefixlens.get((scope, version), frozenset()) | new
 
+
+
+def _part_of(lookup: BatchLookup, ips: Iterable[str | None] = (), orgs: Iterable[str | None] = (),
+             domains: Iterable[str | None] = (), asns: Iterable[int | None] = ()) -> BatchLookup:
+    """The part of ``lookup`` that answers the given inputs (and the companies it references)."""
+    ranges = {ip: lookup.ranges[ip] for ip in ips if ip and ip in lookup.ranges}
+    org_map = {o: lookup.orgs[o] for o in orgs if o and o in lookup.orgs}
+    dom_map = {d: lookup.domains[d] for d in domains if d and d in lookup.domains}
+    asn_map = {a: lookup.asns[a] for a in asns if a is not None and a in lookup.asns}
+    refs = {m.domain for m in ranges.values()} | set(org_map.values()) | set(dom_map.values())
+    refs |= {n for n in (normalize_domain(d) for d in domains if d) if n}
+    return BatchLookup(ranges=ranges, orgs=org_map, domains=dom_map, asns=asn_map,
+                       companies={d: lookup.companies[d] for d in refs if d in lookup.companies},
+                       absent=frozenset(lookup.absent & refs))
+
+
+def _merge_lookups(parts: Sequence[BatchLookup]) -> BatchLookup:
+    """One lookup answering everything ``parts`` answer (they come from the same reference data)."""
+    if len(parts) == 1:
+        return parts[0]
+    ranges: dict[str, RangeMatch] = {}
+    orgs: dict[str, str] = {}
+    domains: dict[str, str] = {}
+    asns: dict[int, AsnInfo] = {}
+    companies: dict[str, Company] = {}
+    absent: set[str] = set()
+    for p in parts:
+        ranges.update(p.ranges)
+        orgs.update(p.orgs)
+        domains.update(p.domains)
+        asns.update(p.asns)
+        companies.update(p.companies)
+        absent |= p.absent
+    return BatchLookup(ranges=ranges, orgs=orgs, domains=domains, asns=asns, companies=companies,
+                       absent=frozenset(absent - companies.keys()))
 
 
 class ReferenceStore(redis.Redis, _ReferenceReads):
@@ -702,8 +827,10 @@ class ReferenceStore(redis.Redis, _ReferenceReads):
                 pipe.hset(dom_key, mapping=dict.fromkeys(aliases, dom))
             for stale in set(_json_list(old_domains)) - set(aliases):
                 self._hdel_if_equal(keys=[dom_key], args=[stale, dom], client=pipe)
+        pipe.incr(self.keys_.generation())
         self._execute(pipe)
         self._company_cache.clear()
+        self._network_cache.clear()
 
     def upsert_ranges(self, ranges: Iterable[tuple[IPNetwork, str]], *, site: str | None = None) -> None:
         """Map CIDR blocks to company domains (a block imported again is overwritten). One round trip."""
@@ -721,9 +848,11 @@ class ReferenceStore(redis.Redis, _ReferenceReads):
             pipe.hset(key, mapping=mapping)
         for version, lens in plens.items():
             pipe.sadd(self.keys_.ipnet_prefixlens(scope, version), *sorted(lens))
+        pipe.incr(self.keys_.generation())
         self._execute(pipe)
         for version, lens in plens.items():
             self._learn_prefixlens(scope, version, lens)
+        self._network_cache.clear()
 
     def upsert_asn_types(self, infos: Iterable[AsnInfo], *, site: str | None = None) -> None:
         """Store ASN -> type (and organisation). One round trip."""
@@ -731,7 +860,9 @@ class ReferenceStore(redis.Redis, _ReferenceReads):
         if mapping:
             pipe = self.pipeline(transaction=False)
             pipe.hset(self.keys_.asn(scope_for(site)), mapping=mapping)
+            pipe.incr(self.keys_.generation())
             self._execute(pipe)
+            self._network_cache.clear()
 
     def record_import(self, kind: str, summary: Mapping[str, Any], *, site: str | None = None) -> None:
         """Remember the last import of ``kind`` (shown by status commands)."""

@@ -54,6 +54,9 @@ def build_handlers(settings: Settings) -> tuple[VisitorStage, AccountStage]:
         identity = _identity_store(redis_url, options)
         if identity is not None and not settings.stages.identity_writes:
             identity = ReadOnlyIdentity(identity)
+        if identity is not None:
+            from ..enrich.identity_store import GroupPrefetch
+            identity = GroupPrefetch(identity)   # one identity load per commit group (VisitorStage.prefetch)
     else:
         log.warning("redis.url is not set: no company data, identity graph or quota; leads need a company")
     retry = retryable_errors()

@@ -27,7 +27,10 @@ partition:
   offset only after its group's table writes (see ``app.add_stage``).
 
 The handler is a plain function of (records, current states) returning
-outputs and new states: no Kafka in it.
+outputs and new states: no Kafka in it. A handler may also have
+``prefetch(records)``, awaited before each group: it reads ahead what the
+group's records will look up (one round trip instead of one per record);
+it must not change what the handler computes, only how fast.
 """
 
 from __future__ import annotations
@@ -470,9 +473,26 @@ class RecordRunner:
             log.exception("%s: record %d:%d failed; writing it as a bad row", self.name, partition, offset)
             return self.on_error(partition, offset, value, exc)
 
+    async def _prefetch(self, records: Sequence[tuple[int, int, bytes]]) -> None:
+        """Let the handler read ahead for the whole group (``handler.prefetch(records)``, optional): one
+        round trip for what each record would load by itself. Waits like a record while a dependency
+        is away; any other failure only costs the read-ahead (each record then loads its own)."""
+        prefetch: Callable[[Sequence[tuple[int, int, bytes]]], Awaitable[None]] | None = getattr(
+            self.handler, "prefetch", None)
+        if prefetch is None:
+            return
+        first = records[0]
+        try:
+            await self._retrying(f"reading ahead for the group from {first[0]}:{first[1]}",
+                                 lambda: prefetch(records))
+        except Exception:
+            log.warning("%s: reading ahead for the group from %d:%d failed; its records load one by one",
+                        self.name, first[0], first[1], exc_info=True)
+
     async def _apply_group(self, records: Sequence[tuple[int, int, bytes]]) -> None:
         """Handle every record against the overlay, send all outputs, await them, then write the table."""
         started = time.perf_counter()
+        await self._prefetch(records)
         overlay: dict[str, Any] = {}
         view = StateView(self.table, overlay)
         outputs: list[Output] = []

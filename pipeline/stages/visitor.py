@@ -33,8 +33,8 @@ from ..core.bots import BotConfig
 from ..core.erasure import noted_accounts
 from ..core.events import TimeConfig, TrackedEvent, build_event, validate_event
 from ..core.failures import FailureType
-from ..core.identity import (IdentityConfig, IdentityResult, IdentitySnapshot, Identifier, apply_identity_events,
-                             identifiers_to_load, resolve_visitor)
+from ..core.identity import (IdentityConfig, IdentityResult, IdType, IdentitySnapshot, Identifier,
+                             apply_identity_events, identifiers_to_load, resolve_visitor)
 from ..core.limits import MAX_NAME_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS, chunk_by_bytes, clip, json_size, text_bytes
 from ..core.model import NetworkInfo, PersonResolution
 from ..core.scoring_model import ScoringModel
@@ -130,6 +130,8 @@ class VisitorStage:
         self.time_cfg = TimeConfig.from_days(settings.stages.max_send_delay_days)
         self.idle = IdleKeys(int(settings.stages.state_retention_days * DAY_MS), topics.pixel_events_partitions,
                              _visitor_last_seen)
+        #: the current group's records, decoded once by :meth:`prefetch`
+        self._decoded: dict[tuple[int, int], Any] = {}
 
     def use_model(self, model: ScoringModel) -> None:
         """Sessionize with ``model`` from the next record on (``leadstream model promote``, as the account
@@ -149,7 +151,7 @@ class VisitorStage:
     async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:
         result = HandlerResult()
         try:
-            batch = self.codec.decode(value, "CollectorBatch")
+            batch = self._decoded.pop((partition, offset), None) or self.codec.decode(value, "CollectorBatch")
         except CodecError as exc:
             self._bad(result, FailureType.schema_violation, f"pixel-events record {partition}:{offset} is not a "
                       f"CollectorBatch: {exc}", value, None, {"partition": str(partition), "offset": str(offset)})
@@ -163,6 +165,28 @@ class VisitorStage:
             await self._process(visitors, partition, offset, states, result)
         self._evict(partition, states, result)
         return result
+
+    async def prefetch(self, records: Sequence[tuple[int, int, bytes]]) -> None:
+        """Before a commit group (``RecordRunner``): decode each record once (``__call__`` takes it from
+        here) and load the identity links of every visitor of the group in one round trip per site
+        (:class:`~pipeline.enrich.identity_store.GroupPrefetch`), not one per record."""
+        self._decoded = {}
+        wanted: dict[str, dict[Identifier, None]] = {}
+        for partition, offset, value in records:
+            try:
+                batch = self.codec.decode(value, "CollectorBatch")
+            except CodecError:
+                continue  # __call__ decodes it again and writes the bad row
+            self._decoded[(partition, offset)] = batch
+            payloads = batch.get("payloads") if isinstance(batch, Mapping) else None
+            for payload in payloads if isinstance(payloads, list) else ():
+                visitor_id = payload.get("visitor_id") if isinstance(payload, Mapping) else None
+                site = self.settings.site(str(payload.get("site_id"))) if visitor_id else None
+                if site is not None and isinstance(visitor_id, str):
+                    wanted.setdefault(site.site_id, {})[(IdType.visitor, visitor_id)] = None
+        prefetch = getattr(self.identity, "prefetch", None)
+        if prefetch is not None:
+            await prefetch(wanted)
 
     def failed(self, partition: int, offset: int, value: bytes, exc: Exception) -> HandlerResult:
         """The last resort: the record failed outside every per-visitor boundary. It is kept whole as an

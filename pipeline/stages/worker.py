@@ -82,6 +82,14 @@ class _Worker(faust.Worker):
         timer.daemon = True
         timer.start()
 
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """No terminal spinner. At ``warn`` and above, faust.Worker adds a spinner handler at DEBUG
+        and sets the root logger to DEBUG, so every debug line of aiokafka and Faust (a few per
+        message sent or fetched) became a LogRecord handed to the handlers: 5-7% of the worker's
+        CPU under load (py-spy, ``bench pipeline``). The root logger keeps the configured level."""
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
+
     def _on_sigterm(self) -> None:
         self._arm_watchdog()
         super()._on_sigterm()

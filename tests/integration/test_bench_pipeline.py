@@ -21,3 +21,9 @@ def test_bench_pipeline_reports_every_figure_with_the_generator_not_the_bottlene
     assert report["replay_prebatched"]["baseline_raw_aiokafka"]["commit_records"] == 100
     assert report["latency_at_half_max"]["probes"] > 0
     assert report["checks"]["generator_not_the_bottleneck"], report
+    summary = report["summary"]
+    assert summary["worker_vs_raw_ratio"] == report["replay_prebatched"]["throughput_ratio"]
+    assert summary["end_to_end_events_per_s_group_1"] == e2e["group_1"]["events_per_s"]
+    assert summary["p99_ms_at_half_max"] == report["latency_at_half_max"]["p99_ms"]
+    assert e2e["group_100"]["events_per_record"]['{stage="visitor"}'] >= 1
+    assert 0 < e2e["group_100"]["worker_cpu_share"] <= 2.5

@@ -268,3 +268,91 @@ def test_the_async_store_needs_decoded_responses(redis_server: RedisServer) -> N
 
     with pytest.raises(ValueError, match="decode_responses"):
         AsyncReferenceStore(redis.asyncio.Redis.from_url(redis_server.url))
+
+
+def test_networks_already_resolved_cost_no_round_trip_until_invalidated(
+        store: ReferenceStore, other: ReferenceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's network cache: a network resolved once is answered from memory (a worker sees
+    few distinct networks), only new networks go to Redis, and an import in this process
+    (``invalidate_caches``) is seen at once."""
+    store.generation_check_s = 3600   # another process's writes: see the generation test below
+    store.upsert_companies([_company("acme.example", "Acme Inc", org_names=("ACME-CORP",)),
+                            _company("uni.example", "Example University", sector=Sector.education)])
+    store.upsert_ranges([(net("203.0.113.0/24"), "acme.example")])
+    store.upsert_asn_types([AsnInfo(64500, "business", "ACME-CORP")])
+    a = NetworkInfo(ip="203.0.113.9", asn=64500, asn_org="ACME-CORP")
+    b = NetworkInfo(ip="192.0.2.1", domain="uni.example")
+    c = NetworkInfo(ip="198.51.100.1", organization="Acme Inc")
+    first = store.resolve_networks([a, b], domains=["uni.example"])
+    counter = RoundTrips(monkeypatch)
+    again = store.resolve_networks([b, a], domains=["uni.example"])
+    assert counter.total == 0
+    assert again.company_lookups(a) == first.company_lookups(a)
+    assert again.company_for_ip("203.0.113.9") == Company(domain="acme.example", name="Acme Inc")
+    assert again.company_for_domain("uni.example") == first.company_for_domain("uni.example") is not None
+    assert again.annotate(a).asn_type == "business"
+    mixed = store.resolve_networks([a, c])        # only c is new: one batch for it
+    assert counter.total == 1
+    assert mixed.company_for_ip("203.0.113.9") is not None
+    assert mixed.company_for_org("Acme Inc") == Company(domain="acme.example", name="Acme Inc")
+    # another process moves the range: the cache keeps answering the old company until invalidated
+    other.upsert_companies([_company("moved.example", "Moved Ltd")])
+    other.upsert_ranges([(net("203.0.113.0/24"), "moved.example")])
+    assert store.resolve_networks([a]).company_for_ip("203.0.113.9") == Company(domain="acme.example",
+                                                                                 name="Acme Inc")
+    store.invalidate_caches()
+    moved = store.resolve_networks([a]).company_for_ip("203.0.113.9")
+    assert moved == Company(domain="moved.example", name="Moved Ltd")
+
+
+def test_the_network_cache_expires_with_the_company_ttl(redis_server: RedisServer, store: ReferenceStore,
+                                                         other: ReferenceStore) -> None:
+    """An import by another process (the CLI) reaches a running worker within ``company_cache_ttl_s``."""
+    import time
+
+    store.upsert_companies([_company("acme.example", "Acme Inc"), _company("moved.example", "Moved Ltd")])
+    store.upsert_ranges([(net("203.0.113.0/24"), "acme.example")])
+    worker = ReferenceStore.from_url(redis_server.url, company_cache_ttl_s=0.3)
+    worker.generation_check_s = 3600   # the TTL alone
+    try:
+        network = NetworkInfo(ip="203.0.113.9")
+        assert worker.resolve_networks([network]).company_for_ip("203.0.113.9") == Company(
+            domain="acme.example", name="Acme Inc")
+        other.upsert_ranges([(net("203.0.113.0/24"), "moved.example")])
+        time.sleep(0.4)
+        assert worker.resolve_networks([network]).company_for_ip("203.0.113.9") == Company(
+            domain="moved.example", name="Moved Ltd")
+    finally:
+        worker.close()
+
+
+async def test_a_running_worker_follows_another_process_s_import_within_the_generation_check(
+        redis_server: RedisServer, store: ReferenceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write of reference data increments ``ls:ref:generation``; a worker reads it at most every
+    ``generation_check_s`` and drops its caches when it moved, so an import by the CLI reaches it
+    within about that time instead of the 60 s TTL; between checks, cached networks cost nothing."""
+    import asyncio
+
+    from pipeline.enrich.redis_store import AsyncReferenceStore
+
+    store.upsert_companies([_company("acme.example", "Acme Inc"), _company("moved.example", "Moved Ltd")])
+    store.upsert_ranges([(net("203.0.113.0/24"), "acme.example")])
+    worker = AsyncReferenceStore.from_url(redis_server.url)
+    worker.generation_check_s = 0.3
+    network = NetworkInfo(ip="203.0.113.9")
+    try:
+        first = await worker.resolve_networks([network])
+        assert first.company_for_ip("203.0.113.9") == Company(domain="acme.example", name="Acme Inc")
+        trips = worker.round_trips
+        await worker.resolve_networks([network])
+        assert worker.round_trips == trips                  # cached, and checked less than 0.3 s ago
+        store.upsert_ranges([(net("203.0.113.0/24"), "moved.example")])   # the CLI's import
+        await asyncio.sleep(0.4)
+        again = await worker.resolve_networks([network])
+        assert again.company_for_ip("203.0.113.9") == Company(domain="moved.example", name="Moved Ltd")
+        await asyncio.sleep(0.4)
+        trips = worker.round_trips
+        await worker.resolve_networks([network])
+        assert worker.round_trips == trips + 1               # only the generation read: nothing moved
+    finally:
+        await worker.aclose()

@@ -23,6 +23,7 @@ from pipeline.core.identity import (
     LogEntry,
     Merge,
     SetProfile,
+    apply_identity_events,
     apply_ops,
     hash_email,
 )
@@ -501,3 +502,54 @@ def test_register_plugs_into_the_importer(tmp_path: Path, redis_server: RedisSer
         assert store.dump_site(SITE) == SyncIdentityStore(redis_client).dump_site(SITE)   # str and bytes replies
     finally:
         ref.close()
+
+
+# ---- the commit group's read-ahead (GroupPrefetch) -------------------------------------------------
+
+async def test_group_prefetch_answers_as_redis_would_and_sees_earlier_writes_of_the_group(
+        store: IdentityStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One load for the group's visitors; each record's load is what Redis would answer then, also after
+    an earlier record of the same group wrote links (a write drops the prefetch)."""
+    from pipeline.enrich.identity_store import GroupPrefetch
+
+    await store.process_events(SITE, [ev("v1", 10, identify_user_id="u1", email="ada@brightpath.example")], SALT)
+    group = GroupPrefetch(store)
+    await group.prefetch({SITE: [(IdType.visitor, v) for v in ("v1", "v2", "v3")]})
+    counter = Counter(store.client, monkeypatch)
+    # record 1: v1 (linked) and v2 (not): served, restricted to what it asked, equal to a fresh load
+    got = await group.load_snapshot(SITE, [(IdType.visitor, "v1"), (IdType.visitor, "v2")])
+    assert counter.round_trips == 0 and group.served == 1
+    assert norm(got) == norm(await store.load_snapshot(SITE, [(IdType.visitor, "v1"), (IdType.visitor, "v2")]))
+    assert set(got.links) == {(IdType.visitor, "v1")} and len(got.persons) == 1
+    counter.pipelines = 0
+    # a record asking for more than the prefetch holds (a user id) loads from Redis
+    await group.load_snapshot(SITE, [(IdType.visitor, "v2"), (IdType.user_id, "u1")])
+    assert counter.round_trips >= 1 and group.served == 1
+    # record 2 identifies v2 as u1: its write drops the prefetch ...
+    snap = await group.load_snapshot(SITE, [(IdType.visitor, "v2"), (IdType.user_id, "u1")])
+    result = apply_identity_events(snap, [ev("v2", 20, identify_user_id="u1")], SALT)
+    assert result.ops
+    await group.apply(SITE, list(result.ops))
+    # ... so record 3's load of v2 sees v2 linked to u1's person (the prefetch had it unlinked)
+    served = group.served
+    after = await group.load_snapshot(SITE, [(IdType.visitor, "v2")])
+    assert group.served == served
+    assert after.links[(IdType.visitor, "v2")].person_id == got.links[(IdType.visitor, "v1")].person_id
+    # the next group starts from a fresh prefetch
+    await group.prefetch({SITE: [(IdType.visitor, "v2")]})
+    again = await group.load_snapshot(SITE, [(IdType.visitor, "v2")])
+    assert group.served == served + 1 and norm(again) == norm(after)
+
+
+async def test_group_prefetch_is_not_served_past_its_age(store: IdentityStore) -> None:
+    """A record retried long after the group started (Redis was away) loads afresh."""
+    from pipeline.enrich.identity_store import GroupPrefetch
+
+    now = [0.0]
+    group = GroupPrefetch(store, max_age_s=1.0, clock=lambda: now[0])
+    await group.prefetch({SITE: [(IdType.visitor, "v9")]})
+    assert not (await group.load_snapshot(SITE, [(IdType.visitor, "v9")])).links and group.served == 1
+    await store.process_events(SITE, [ev("v9", 10, identify_user_id="u9")], SALT)  # another writer
+    now[0] = 2.0
+    assert (IdType.visitor, "v9") in (await group.load_snapshot(SITE, [(IdType.visitor, "v9")])).links
+    assert group.served == 1

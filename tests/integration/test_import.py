@@ -14,10 +14,11 @@ from pipeline.ops.importer import DEMO_FILES, import_demo_data, import_file
 
 
 def snapshot(store: ReferenceStore) -> dict[str, Any]:
-    """Every key and its value (imports bookkeeping left out: it holds a timestamp)."""
+    """Every key and its value (imports bookkeeping left out: it holds a timestamp; so is the
+    generation counter that tells the workers' caches a write happened)."""
     out: dict[str, Any] = {}
     for key in store.scan_iter("*"):
-        if key.endswith(":imports"):
+        if key.endswith(":imports") or key == store.keys_.generation():
             continue
         kind = store.type(key)
         if kind == "hash":

@@ -358,8 +358,10 @@ def test_every_redis_port_of_the_worker_fails_fast_on_a_hung_redis_without_block
                                   "sites": [{"site_id": "acme", "allowed_origins": ["*"]}]}))
     visitor, account = build_handlers(load_settings(config))
     assert visitor.reference is not None and visitor.identity is not None and account.quota is not None
+    # the worker caches each network it resolved: the probe asks for one it has not seen, so it needs Redis
+    ips = iter(["203.0.113.7", "203.0.113.8"])
     calls: dict[str, Callable[[], Any]] = {
-        "reference": lambda: visitor.reference.resolve_networks([NetworkInfo(ip="203.0.113.7")]),  # type: ignore[union-attr]
+        "reference": lambda: visitor.reference.resolve_networks([NetworkInfo(ip=next(ips))]),  # type: ignore[union-attr]
         "identity": lambda: visitor.identity.load_snapshot("acme", [(IdType.visitor, "v1")]),  # type: ignore[union-attr]
         "quota": lambda: account.quota.claim("acme", "2026-12", "lead-1", 10),  # type: ignore[union-attr]
     }

@@ -74,3 +74,32 @@ def test_truncated_body_is_a_codec_error() -> None:
 def test_encoding_rejects_values_that_break_the_schema() -> None:
     with pytest.raises((ValueError, TypeError, KeyError)):
         CODEC.encode("BadRow", {**bad_row(), "stage": "nowhere"})
+
+
+def _fastavro_body(schema: str, value: object) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, CATALOGUE.current[schema].parsed, value)
+    return buf.getvalue()
+
+
+def test_the_compiled_writer_encodes_the_stage_outputs_byte_for_byte_as_fastavro() -> None:
+    """The codec writes with the compiled writer (pipeline.avro_writer): what the stages send (visit
+    batches, lead scores, bad rows) must be exactly fastavro's bytes."""
+    import asyncio
+
+    from tests.unit.stages.stage_fakes import Table, account_stage, event, payload, record, visitor_stage
+
+    schema_of = {"visits": "VisitBatch", "lead-scores": "LeadScore", "qualified-leads": "QualifiedLead",
+                 "bad-events": "BadRow"}
+    events = [event(f"https://www.acme.example/{p}", t=1_767_225_600_000 + i * 1000)
+              for i, p in enumerate(["pricing", "demo", "careers"])]
+    visits = asyncio.run(visitor_stage()(0, 0, record(payload("v1", events, ip="203.0.113.10"),
+                                                      payload("v2", [event(url=None, device_created_tstamp=None)])), Table().view))
+    outputs = list(visits.outputs)
+    for o in visits.outputs:
+        if o.topic == "visits":
+            outputs += asyncio.run(account_stage()(0, 0, o.value or b"", Table().view)).outputs
+    values = [("BadRow", bad_row())] + [(schema_of[o.topic], CODEC.decode(o.value or b"")) for o in outputs]
+    assert {name for name, _ in values} >= {"BadRow", "VisitBatch", "LeadScore"}
+    for name, value in values:
+        assert CODEC.encode(name, value)[10:] == _fastavro_body(name, value), name

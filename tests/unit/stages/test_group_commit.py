@@ -136,3 +136,46 @@ def test_records_faust_skipped_inside_a_group_are_read_and_applied_in_order() ->
     keys = [o.key for outputs, _ in send.sends for o in outputs]
     assert keys == [b"k0", b"k", b"k1", b"k", b"k2", b"k", b"k3", b"k", b"k4", b"k", b"k5", b"k"]
     assert table["k"] == {"o": 5, "s": 6} and r.stats.gaps_repaired == 3 and r.stats.gap_events == 2
+
+
+class Prefetching:
+    """The counting stage with a read-ahead: records what each prefetch was given, fails when told to."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[int, int]]] = []
+        self.handled_before: list[int] = []
+        self.handled = 0
+        self.fail: list[BaseException] = []
+
+    async def prefetch(self, records: Sequence[tuple[int, int, bytes]]) -> None:
+        self.handled_before.append(self.handled)
+        if self.fail:
+            raise self.fail.pop(0)
+        self.calls.append([(p, o) for p, o, _ in records])
+
+    async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:
+        self.handled += 1
+        return await counting(partition, offset, value, states)
+
+
+def test_the_handler_reads_ahead_once_per_group_before_any_of_its_records() -> None:
+    handler = Prefetching()
+    table: dict[str, Any] = {"~progress/0": 0}
+    r = RecordRunner(table, handler, Sender(table), None, name="test", max_group=2)
+    asyncio.run(r.handle_group([rec(0, 0, "k"), rec(0, 1, "k"), rec(0, 2, "k"), rec(1, 0, "j")]))
+    # the replayed record 0:0 is not read ahead; the group is cut at two records, each part read ahead first
+    assert handler.calls == [[(0, 1), (0, 2)], [(1, 0)]]
+    assert handler.handled_before == [0, 2]
+    assert table["k"] == {"o": 2, "s": 2}
+
+
+def test_a_failed_read_ahead_costs_only_the_read_ahead() -> None:
+    handler = Prefetching()
+    table: dict[str, Any] = {}
+    r = RecordRunner(table, handler, Sender(table), None, name="test", max_group=10, max_backoff_s=0.01)
+    handler.fail = [ConnectionError("redis away"), ConnectionError("redis away")]   # retried like a record
+    asyncio.run(r.handle_group([rec(0, 0, "k")]))
+    assert handler.calls == [[(0, 0)]] and r.stats.retries == 2 and table["k"] == {"o": 0, "s": 1}
+    handler.fail = [ValueError("a bug in the read-ahead")]                            # the records still apply
+    asyncio.run(r.handle_group([rec(0, 1, "k")]))
+    assert table["k"] == {"o": 1, "s": 2}

@@ -327,3 +327,50 @@ def test_the_stage_runs_the_core_visitor_chain() -> None:
     assert table.data["acme|v1"]["s"] == {"vs": out.state.to_dict(), "acct": out.account, "h": out.history,
                                           "accts": ["v:v1", out.account]}   # the accounts an erasure must reach
     assert stored["acct"] == "v:v1" and out.account == "c:brightpath-analytics.example"
+
+
+def test_a_group_read_ahead_changes_nothing_but_the_number_of_identity_loads() -> None:
+    """VisitorStage.prefetch (decode once, one identity load per group and site) gives the outputs and
+    states of record-at-a-time, a corrupt record of the group included."""
+    import asyncio
+
+    from pipeline.enrich.identity_store import GroupPrefetch
+    from pipeline.stages.runtime import RecordRunner
+
+    class Counting(FakeIdentity):
+        loads = 0
+
+        async def load_snapshot(self, site_id: str, identifiers: Any) -> Any:
+            self.loads += 1
+            return await super().load_snapshot(site_id, identifiers)
+
+    records = [(0, 0, record(payload("v1", [event(t=T0)]), payload("v2", [event(t=T0 + 1)]))),
+               (0, 1, b"\x00not avro"),
+               (0, 2, record(payload("v1", [event(t=T0 + 60_000)]), payload(None, [event(t=T0 + 2)]))),
+               (0, 3, record(payload("v3", [event(t=T0 + 3, event_type="identify", identify_user_id="u-3")])))]
+
+    def run(group: int, prefetching: bool) -> tuple[list[Any], dict[str, Any], int]:
+        identity = Counting()
+        stage = visitor_stage(identity=GroupPrefetch(identity) if prefetching else identity)
+        table: dict[str, Any] = {}
+        sent: list[Any] = []
+
+        async def send(outputs: Any) -> None:
+            sent.extend(outputs)
+
+        r = RecordRunner(table, stage, send, None, name="v", on_error=stage.failed, max_group=group)
+        if group == 1:
+            for rec_ in records:
+                asyncio.run(r.handle_group([rec_]))
+        else:
+            asyncio.run(r.handle_group(records))
+        decoded = [(o.topic, o.partition, o.key, CODEC.decode(o.value)) for o in sent]
+        for _, _, _, value in decoded:   # bad rows carry the time they were written (tstamp)
+            value.pop("tstamp", None)
+        return decoded, table, identity.loads
+
+    one_by_one, table_1, loads_1 = run(1, False)
+    grouped, table_g, loads_g = run(10, True)
+    assert grouped == one_by_one and table_g == table_1
+    assert any(o[0] == "bad-events" for o in grouped)
+    assert loads_1 == 3 and loads_g == 2   # v3's user id is not in the read-ahead: loaded with its record
