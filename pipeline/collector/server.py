@@ -129,9 +129,13 @@ def _remove_values(directory: str, keep_pid: int | None = None) -> None:
             os.remove(os.path.join(directory, name))
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _run_worker(settings: Settings, sock: socket.socket, metrics_dir: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # the parent forked with them blocked
     try:
         # every worker writes its metrics to files there: a scrape answered by any worker sees all of them
         metrics.enable_multiprocess(metrics_dir, "collector", [s.site_id for s in settings.sites])
@@ -147,10 +151,18 @@ def _supervise(settings: Settings, sock: socket.socket, metrics_dir: str) -> Non
     stopping = False
 
     def spawn() -> None:
-        pid = os.fork()
-        if pid == 0:
-            _run_worker(settings, sock, metrics_dir)
-        children[pid] = time.monotonic()
+        # SIGINT/SIGTERM wait while forking: a stop that arrived between the fork and the bookkeeping
+        # would miss the new worker, and the supervisor would wait on it forever
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            if stopping:
+                return
+            pid = os.fork()
+            if pid == 0:
+                _run_worker(settings, sock, metrics_dir)
+            children[pid] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping

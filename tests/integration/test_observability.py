@@ -598,3 +598,34 @@ def test_a_stage_lag_counts_from_the_next_record_it_must_apply(
     labels = {"consumer": "unit-stage", "topic": topic}
     assert REGISTRY.get_sample_value("leadstream_consumer_lag_records", {**labels, "partition": "0"}) is None
     assert REGISTRY.get_sample_value("leadstream_consumer_lag_records", {**labels, "partition": "1"}) == 3
+
+
+def test_a_stop_while_a_worker_is_replaced_stops_every_worker(kafka_broker: KafkaBroker, redis_server: RedisServer,
+                                                              tmp_path: Path,
+                                                              unique_name: Callable[[str], str]) -> None:
+    """collector.workers: 2 — SIGTERM right after a worker died, while the supervisor replaces it: the stop
+    reaches the new worker too and the collector exits (before the fix it could fork the replacement after
+    the stop had signalled the old workers, then wait on it forever)."""
+    import signal as _signal
+
+    p = observed_pipeline(kafka_broker, redis_server.url, tmp_path, unique_name("mpstop"))
+    p.config["collector"]["workers"] = 2
+    p.config_path.write_text(yaml.safe_dump(p.config))
+    for attempt, delay_s in enumerate((0.0, 0.001, 0.003, 0.01, 0.03)):
+        collector = _CliProcess(["collector", "-c", str(p.config_path)], tmp_path, f"mpstop-{attempt}").start()
+        p.processes.append(collector)
+        wait_until(lambda: _healthy(f"{p.url}/health"), 60, "the collector", collector.log_tail)
+        workers = [int(x) for x in subprocess.run(["pgrep", "-P", str(collector.proc.pid)], capture_output=True,
+                                                   text=True).stdout.split()]
+        assert len(workers) == 2, workers
+        os.kill(workers[0], _signal.SIGKILL)
+        time.sleep(delay_s)
+        collector.proc.send_signal(_signal.SIGTERM)
+        try:
+            assert collector.proc.wait(20) == 0, collector.log_tail()
+        finally:  # a worker left behind outlives its parent (re-parented): find it by its config path
+            leftover = subprocess.run(["pgrep", "-f", f"collector -c {p.config_path}"], capture_output=True,
+                                      text=True).stdout.split()
+            for pid in leftover:
+                os.kill(int(pid), _signal.SIGKILL)
+        assert not leftover, f"workers left behind after the stop: {leftover}"
