@@ -608,21 +608,20 @@ class _ReferenceReads:
         parts: list[BatchLookup] = []
         missing_nets: dict[_NetworkKey, NetworkInfo] = {}
         missing_domains: dict[_NetworkKey, str] = {}
-        for n in networks:
-            key: _NetworkKey = ("n", site, n.ip, n.organization, n.asn_org, n.domain, n.asn)
+        def cached(key: _NetworkKey) -> bool:
             hit, part = self._network_cache.get(key)
             if hit and part is not None:
                 parts.append(part)
-            else:
+                return True
+            return False
+
+        for n in networks:
+            key: _NetworkKey = ("n", site, n.ip, n.organization, n.asn_org, n.domain, n.asn)
+            if not cached(key):
                 missing_nets.setdefault(key, n)
         for d in domains:
-            if d:
-                key = ("d", site, d)
-                hit, part = self._network_cache.get(key)
-                if hit and part is not None:
-                    parts.append(part)
-                else:
-                    missing_domains.setdefault(key, d)
+            if d and not cached(("d", site, d)):
+                missing_domains.setdefault(("d", site, d), d)
         if missing_nets or missing_domains:
             nets = list(missing_nets.values())
             lookup = yield from self._plan_resolve_batch(

@@ -35,7 +35,7 @@ from ..core.failures import FailureType
 from ..core.intent import AccountState, score_intent
 from ..core.qualify import qualify
 from ..metrics import STAGE_BAD_ROWS, STAGE_EVENTS
-from ..topology import partition_for, visitor_key
+from ..topology import account_key, partition_for, visitor_key
 from .messages import bad_row, lead_score_record, split_bad_row
 from .runtime import HandlerResult, Output, StateView
 
@@ -81,7 +81,7 @@ def erase_visitors(stage: "VisitorStage", partition: int, offset: int, batch: Ma
                 continue
             named = [str(a) for a in erasure.get("accounts") or ()]
             for account in dict.fromkeys([*visitor_accounts(visitor_id, states.get(key)), *named]):
-                p = partition_for(f"{site_id}|{account}", visits_partitions)
+                p = partition_for(account_key(site_id, account), visits_partitions)
                 entry = forward.setdefault(p, {}).setdefault(str(erasure["erasure_id"]), (dict(erasure), []))
                 entry[1].append(account)
             result.deletes.append(key)
@@ -94,7 +94,7 @@ def erase_visitors(stage: "VisitorStage", partition: int, offset: int, batch: Ma
                     f"{exc}", erasure, None)
     for p, entries in sorted(forward.items()):
         erasures = [{**e, "accounts": list(dict.fromkeys(accounts))} for e, accounts in entries.values()]
-        keys = {f"{e['site_id']}|{a}" for e in erasures for a in e["accounts"]}
+        keys = {account_key(e["site_id"], a) for e in erasures for a in e["accounts"]}
         value = stage.codec.encode("VisitBatch", {"updates": [], "erasures": erasures}, topic=stage.topics.visits)
         result.outputs.append(Output(stage.topics.visits, p, next(iter(keys)).encode() if len(keys) == 1 else None,
                                      value))
@@ -114,7 +114,7 @@ def erase_accounts(stage: "AccountStage", partition: int, offset: int, batch: Ma
         if site_id is None or visitor_id is None:
             continue
         for account in dict.fromkeys(str(a) for a in erasure.get("accounts") or ()):
-            key = f"{site_id}|{account}"
+            key = account_key(site_id, account)
             owner = partition_for(key, stage.idle.partitions)  # the idle index knows the visits partitions
             if owner != partition:
                 bad.add(FailureType.schema_violation, f"erasure of {key} on visits partition {partition}: its "

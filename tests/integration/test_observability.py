@@ -448,7 +448,7 @@ def test_group_lag_is_the_end_offset_minus_the_committed_offset_per_partition(
     counts from its commit, one it never committed from the log start."""
     import asyncio
 
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.structs import OffsetAndMetadata
     from prometheus_client import REGISTRY
 
@@ -459,14 +459,7 @@ def test_group_lag_is_the_end_offset_minus_the_committed_offset_per_partition(
     settings = load_settings(None, kafka={"bootstrap_servers": kafka_broker.bootstrap})
 
     async def go() -> tuple[dict[int, int], dict[int, int]]:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
-        await producer.start()
-        try:
-            for partition, count in ((0, 5), (1, 3)):
-                for i in range(count):
-                    await producer.send_and_wait(topic, f"r{i}".encode(), partition=partition)
-        finally:
-            await producer.stop()
+        await _five_and_three(kafka_broker.bootstrap, topic)
         lag = GroupLag(settings, "unit-group", group, topic)
         try:
             before = await lag.poll()
@@ -553,7 +546,6 @@ def test_a_stage_lag_counts_from_the_next_record_it_must_apply(
     (or past the log start, for a partition without progress) count; a partition it no longer owns goes."""
     import asyncio
 
-    from aiokafka import AIOKafkaProducer
     from prometheus_client import REGISTRY
 
     from pipeline.observe import LagSeries, stage_lag
@@ -568,14 +560,7 @@ def test_a_stage_lag_counts_from_the_next_record_it_must_apply(
         return HandlerResult()
 
     async def go() -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
-        await producer.start()
-        try:
-            for partition, count in ((0, 5), (1, 3)):
-                for i in range(count):
-                    await producer.send_and_wait(topic, f"r{i}".encode(), partition=partition)
-        finally:
-            await producer.stop()
+        await _five_and_three(kafka_broker.bootstrap, topic)
         reader = GapReader(topic, unique_name("app"), {"bootstrap_servers": kafka_broker.bootstrap})
         table: dict[str, Any] = {}
         runner = RecordRunner(table, handler, nothing, reader, name="unit-stage")
@@ -629,3 +614,17 @@ def test_a_stop_while_a_worker_is_replaced_stops_every_worker(kafka_broker: Kafk
             for pid in leftover:
                 os.kill(int(pid), _signal.SIGKILL)
         assert not leftover, f"workers left behind after the stop: {leftover}"
+
+
+async def _five_and_three(bootstrap: str, topic: str) -> None:
+    """Five records on partition 0 of ``topic`` and three on partition 1."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for partition, count in ((0, 5), (1, 3)):
+            for i in range(count):
+                await producer.send_and_wait(topic, f"r{i}".encode(), partition=partition)
+    finally:
+        await producer.stop()
