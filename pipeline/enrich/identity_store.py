@@ -51,9 +51,6 @@ from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis
-import redis.asyncio
-
 from pipeline.core.identity import (
     DEFAULT_IDENTITY,
     CreatePerson,

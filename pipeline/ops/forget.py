@@ -233,7 +233,6 @@ class ForgetReport:
 
 def read_audit(redis_url: str, site_id: str, count: int = 100) -> list[dict[str, Any]]:
     """The newest ``count`` audit entries of a site, newest first."""
-    import redis
 
     client = sync_client(redis_url, decode_responses=True)
     try:
@@ -281,7 +280,6 @@ async def _downstream(settings: Settings, redis_url: str, subject: ErasureSubjec
                       salt: str, now_ms: int) -> None:
     """The prospect list, then the erasure records (``leads serve`` drops an account on the
     tombstone the account stage writes for it: clearing the list first keeps the counts exact)."""
-    import redis.asyncio as aredis
 
     from ..leads.store import LeadsView
 
@@ -326,7 +324,6 @@ async def forget(settings: Settings, site_id: str, kind: Kind, value: str, *,
     report = ForgetReport(site_id, kind, audit_hash(salt, kind, normalised), t)
     hooks = list(load_hooks(settings) if hooks is None else hooks)
 
-    import redis.asyncio as aredis
 
     from ..enrich.identity_store import IdentityStore
 

@@ -117,7 +117,6 @@ class ModelRegistry:
 
     @classmethod
     def from_url(cls, url: str) -> "ModelRegistry":
-        import redis
         return cls(sync_client(url))
 
     def active(self) -> ActiveModel | None:

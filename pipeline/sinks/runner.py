@@ -41,7 +41,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
-from ..redis_client import async_client, sync_client
+from ..redis_client import async_client
 from ..codec import Codec, CodecError, make_codec
 from ..metrics import (SINK_DEAD_LETTERED, SINK_DELIVERED, SINK_DELIVERY_SECONDS, SINK_FAILED, SINK_IN_DOUBT,
                        SINK_QUEUE_DEPTH, SINK_RETRIED, SINK_SCHEDULED, SINK_SKIPPED, SINK_UNDECODABLE)
@@ -414,7 +414,6 @@ class SinksProcess:
 
     async def run(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-        import redis.asyncio
 
         from .server import serve_http
         from .state import PersonProfiles

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import redis.asyncio
 
-from ..redis_client import async_client, sync_client
+from ..redis_client import async_client
 from ..enrich.identity_store import PROFILE_PREFIX, IdentityKeys, _decode_hash
 
 DELIVERED = "delivered"

@@ -10,13 +10,11 @@ partitions and their table state between them.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Sequence
 
 import faust
-import redis.asyncio
 
-from ..redis_client import async_client, sync_client
+from ..redis_client import async_client
 from .. import metrics
 from ..codec import make_codec
 from ..core.identity import IdentitySnapshot, Identifier

@@ -25,7 +25,7 @@ import yaml
 from pipeline.core.scoring_model import default_scoring_model, effective_rules, load_scoring_model
 
 from .pipeline_harness import CODEC, Pipeline, Visitor, now_ms
-from .stagekit import REPO, read_all
+from .stagekit import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr

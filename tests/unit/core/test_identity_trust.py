@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.core.events import VERIFIED_BY_SIGNATURE, VERIFIED_HEADER, TrackedEvent, build_event
 from pipeline.core.identity import (BROWSER_SOURCES, VERIFIED_SOURCES, IdentitySnapshot, IdType as T,
-                                    ImportedIdentity, apply_identity_events, apply_ops, import_identity,
+                                    ImportedIdentity, apply_identity_events, import_identity,
                                     resolve_visitor, trust_config)
 
 from .helpers import T0, payload, raw

@@ -4,7 +4,6 @@ the stages read them from, the audit hash, the sinks' hook registry. The erasure
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
