@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..codec import Codec, CodecError, make_codec
@@ -33,27 +31,14 @@ from ..stages.messages import join_bad_row_parts
 
 __all__ = ["parse_since", "read_bad_rows", "replay_plan", "replay_bad_rows", "ReplayReport"]
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
-
-
 def parse_since(text: str, now_ms: int | None = None) -> int:
-    """Epoch ms from ``2h``/``7d``-style ages, ISO 8601 times (UTC unless they say otherwise) or epoch ms."""
-    text = text.strip()
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    m = _RELATIVE.match(text)
-    if m:
-        return now - int(float(m.group(1)) * _UNITS[m.group(2)])
-    if text.isdigit():
-        return int(text)
+    """Epoch ms of a ``--since``: the replay's time grammar (:func:`pipeline.ops.replay.parse_time`: an age
+    like ``2h``/``7d``, an ISO 8601 time, UTC unless it says otherwise, epoch ms, or ``now``)."""
+    from .replay import ReplayError, parse_time
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"--since {text!r}: use an age like 2h or 7d, an ISO time like 2026-12-01T09:00, "
-                         "or epoch milliseconds") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
+        return parse_time(text, int(time.time() * 1000) if now_ms is None else now_ms)
+    except ReplayError as exc:
+        raise ValueError(f"--since: {exc}") from None
 
 
 def read_bad_rows(settings: Settings, *, failure_type: str | None = None, since_ms: int | None = None,
