@@ -283,6 +283,10 @@ class RecordRunner:
         self.last_activity: dict[int, float] = {}
         #: a group is being applied (the stage may be waiting on Redis or the broker)
         self.busy = False
+        #: what the group being applied is doing now, and since when (monotonic): the stall
+        #: watchdog reports a group that stays in one step for long
+        self.step = "idle"
+        self.step_since = time.monotonic()
         #: monotonic time since which the stage waits for an unreachable dependency (None: it does not)
         self.waiting_since: float | None = None
         #: a record that takes this long was waiting, not working (see ``_not_idle``)
@@ -350,17 +354,23 @@ class RecordRunner:
             return
         self.busy = True
         started = time.monotonic()
+        self._step("planning the group")
         try:
             todo = await self._plan(records)
             for start in range(0, len(todo), self.max_group):
                 await self._apply_group(todo[start:start + self.max_group])
         finally:
             self.busy = False
+            self._step("idle")
             now = time.monotonic()
             for partition, _, _ in records:
                 self.last_activity[partition] = now
             if now - started >= self.slow_record_s:
                 self._not_idle(now - started, now)
+
+    def _step(self, what: str) -> None:
+        self.step = what
+        self.step_since = time.monotonic()
 
     def _not_idle(self, waited: float, now: float) -> None:
         """A group took ``waited`` seconds: the stage was waiting (on Redis, or on the broker to take
@@ -387,6 +397,7 @@ class RecordRunner:
                 await self._maybe_reload(partition)
                 done = self.progress(partition)
                 if done is None and self.gap_reader is not None:
+                    self._step(f"finding the log start of partition {partition}")
                     next_of[partition] = await self._log_start(partition)
                 else:
                     next_of[partition] = None if done is None else done + 1
@@ -396,6 +407,7 @@ class RecordRunner:
                 self._metrics.replayed.inc()
                 continue
             if self.gap_reader is not None and expected is not None and offset > expected:
+                self._step(f"reading the skipped records {expected}-{offset - 1} of partition {partition}")
                 missing = await asyncio.wait_for(self.gap_reader.read(partition, expected, offset), 120)
                 self.stats.gap_events += 1
                 self.stats.gaps_repaired += len(missing)
@@ -412,6 +424,7 @@ class RecordRunner:
     async def _maybe_reload(self, partition: int) -> None:
         if partition in self._to_reload and self.reload is not None:
             reload = self.reload
+            self._step(f"reloading partition {partition} from its changelog")
             keys = await self._retrying(f"reloading partition {partition}", lambda: reload(partition))
             self._to_reload.discard(partition)
             self.stats.reloads += 1
@@ -492,7 +505,9 @@ class RecordRunner:
     async def _apply_group(self, records: Sequence[tuple[int, int, bytes]]) -> None:
         """Handle every record against the overlay, send all outputs, await them, then write the table."""
         started = time.perf_counter()
+        self._step(f"reading ahead for {len(records)} records")
         await self._prefetch(records)
+        self._step(f"handling {len(records)} records")
         overlay: dict[str, Any] = {}
         view = StateView(self.table, overlay)
         outputs: list[Output] = []
@@ -520,8 +535,10 @@ class RecordRunner:
         if outputs:
             # every output of the group acknowledged by the broker before any state write
             first = records[0]
+            self._step(f"sending {len(outputs)} outputs")
             await self._retrying(f"sending the outputs of the group from {first[0]}:{first[1]}",
                                  lambda: self.send(outputs))
+        self._step("writing the group's states")
         table = self.table
         for partition, offset in last.items():
             with self.write_scope(partition):

@@ -90,12 +90,50 @@ class StallWatchdog:
         self._last_reached: float | None = None
         #: end-offset queries this slow waited for an unreachable broker (they take milliseconds)
         self.slow_query_s = 2.0
+        #: a pass skipped for the same reason this long is reported (then again each time as long)
+        self.report_after_s = max(30.0, 4 * stall_after_s)
+        self._skipping: tuple[str, float, float] | None = None   # (reason, since, last reported)
+
+    def skip_reason(self) -> str | None:
+        """Why this pass does not look for stalls (None: it does)."""
+        app, runner = self.app, self.runner
+        if runner.gap_reader is None:
+            return "no gap reader"
+        if runner.any_waiting():
+            return "a stage waits for an unreachable dependency"
+        if runner.busy:
+            return (f"a group is being applied: {runner.step} for "
+                    f"{time.monotonic() - runner.step_since:.0f} s")
+        if consumer_paused_or_rebalancing(app):
+            return "the consumer is rebalancing or its flow is off (Faust recovery)"
+        return None
+
+    def _report_skip(self, reason: str | None) -> None:
+        """Log a reason to skip that lasts: a worker that quietly does nothing says why."""
+        if reason is None:
+            self._skipping = None
+            return
+        now = time.monotonic()
+        kind = reason.split(":")[0]
+        if self._skipping is None or self._skipping[0] != kind:
+            self._skipping = (kind, now, now)
+            return
+        _, since, reported = self._skipping
+        if now - reported >= self.report_after_s:
+            self._skipping = (kind, since, now)
+            try:
+                state: Any = consumer_state(self.app, self.source_topic, min(self.runner.owned))
+            except Exception as exc:   # diagnostics only (no partition owned, or Faust's layout moved)
+                state = f"unknown ({type(exc).__name__})"
+            log.warning("%s: stall watchdog has not checked for %.0f s: %s; consumer state of its first "
+                        "partition: %s", self.runner.name, now - since, reason, state)
 
     async def check(self) -> None:
         """One pass: find stalled partitions and repair them."""
         app, runner = self.app, self.runner
-        if (runner.busy or runner.any_waiting() or consumer_paused_or_rebalancing(app)
-                or runner.gap_reader is None):
+        reason = self.skip_reason()
+        self._report_skip(reason)
+        if reason is not None or runner.gap_reader is None:
             return   # any stage waiting on a dependency holds the shared consumer: not a stall
         owned = runner.owned
         if not owned:

@@ -98,6 +98,13 @@ class Run:
     def logs(self) -> str:
         return "\n\n".join(f"--- {w.log_path.name}\n{w.log_tail()}" for w in self.workers)
 
+    def stuck(self) -> str:
+        """The logs of a run that stopped making progress, with every live worker's task stacks."""
+        for w in self.workers:
+            w.dump_stacks()
+        time.sleep(3)
+        return "\n\n".join(f"--- {w.log_path.name}\n{w.log_tail(300)}" for w in self.workers)
+
     def wait_for_outputs(self, fraction: float, timeout_s: float = 120) -> None:
         target = int(len(self.expected_ids()) * fraction)
         def done() -> bool:
@@ -105,7 +112,7 @@ class Run:
                 raise AssertionError(f"every worker has exited\n{self.logs()}")
             return len(self.output_ids()) >= target
 
-        wait_until(done, timeout_s, f"{fraction:.0%} of the outputs", self.logs)
+        wait_until(done, timeout_s, f"{fraction:.0%} of the outputs", self.stuck)
 
     def applied_everything(self) -> bool:
         """Every partition's progress in the changelog is its last input offset: the state of every
@@ -126,7 +133,7 @@ class Run:
                 raise AssertionError(f"every worker has exited\n{self.logs()}")
             return self.applied_everything()
 
-        wait_until(done, timeout_s, "every record's state in the changelog", self.logs)
+        wait_until(done, timeout_s, "every record's state in the changelog", self.stuck)
 
     def final_state(self) -> dict[str, dict[str, int]]:
         state: dict[str, Any] = {}

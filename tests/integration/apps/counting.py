@@ -127,4 +127,4 @@ def make_app(cfg: dict[str, Any]) -> Any:
 
 if __name__ == "__main__":
     config = json.loads(open(sys.argv[1]).read())
-    run_worker(make_app(config), loglevel="warn")
+    run_worker(make_app(config), loglevel=config.get("loglevel", "warn"))

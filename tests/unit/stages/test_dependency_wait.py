@@ -252,3 +252,35 @@ async def test_a_wait_in_one_stage_is_no_stall_of_the_other() -> None:
     assert not RecordRunner.any_waiting()
     waited = visitor.stats.waited_s
     assert account.last_activity[1] == pytest.approx(long_ago + waited, abs=0.1)
+
+
+async def test_a_group_stuck_in_one_step_is_reported_with_the_step(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker that quietly does nothing says why: the watchdog logs what the group it waits for is doing."""
+    import asyncio
+    import logging
+
+    release = asyncio.Event()
+
+    class Hanging:
+        async def __call__(self, partition: int, offset: int, value: bytes, states: StateView) -> HandlerResult:
+            await release.wait()
+            return HandlerResult()
+
+    gaps = _GapReader()
+    gaps.down = False
+    r = RecordRunner({RecordRunner.progress_key(0): 2}, Hanging(), Sink(), gaps, name="visitor",  # type: ignore[arg-type]
+                     retryable=retryable_errors())
+    r.assigned([0])
+    dog = StallWatchdog(_App(), r, "pixel-events", stall_after_s=30.0)
+    dog.report_after_s = 0.0
+    task = asyncio.create_task(r.handle(0, 3, b"x"))
+    await asyncio.sleep(0.01)
+    with caplog.at_level(logging.WARNING, "pipeline.stages.watchdog"):
+        await dog.check()                    # the first pass only notes the reason
+        assert "has not checked" not in caplog.text
+        await dog.check()
+    assert "visitor: stall watchdog has not checked for" in caplog.text
+    assert "a group is being applied: handling 1 records" in caplog.text
+    release.set()
+    await task
+    assert r.step == "idle" and dog.skip_reason() is None
