@@ -129,20 +129,29 @@ def add_stage(app: faust.App, settings: Settings, name: str, source_topic: str, 
 
         runner.reload = reload
 
-        @app.on_partitions_assigned.connect
-        async def _assigned(_app: Any, assigned: Any = (), /, *_args: Any, **_kw: Any) -> None:
-            runner.assigned(tp.partition for tp in assigned if tp.topic == source_topic)
-
+        watchdog: StallWatchdog | None = None
         if settings.stages.stall_after_s > 0:
-            watchdog = StallWatchdog(app, runner, source_topic, settings.stages.stall_after_s)
+            watchdog = StallWatchdog(app, runner, source_topic, settings.stages.stall_after_s,
+                                     changelog_topic=changelog)
+        every_s = max(1.0, settings.stages.stall_after_s / 3)
 
-            async def check_stalls() -> None:
+        async def watch(dog: StallWatchdog) -> None:
+            """The watchdog's passes. Not a Faust timer: those start only once the first table recovery
+            is complete, and a recovery that never completes is one of the stalls it repairs."""
+            while not app.should_stop:
+                await app.sleep(every_s)
                 try:
-                    await watchdog.check()
+                    await dog.check()
                 except Exception:  # the broker may be away: the next pass tries again
                     log.warning("%s: stall check failed", name, exc_info=True)
 
-            app.timer(max(1.0, settings.stages.stall_after_s / 3), name=f"{name}-stall-watchdog")(check_stalls)
+        @app.on_partitions_assigned.connect
+        async def _assigned(_app: Any, assigned: Any = (), /, *_args: Any, **_kw: Any) -> None:
+            nonlocal watchdog
+            runner.assigned(tp.partition for tp in assigned if tp.topic == source_topic)
+            if watchdog is not None:   # the first assignment starts the passes (before any recovery)
+                app.add_future(watch(watchdog))
+                watchdog = None
 
         @app.on_before_shutdown.connect
         async def _stop_reader(_app: Any, /, *_args: Any, **_kw: Any) -> None:

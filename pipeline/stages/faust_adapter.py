@@ -19,6 +19,12 @@ to check:
   sets of active/paused/buffered partitions, the read offset, the aiokafka
   consumer inside Faust's consumer thread and its subscription state) and the
   repair (clear the buffered mark, resume, seek).
+* :func:`stalled_recovery` -- changelog partitions Faust's table recovery
+  waits for and receives nothing from (its private ``_recovery_started_at``
+  and ``_active_events_received_at``): the same drop of fetched records, during
+  a rebalance that hands a partition back, leaves recovery, and with it the
+  whole worker, waiting forever. The repair is :func:`unstick` at the offset
+  recovery needs next.
 * :func:`faust_sender` -- outputs through the app's producer, every
   acknowledgement awaited.
 """
@@ -151,6 +157,25 @@ async def unstick(app: Any, topic: str, partition: int, offset: int) -> None:
     if inner is not None and tp in inner.paused():
         inner.resume(TopicPartition(topic, partition))
     await consumer.seek(tp, offset)
+
+
+def stalled_recovery(app: Any, topic: str, now: float, stall_after_s: float) -> dict[int, int]:
+    """Partitions of the changelog ``topic`` an active table recovery still needs records of and has
+    received none from for ``stall_after_s`` (since recovery began, or since their last record):
+    partition -> the offset recovery needs next. Empty while no recovery runs. ``now``:
+    ``time.monotonic()``, Faust's clock for these times."""
+    recovery = app.tables.recovery
+    started = getattr(recovery, "_recovery_started_at", None)
+    if not recovery.in_recovery or started is None:
+        return {}
+    received = getattr(recovery, "_active_events_received_at", {})
+    out: dict[int, int] = {}
+    for tp, remaining in recovery.active_remaining().items():
+        if tp.topic != topic or remaining <= 0:
+            continue
+        if now - received.get(tp, started) >= stall_after_s:
+            out[tp.partition] = max(0, int(recovery.active_offsets[tp]) + 1)   # -1: nothing read yet
+    return out
 
 
 def faust_sender(app: Any) -> OutputSender:

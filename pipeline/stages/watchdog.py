@@ -22,6 +22,15 @@ If the same partition is still stalled after ``max_repairs`` repairs in a row,
 the worker exits with code 75 so its supervisor restarts it: a restart is
 lossless by design, a silent stall is not.
 
+The same drop hits a table's changelog partition while Faust recovers the
+table after a rebalance (seen about once in 25 join/leave runs, when partitions
+came back to the worker that had them before): recovery waits for records the
+consumer already passed, and with it every stage of the worker. While the
+consumer rebalances the watchdog looks at the recovery instead
+(:meth:`StallWatchdog.check_recovery`), and the passes run from the first
+assignment on, not as a Faust timer (those start only after the first
+recovery). The paused source partitions' idle clocks do not run meanwhile.
+
 Waiting on a dependency is not a stall. While Redis or the broker is
 unreachable the runner retries its record with backoff, or waits for the
 producer to deliver its outputs (``RecordRunner.busy`` is set, and
@@ -50,7 +59,7 @@ import time
 from typing import Any, Iterable, Mapping
 
 from ..metrics import STAGE_STALLS
-from .faust_adapter import consumer_paused_or_rebalancing, consumer_state, unstick
+from .faust_adapter import consumer_paused_or_rebalancing, consumer_state, stalled_recovery, unstick
 from .runtime import RecordRunner
 
 log = logging.getLogger(__name__)
@@ -76,10 +85,14 @@ class StallWatchdog:
     """Checks one stage's partitions every ``check_every_s`` (run by a Faust timer)."""
 
     def __init__(self, app: Any, runner: RecordRunner, source_topic: str, stall_after_s: float,
-                 max_repairs: int = 3) -> None:
+                 max_repairs: int = 3, changelog_topic: str | None = None) -> None:
         self.app = app
         self.runner = runner
         self.source_topic = source_topic
+        #: the stage table's changelog, whose recovery after a rebalance is watched too (None: not)
+        self.changelog_topic = changelog_topic
+        #: changelog partition -> (the offset its recovery was stalled at, repairs there in a row, when)
+        self._recovery_repairs: dict[int, tuple[int, int, float]] = {}
         self.stall_after_s = stall_after_s
         self.max_repairs = max_repairs
         #: partition -> (the offset it was stalled at, repairs made there in a row)
@@ -128,11 +141,52 @@ class StallWatchdog:
             log.warning("%s: stall watchdog has not checked for %.0f s: %s; consumer state of its first "
                         "partition: %s", self.runner.name, now - since, reason, state)
 
+    async def check_recovery(self) -> None:
+        """Re-seek changelog partitions Faust's table recovery waits for and receives nothing from.
+
+        Faust drops the records it fetched when the group's generation changes under them (see the
+        module doc); for a changelog partition being recovered that leaves recovery, and so every
+        stage of the worker, waiting for records the consumer already moved past. Seen about once
+        in 25 join/leave runs when a partition came back to the worker that had it before. The repair
+        is the source partitions' one, at the offset recovery needs next; the same offset still
+        stalled after ``max_repairs`` repairs makes the worker exit for a restart.
+        """
+        if self.changelog_topic is None:
+            return
+        now = time.monotonic()
+        stalled = stalled_recovery(self.app, self.changelog_topic, now, self.stall_after_s)
+        for partition in [p for p in self._recovery_repairs if p not in stalled]:
+            del self._recovery_repairs[partition]   # it moved on, or recovery is over
+        for partition, offset in stalled.items():
+            last_offset, count, at = self._recovery_repairs.get(partition, (offset, 0, 0.0))
+            if last_offset != offset:
+                count = 0
+            elif now - at < self.stall_after_s:
+                continue   # give the last repair time to take effect
+            if count >= self.max_repairs:
+                log.critical("%s: recovery of %s[%d] still receives nothing at offset %d after %d repairs; "
+                             "exiting so the worker is restarted", self.runner.name, self.changelog_topic,
+                             partition, offset, count)
+                logging.shutdown()
+                os._exit(EXIT_STALLED)
+            log.warning("%s: table recovery has received nothing from %s[%d] for %.0f s with records left; "
+                        "seeking it to %d, the offset it needs next", self.runner.name, self.changelog_topic,
+                        partition, self.stall_after_s, offset)
+            await unstick(self.app, self.changelog_topic, partition, offset)
+            self._recovery_repairs[partition] = (offset, count + 1, time.monotonic())
+            STAGE_STALLS.labels(self.runner.name).inc()
+
     async def check(self) -> None:
         """One pass: find stalled partitions and repair them."""
         app, runner = self.app, self.runner
         reason = self.skip_reason()
         self._report_skip(reason)
+        if reason is not None and not (runner.busy or runner.any_waiting()) and consumer_paused_or_rebalancing(app):
+            # the source partitions wait for the rebalance (or a table recovery): not idle time
+            now = time.monotonic()
+            for partition in runner.owned:
+                runner.last_activity[partition] = now
+            await self.check_recovery()
         if reason is not None or runner.gap_reader is None:
             return   # any stage waiting on a dependency holds the shared consumer: not a stall
         owned = runner.owned

@@ -14,6 +14,10 @@ CONFIG: bootstrap, app_id, source, sink, partitions, data_dir, gap_repair,
         that many records, every later record of it is dropped the first time
         it is delivered, as Faust dropped fetched records, so that nothing but
         a seek back brings them; with stall_forever, every time),
+        stall_recovery (inject the recovery stall seen after a join/leave:
+        every record of changelog partition 0 that Faust's consumer fetches
+        while the table recovers is dropped, as Faust dropped fetched records
+        when the generation changed, until something seeks that partition),
         commit_records / commit_ms (group commit), crash_after_ack (once the
         outputs of that many groups were acknowledged, exit with code 9 right
         after the next group's acknowledgement, before its state is written;
@@ -106,6 +110,8 @@ def make_app(cfg: dict[str, Any]) -> Any:
             await inner(kept)
 
         runner.handle_group = stalling  # type: ignore[method-assign]
+    if cfg.get("stall_recovery"):
+        _inject_recovery_stall(app, f"{cfg['app_id']}-counting-state-changelog")
     if cfg.get("crash_after_ack") is not None and not Path(cfg["crash_marker"]).exists():
         acked = 0
         send = runner.send
@@ -123,6 +129,32 @@ def make_app(cfg: dict[str, Any]) -> Any:
 
         runner.send = crashing
     return app
+
+
+def _inject_recovery_stall(app: Any, changelog: str) -> None:
+    from faust.transport.consumer import Consumer
+
+    getmany, seek = Consumer.getmany, Consumer.seek
+    state = {"dropped": 0, "sought": False}
+
+    async def dropping(self: Any, timeout: float) -> Any:
+        async for tp, message in getmany(self, timeout):
+            if (tp.topic == changelog and tp.partition == 0 and not state["sought"]
+                    and self.app.tables.recovery.in_recovery):
+                if not state["dropped"]:
+                    logging.getLogger("counting").warning("injected: recovery records of %s[0] dropped from %d",
+                                                          changelog, message.offset)
+                state["dropped"] += 1
+                continue
+            yield tp, message
+
+    async def seeking(self: Any, partition: Any, offset: int) -> None:
+        if partition.topic == changelog and partition.partition == 0:
+            state["sought"] = True
+        await seek(self, partition, offset)
+
+    Consumer.getmany = dropping  # type: ignore[method-assign]
+    Consumer.seek = seeking  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -74,3 +74,23 @@ def test_replace_partition_state_rewrites_one_partition_of_the_memory_store_and_
     assert replaced == 3
     assert dict(store.data) == {"a": {"o": 9, "s": 9}, "c": {"o": 3, "s": 3}, "d": {"o": 5, "s": 5}}
     assert store._key_partition == {"a": 0, "c": 1, "d": 0}   # "b" (gone from the changelog) is dropped
+
+
+def test_stalled_recovery_names_changelog_partitions_that_recovery_needs_and_receives_nothing_from() -> None:
+    """On Faust's own Recovery object, so a Faust upgrade that renames its private clocks fails here."""
+    from faust.types import TP
+
+    from pipeline.stages.faust_adapter import stalled_recovery
+
+    app = faust.App("adapter-recovery-test", broker="memory://", store="memory://")
+    recovery = app.tables.recovery
+    log = "adapter-recovery-test-t-changelog"
+    assert stalled_recovery(app, log, now=1000.0, stall_after_s=30) == {}   # no recovery running
+    recovery.in_recovery = True
+    recovery._recovery_started_at = 900.0
+    recovery.active_highwaters.update({TP(log, 0): 649, TP(log, 1): 500, TP(log, 2): 80, TP("other", 0): 9})
+    recovery.active_offsets.update({TP(log, 0): -1, TP(log, 1): 200, TP(log, 2): 80, TP("other", 0): -1})
+    recovery._active_events_received_at.update({TP(log, 1): 990.0})
+    # 0: nothing received since the start, 100 s ago; 1: a record 10 s ago; 2: complete; other: not ours
+    assert stalled_recovery(app, log, now=1000.0, stall_after_s=30) == {0: 0}
+    assert stalled_recovery(app, log, now=1030.0, stall_after_s=30) == {0: 0, 1: 201}
