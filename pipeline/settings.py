@@ -747,7 +747,8 @@ class StageSettings(_Frozen):
     standby_replicas: int = Field(0, ge=0)
     stall_after_s: float = Field(
         30.0, ge=0, description="Seconds a partition may hold undelivered records while its stage idles before the "
-        "stall watchdog re-seeks it (0 disables; needs gap_repair)")
+        "stall watchdog re-seeks it, and a table recovery may receive nothing from a changelog partition with "
+        "records left (0 disables; needs gap_repair)")
     web_port: int | None = Field(None, description="Faust's own web server port; unset disables it")
     max_send_delay_days: float = Field(
         7.0, ge=0, description="Event time: the longest delay between a tracker creating an event (dtm) and "
