@@ -28,15 +28,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.erasure import erase_from_account, is_empty, person_ids_of, visitor_accounts
 from ..core.failures import FailureType
 from ..core.intent import AccountState, score_intent
 from ..core.qualify import qualify
-from ..metrics import STAGE_BAD_ROWS, STAGE_EVENTS
+from ..metrics import STAGE_EVENTS
 from ..topology import account_key, partition_for, visitor_key
-from .messages import bad_row, lead_score_record, split_bad_row
+from .messages import lead_score_record
 from .runtime import HandlerResult, Output, StateView
 
 if TYPE_CHECKING:
@@ -57,15 +57,31 @@ def erasures_of(batch: Any) -> list[Any]:
     return erasures if isinstance(erasures, list) else []
 
 
+class BadRows(Protocol):
+    def __call__(self, failure_type: FailureType, message: str, payload: Any, site_id: str | None,
+                 details: Mapping[str, str] | None = None) -> None: ...
+
+
+def _begin(stage: "VisitorStage | AccountStage", batch: Mapping[str, Any], other: str, record: str,
+           schema: str) -> tuple[HandlerResult, BadRows]:
+    """The result of an erasure record and its bad rows (written by the stage's own ``_bad``); the
+    record's ``other`` field (payloads, updates), which no writer sets beside erasures, is refused."""
+    result = HandlerResult()
+
+    def bad(failure_type: FailureType, message: str, payload: Any, site_id: str | None,
+            details: Mapping[str, str] | None = None) -> None:
+        stage._bad(result, failure_type, message, payload, site_id, details)
+
+    if batch.get(other):
+        bad(FailureType.schema_violation, f"{record} carries erasures and {other}: the {other} were not applied",
+            {other: batch[other]}, None, {"payload_schema": schema})
+    return result, bad
+
+
 def erase_visitors(stage: "VisitorStage", partition: int, offset: int, batch: Mapping[str, Any],
                    states: StateView) -> HandlerResult:
     """A ``pixel-events`` record with erasures: delete each visitor's state, forward to its accounts."""
-    result = HandlerResult()
-    bad = _BadRows(stage.codec, "visitor", "pixel-events", stage.topics.bad_events, stage.bad_row_bytes, result)
-    if batch.get("payloads"):
-        bad.add(FailureType.schema_violation, f"pixel-events record {partition}:{offset} carries erasures and "
-                "payloads: the payloads were not applied", {"payloads": batch["payloads"]}, None,
-                {"payload_schema": "CollectorBatch"})
+    result, bad = _begin(stage, batch, "payloads", f"pixel-events record {partition}:{offset}", "CollectorBatch")
     visits_partitions = stage.topics.visits_partitions
     forward: dict[int, dict[str, tuple[dict[str, Any], list[str]]]] = {}  # partition -> erasure id -> its accounts
     for erasure in erasures_of(batch):
@@ -76,7 +92,7 @@ def erase_visitors(stage: "VisitorStage", partition: int, offset: int, batch: Ma
             key = visitor_key(site_id, visitor_id)
             owner = partition_for(key, stage.topics.pixel_events_partitions)
             if owner != partition:
-                bad.add(FailureType.schema_violation, f"erasure of {key} on pixel-events partition {partition}: its "
+                bad(FailureType.schema_violation, f"erasure of {key} on pixel-events partition {partition}: its "
                         f"state is on partition {owner} (run `leadstream forget` again)", erasure, site_id)
                 continue
             named = [str(a) for a in erasure.get("accounts") or ()]
@@ -90,7 +106,7 @@ def erase_visitors(stage: "VisitorStage", partition: int, offset: int, batch: Ma
             raise
         except Exception as exc:
             log.exception("visitor: an erasure failed")
-            bad.add(FailureType.processing_failure, f"an erasure failed in the visitor stage: {type(exc).__name__}: "
+            bad(FailureType.processing_failure, f"an erasure failed in the visitor stage: {type(exc).__name__}: "
                     f"{exc}", erasure, None)
     for p, entries in sorted(forward.items()):
         erasures = [{**e, "accounts": list(dict.fromkeys(accounts))} for e, accounts in entries.values()]
@@ -104,11 +120,7 @@ def erase_visitors(stage: "VisitorStage", partition: int, offset: int, batch: Ma
 def erase_accounts(stage: "AccountStage", partition: int, offset: int, batch: Mapping[str, Any],
                    states: StateView) -> HandlerResult:
     """A ``visits`` record with erasures: take the visitor and the person out of each named account."""
-    result = HandlerResult()
-    bad = _BadRows(stage.codec, "account", "visits", stage.topics.bad_events, stage.bad_row_bytes, result)
-    if batch.get("updates"):
-        bad.add(FailureType.schema_violation, f"visits record {partition}:{offset} carries erasures and updates: "
-                "the updates were not applied", {"updates": batch["updates"]}, None, {"payload_schema": "VisitBatch"})
+    result, bad = _begin(stage, batch, "updates", f"visits record {partition}:{offset}", "VisitBatch")
     for erasure in erasures_of(batch):
         site_id, visitor_id = _subject(stage, erasure, bad)
         if site_id is None or visitor_id is None:
@@ -117,7 +129,7 @@ def erase_accounts(stage: "AccountStage", partition: int, offset: int, batch: Ma
             key = account_key(site_id, account)
             owner = partition_for(key, stage.idle.partitions)  # the idle index knows the visits partitions
             if owner != partition:
-                bad.add(FailureType.schema_violation, f"erasure of {key} on visits partition {partition}: its "
+                bad(FailureType.schema_violation, f"erasure of {key} on visits partition {partition}: its "
                         f"state is on partition {owner}", erasure, site_id)
                 continue
             try:
@@ -126,7 +138,7 @@ def erase_accounts(stage: "AccountStage", partition: int, offset: int, batch: Ma
                 raise
             except Exception as exc:  # one account's state that cannot be read costs only that account
                 log.exception("account: erasing from %s failed", key)
-                bad.add(FailureType.processing_failure, f"erasing from account {key} failed in the account stage: "
+                bad(FailureType.processing_failure, f"erasing from account {key} failed in the account stage: "
                         f"{type(exc).__name__}: {exc}", erasure, site_id, {"account": key})
     return result
 
@@ -167,30 +179,14 @@ def _at(state: AccountState, offset: int) -> AccountState:
     return replace(state, offset=max(offset, state.offset))
 
 
-def _subject(stage: "VisitorStage | AccountStage", erasure: Any, bad: "_BadRows") -> tuple[str | None, str | None]:
+def _subject(stage: "VisitorStage | AccountStage", erasure: Any, bad: "BadRows") -> tuple[str | None, str | None]:
     """(site id, visitor id) of an erasure of a configured site; else a bad row and (None, None)."""
     if not isinstance(erasure, Mapping) or not erasure.get("visitor_id") or not erasure.get("erasure_id"):
-        bad.add(FailureType.schema_violation, "an erasure without a visitor id", erasure, None)
+        bad(FailureType.schema_violation, "an erasure without a visitor id", erasure, None)
         return None, None
     site_id = str(erasure.get("site_id"))
     if stage.settings.site(site_id) is None:
-        bad.add(FailureType.site_violation, f"erasure for site {site_id!r}, which is not configured in the worker's "
+        bad(FailureType.site_violation, f"erasure for site {site_id!r}, which is not configured in the worker's "
                 "settings (run `leadstream forget` again after adding it)", erasure, site_id)
         return None, None
     return site_id, str(erasure["visitor_id"])
-
-
-class _BadRows:
-    """Bad rows of one erasure record (the stages' own bad-row shape and metrics)."""
-
-    def __init__(self, codec: Any, stage: str, source: str, topic: str, max_bytes: int, result: HandlerResult) -> None:
-        self.codec, self.stage, self.source, self.topic = codec, stage, source, topic
-        self.max_bytes, self.result = max_bytes, result
-
-    def add(self, failure: FailureType, message: str, payload: Any, site_id: str | None,
-            details: Mapping[str, str] | None = None) -> None:
-        STAGE_BAD_ROWS.labels(self.stage, failure.value).inc()
-        row = bad_row(self.stage, failure, message, payload, site_id=site_id, source=self.source, details=details)
-        for part in split_bad_row(row, self.max_bytes):
-            self.result.outputs.append(Output(self.topic, None, None,
-                                              self.codec.encode("BadRow", part, topic=self.topic)))
