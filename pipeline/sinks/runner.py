@@ -45,6 +45,7 @@ from ..redis_client import async_client
 from ..codec import Codec, CodecError, make_codec
 from ..metrics import (SINK_DEAD_LETTERED, SINK_DELIVERED, SINK_DELIVERY_SECONDS, SINK_FAILED, SINK_IN_DOUBT,
                        SINK_QUEUE_DEPTH, SINK_RETRIED, SINK_SCHEDULED, SINK_SKIPPED, SINK_UNDECODABLE)
+from ..stopping import exit_after
 from ..settings import (HubSpotSinkSettings, JsonlSinkSettings, NurtureSinkSettings, Settings, SinkSettings,
                         SlackSinkSettings, WebhookSinkSettings)
 from .base import Delivered, Failed, LinksPort, Outcome, ProfilePort, Sink, lead_json
@@ -369,6 +370,8 @@ class SinksProcess:
         self.progress: dict[Any, PartitionProgress] = {}
         self.committed: dict[Any, int] = {}
         self.stopping = asyncio.Event()
+        #: a stop that takes longer ends the process (see pipeline.stopping; the idle wait is 15 s)
+        self.shutdown_timeout_s = 40.0
         self.ready = False
         self.consumer: Any = None
         self.deliveries: Deliveries | None = None
@@ -460,8 +463,13 @@ class SinksProcess:
                                 max(1024 ** 2, s.sinks.email.max_message_bytes if routes else 0)) \
             if s.sinks.port else None
         loop = asyncio.get_running_loop()
+        def stop() -> None:
+            if not self.stopping.is_set():
+                self.stopping.set()
+                exit_after(self.shutdown_timeout_s, "sinks", loop)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, stop)
         log.info("sinks: %d sink(s) on %d site(s), consuming %s as %s", len(d.runtimes()), len(runtimes),
                  self.topic, s.sinks.group_id)
         self.ready = True

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable, NoReturn
 
 import faust
+
+from ..stopping import exit_after
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,7 @@ class _Worker(faust.Worker):
     shutdown_timeout_s = 20.0
 
     def _arm_watchdog(self) -> None:
-        def force() -> None:
-            log.warning("graceful stop did not finish in %.0f s; exiting anyway (no state is lost)",
-                        self.shutdown_timeout_s)
-            logging.shutdown()
-            os._exit(0)
-
-        timer = threading.Timer(self.shutdown_timeout_s, force)
-        timer.daemon = True
-        timer.start()
+        exit_after(self.shutdown_timeout_s, "worker")
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         """No terminal spinner. At ``warn`` and above, faust.Worker adds a spinner handler at DEBUG
